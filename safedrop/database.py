@@ -1,0 +1,184 @@
+"""Where the database URL comes from, how it is shown, and how we connect.
+
+The URL is a secret: it never becomes a Prefect parameter, a log line, an artifact, exception text
+or a child process's argv. It is resolved inside the run from a Prefect Secret block (by name), or
+``DATABASE_URL`` in the environment, or ``DATABASE_URL`` in a ``.env`` file in the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from pydantic import SecretStr
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from safedrop.errors import ConfigurationError, ConnectionFailed
+
+APPLICATION_NAME = "safedrop"
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg2"}
+
+
+@dataclass(frozen=True)
+class Database:
+    """A resolved, validated database URL. ``str()``/``repr()`` never show the password."""
+
+    secret: SecretStr
+    source: str  # where it came from, e.g. "Secret block 'safedrop-database-url'" or "DATABASE_URL"
+
+    @property
+    def url(self) -> URL:
+        return _parse(self.secret.get_secret_value())
+
+    @property
+    def display(self) -> str:
+        """host:port/dbname as user — safe for logs and artifacts."""
+        return mask_url(self.url)
+
+    @property
+    def password(self) -> str | None:
+        return self.url.password  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"Database({self.display}, from {self.source})"
+
+    __str__ = __repr__
+
+    def engine(self, **kwargs) -> Engine:
+        return make_engine(self.url, **kwargs)
+
+    def libpq_env(self) -> dict[str, str]:
+        """Environment for a libpq client (pg_dump, pg_restore, psql): the password never in argv."""
+        url = self.url
+        env = {"PGAPPNAME": APPLICATION_NAME, "PGCONNECT_TIMEOUT": "10"}
+        if url.host:
+            env["PGHOST"] = url.host
+        if url.port:
+            env["PGPORT"] = str(url.port)
+        if url.username:
+            env["PGUSER"] = url.username
+        if url.database:
+            env["PGDATABASE"] = url.database
+        if url.password:
+            env["PGPASSWORD"] = str(url.password)
+        query = dict(url.query)
+        for key, var in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
+                         ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY"), ("host", "PGHOST"),
+                         ("port", "PGPORT"), ("options", "PGOPTIONS")):
+            if key in query:
+                value = query[key]
+                env[var] = value if isinstance(value, str) else value[0]
+        return env
+
+
+def mask_url(url: URL | str) -> str:
+    """``user@host:port/dbname`` — the URL without scheme or password, for humans."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except Exception:
+            return "<unparseable URL>"
+    user = f"{url.username}@" if url.username else ""
+    port = f":{url.port}" if url.port else ""
+    return f"{user}{url.host or 'localhost'}{port}/{url.database or ''}"
+
+
+def _parse(raw: str) -> URL:
+    raw = raw.strip()
+    try:
+        url = make_url(raw)
+    except Exception:
+        raise ConfigurationError(
+            "the database URL is malformed; expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        ) from None
+    if url.drivername not in _POSTGRES_SCHEMES:
+        raise ConfigurationError(
+            f"the database URL is for {url.drivername!r}, not PostgreSQL; "
+            "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        )
+    if not url.database:
+        raise ConfigurationError(
+            "the database URL names no database; expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        )
+    return url.set(drivername="postgresql+psycopg2")
+
+
+def database_from_url(raw: str, source: str = "--database-url") -> Database:
+    _parse(raw)  # validate now, with a clear message
+    return Database(SecretStr(raw.strip()), source)
+
+
+def _from_dotenv(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    from dotenv import dotenv_values
+
+    return dotenv_values(path).get("DATABASE_URL") or None
+
+
+def resolve_database(secret_block: str | None, *, env_file: Path | None = None) -> Database:
+    """Find the database URL: the Secret block by name, else ``DATABASE_URL``, else ``.env``."""
+    if secret_block:
+        value = _read_secret_block(secret_block)
+        if value:
+            return database_from_url(value, f"Secret block {secret_block!r}")
+    if os.environ.get("DATABASE_URL"):
+        return database_from_url(os.environ["DATABASE_URL"], "DATABASE_URL")
+    dotenv = _from_dotenv(env_file or Path.cwd() / ".env")
+    if dotenv:
+        return database_from_url(dotenv, ".env")
+    where = f"a Prefect Secret block named {secret_block!r}, " if secret_block else ""
+    raise ConfigurationError(
+        f"no database URL: create {where}or set DATABASE_URL in the environment or a .env file "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME)"
+    )
+
+
+def _read_secret_block(name: str) -> str | None:
+    """The Secret block's value, or None when no such block exists (or no Prefect API is reachable)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block = Secret.load(name, _sync=True)  # type: ignore[call-arg]
+    except ValueError:
+        return None  # no block of that name
+    except Exception:
+        return None
+    value = block.get()
+    return value if isinstance(value, str) else None
+
+
+def make_engine(url: URL, **kwargs) -> Engine:
+    connect_args = {"application_name": APPLICATION_NAME, "connect_timeout": 10}
+    connect_args.update(kwargs.pop("connect_args", {}))
+    return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args, **kwargs)
+
+
+def describe_connect_error(exc: BaseException, db: Database) -> str:
+    """One secret-free line for a failed connection attempt."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    if db.password:
+        first = first.replace(str(db.password), "***")
+    first = re.sub(r"^connection to server at [^,]*, port \d+ failed: ", "", first)
+    return f"cannot connect to {db.display}: {first}"
+
+
+@contextmanager
+def connect(db: Database) -> Iterator[Connection]:
+    """A connection in autocommit off (SQLAlchemy 2 style); errors become ConnectionFailed."""
+    engine = db.engine()
+    try:
+        try:
+            conn = engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise ConnectionFailed(describe_connect_error(exc, db)) from None
+        with conn:
+            yield conn
+    finally:
+        engine.dispose()

@@ -1,0 +1,71 @@
+"""The one exception family. Every message says what is wrong and what to do next.
+
+The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SafedropError(Exception):
+    """Base class: an expected failure with an instructive, secret-free message."""
+
+    exit_code = 1
+    status = "failed"
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):  # keep the message when Prefect pickles the exception
+        return (self.__class__, (str(self),))
+
+
+class UsageError(SafedropError):
+    """Bad input from the operator: a flag, a parameter, a migration file. Nothing was touched."""
+
+    exit_code = 2
+    status = "failed"
+
+
+class ConfigurationError(UsageError):
+    """No database URL, an unreadable URL, or a missing binary."""
+
+
+class MigrationFileError(UsageError):
+    """The migration file is missing, does not parse, or holds something other than DROP TABLE."""
+
+
+class ConnectionFailed(SafedropError):
+    """The database could not be reached or refused the login (after retries)."""
+
+
+class PrecheckStop(SafedropError):
+    """A precheck found a reason not to drop. Nothing was changed."""
+
+    exit_code = 3
+    status = "stopped"
+
+    def __init__(self, reasons: list[str], *, report: Any = None) -> None:
+        self.reasons = list(reasons)
+        lines = "; ".join(reasons)
+        super().__init__(f"stopped before any change: {lines}", report=report)
+
+    def __reduce__(self):
+        return (self.__class__, (self.reasons,))
+
+
+class BackupFailed(SafedropError):
+    """pg_dump failed or its archive did not verify. The drop did not run."""
+
+    exit_code = 3
+    status = "stopped"
+
+
+class DropFailed(SafedropError):
+    """The drop transaction failed and was rolled back; nothing was dropped."""
+
+
+class VerificationFailed(SafedropError):
+    """After the drop, the database is not as expected."""

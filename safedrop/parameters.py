@@ -1,0 +1,87 @@
+"""The flow's one parameter model: it becomes the run form in the Prefect UI."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CREDIT_SURVIVORS = [
+    "credits",
+    "credit_transactions",
+    "credit_purchases",
+    "credit_usage",
+    "credit_configurations",
+]
+
+
+class DropParameters(BaseModel):
+    """What to drop, what must survive, and how carefully."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    migration: str = Field(
+        "drop_credit_allocation_tables",
+        description="Migration to apply: a name in sql/ (without .sql) or a path to a .sql file holding "
+        "only DROP TABLE statements. The targets are read from this file.",
+        min_length=1,
+    )
+    target_schema: str = Field(
+        "public",
+        description="Schema for table names the migration does not qualify.",
+        min_length=1,
+        max_length=63,
+    )
+    keep: list[str] = Field(
+        default_factory=lambda: list(CREDIT_SURVIVORS),
+        description="Tables that must survive the drop (schema.table or table). Each must exist before "
+        "the drop and keep its row count after it; a typo here stops the run.",
+    )
+    code_paths: list[str] = Field(
+        default_factory=list,
+        description="Application repository paths to scan for references to the targets. Empty: the "
+        "scan is skipped and the summary warns about it.",
+    )
+    code_policy: Literal["fail", "warn"] = Field(
+        "fail", description="What code references do: 'fail' stops the run, 'warn' only reports them."
+    )
+    allow_cascade: list[str] = Field(
+        default_factory=list,
+        description="Objects outside the targets that CASCADE may remove, by the name the report prints "
+        "(e.g. public.org_credit_overview or credit_usage_allocation_id_fkey).",
+    )
+    allow_nonempty: bool = Field(
+        False,
+        description="Operator's consent to drop targets that still hold rows (the backup is then "
+        "mandatory and verified). Off: any row in a target stops the run.",
+    )
+    dry_run: bool = Field(
+        False, description="Run every precheck and report; take no backup and drop nothing."
+    )
+    backup_dir: str = Field(
+        "backups",
+        description="Directory for pg_dump archives (created 0700; files are 0600). Relative paths are "
+        "relative to the working directory of the run.",
+        min_length=1,
+    )
+    database_secret_block: str | None = Field(
+        "safedrop-database-url",
+        description="Name of a Prefect Secret block holding the database URL. If no such block exists, "
+        "DATABASE_URL from the environment, then from a .env file, is used. The URL itself is never a "
+        "parameter.",
+    )
+    lock_timeout_ms: int = Field(
+        2000,
+        ge=50,
+        le=60_000,
+        description="lock_timeout for the drop transaction, in milliseconds. Longer than "
+        "deadlock_timeout (1 s) so a running autovacuum yields; short so readers never queue long.",
+    )
+    statement_timeout_s: int = Field(
+        60, ge=1, le=3600, description="statement_timeout for the drop transaction, in seconds."
+    )
+    verify_row_counts: bool = Field(
+        True,
+        description="Verification compares each surviving table's row count with the count taken "
+        "before the drop. Turn off only for survivors that take live writes during the run.",
+    )

@@ -1,0 +1,124 @@
+"""Shared fixtures: one real PostgreSQL for the session, a fresh database per test, real Prefect.
+
+The server runs as the ``postgres`` user when the suite runs as root (PostgreSQL refuses root).
+Each test gets its own database, cloned from a template seeded with the guide's schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".tmp" / "prefect-test-home"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.pop("DATABASE_URL", None)
+
+from safedrop import SQL_DIR  # noqa: E402
+from safedrop.database import Database, database_from_url  # noqa: E402
+from safedrop.pgserver import LocalPostgres  # noqa: E402
+
+GUIDE_TEMPLATE = "guide_template"
+TARGETS = ["credit_allocation_transactions", "credit_allocations"]
+SURVIVORS = ["credits", "credit_transactions", "credit_purchases", "credit_usage", "credit_configurations"]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[LocalPostgres]:
+    server = LocalPostgres().start()
+    try:
+        server.psql(f"CREATE DATABASE {GUIDE_TEMPLATE}")
+        server.psql((SQL_DIR / "demo" / "schema.sql").read_text(), database=GUIDE_TEMPLATE)
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class TestDatabase:
+    server: LocalPostgres
+    name: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url(self.name)
+
+    @property
+    def db(self) -> Database:
+        return database_from_url(self.url, "test")
+
+    def engine(self) -> sa.Engine:
+        return self.db.engine()
+
+    def execute(self, sql: str) -> None:
+        """Run setup SQL as the superuser (several statements allowed)."""
+        self.server.psql(sql, database=self.name)
+
+    def scalar(self, sql: str, **params):
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return conn.execute(sa.text(sql), params).scalar()
+        finally:
+            engine.dispose()
+
+    def exists(self, table: str) -> bool:
+        return self.scalar("SELECT to_regclass(:t) IS NOT NULL", t=table)
+
+    def count(self, table: str) -> int:
+        return int(self.server.psql(f"SELECT count(*) FROM {table}", database=self.name).strip())
+
+    def snapshot(self) -> tuple[str, dict[str, int]]:
+        """The whole schema (pg_dump --schema-only) and every table's row count: 'untouched' means equal."""
+        assert self.server.bindir is not None
+        cmd = [str(self.server.bindir / "pg_dump"), "--schema-only", "-h", str(self.server.sockdir),
+               "-p", str(self.server.port), "-U", "postgres", self.name]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        schema = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        schema = re.sub(r"^\\(un)?restrict .*$", "", schema, flags=re.M)
+        tables = self.server.psql(
+            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1",
+            database=self.name,
+        ).split()
+        counts = {t: self.count(t) for t in tables}
+        return schema, counts
+
+
+@pytest.fixture
+def guide_db(pg: LocalPostgres) -> Iterator[TestDatabase]:
+    """A fresh copy of the guide-shaped database (targets empty, nothing else referencing them)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg.psql(f"CREATE DATABASE {name} TEMPLATE {GUIDE_TEMPLATE}")
+    try:
+        yield TestDatabase(pg, name)
+    finally:
+        pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_db(pg: LocalPostgres) -> Iterator[TestDatabase]:
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    pg.psql(f"CREATE DATABASE {name}")
+    try:
+        yield TestDatabase(pg, name)
+    finally:
+        pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Real Prefect: one temporary API server for the session (~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
