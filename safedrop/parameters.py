@@ -45,6 +45,15 @@ class DropParameters(BaseModel):
     code_policy: Literal["fail", "warn"] = Field(
         "fail", description="What code references do: 'fail' stops the run, 'warn' only reports them."
     )
+    code_include: list[str] = Field(
+        default_factory=list,
+        description="Globs (ripgrep syntax) limiting the code scan to matching files; empty: every file.",
+    )
+    code_exclude: list[str] = Field(
+        default_factory=list,
+        description="Extra globs the code scan skips, on top of the defaults (migrations, docs, "
+        "vendored and build directories, and whatever .gitignore says).",
+    )
     allow_cascade: list[str] = Field(
         default_factory=list,
         description="Objects outside the targets that CASCADE may remove, by the name the report prints "

@@ -1,0 +1,54 @@
+"""Publishing step summaries as Prefect artifacts (markdown and tables), keyed so runs compare in the UI.
+
+Keys allow only lowercase letters, digits and '-'. Outside a flow or task run nothing is published.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext, TaskRunContext
+
+
+def artifact_key(*parts: str) -> str:
+    key = "-".join(parts).lower()
+    key = re.sub(r"[^a-z0-9-]+", "-", key)
+    return re.sub(r"-{2,}", "-", key).strip("-")[:100]
+
+
+def _in_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    if _in_run():
+        create_markdown_artifact(key=artifact_key(key), markdown=markdown, description=description)
+
+
+def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
+    if _in_run() and rows:
+        table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
+        create_table_artifact(key=artifact_key(key), table=table, description=description)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table (empty string for no rows)."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def md_list(items: Iterable[str]) -> str:
+    return "".join(f"- {item}\n" for item in items)
