@@ -19,13 +19,13 @@ def load(name: str) -> sa.TextClause:
     return sa.text((QUERY_DIR / f"{name}.sql").read_text())
 
 
-def rows(conn: Connection, name: str, **params: Any) -> list[dict[str, Any]]:
+def rows(conn: Connection, query: str, /, **params: Any) -> list[dict[str, Any]]:
     """Run a query file and return its rows as dicts."""
-    return [dict(r._mapping) for r in conn.execute(load(name), params)]
+    return [dict(r._mapping) for r in conn.execute(load(query), params)]
 
 
-def one(conn: Connection, name: str, **params: Any) -> dict[str, Any]:
-    result = rows(conn, name, **params)
+def one(conn: Connection, query: str, /, **params: Any) -> dict[str, Any]:
+    result = rows(conn, query, **params)
     if len(result) != 1:
-        raise RuntimeError(f"query {name} returned {len(result)} rows, expected 1")
+        raise RuntimeError(f"query {query} returned {len(result)} rows, expected 1")
     return result[0]

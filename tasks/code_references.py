@@ -1,0 +1,405 @@
+"""Code-reference scan: does the application code still name the tables we are about to drop?
+
+One ripgrep run per code path, ``--json`` output parsed as it streams. The search looks for every
+spelling an application uses for a table — ``credit_allocations``, ``creditAllocation``,
+``CreditAllocationTransaction``, ``/credit-allocations`` — as whole words, so ``credit_allocation_id``
+and ``creditAllocationId`` are not hits. It honours ``.gitignore`` even outside a git checkout and
+skips hidden, vendored and build directories, migrations (they are supposed to name the tables), docs
+and lock files.
+
+``scan_code`` is a plain function; ``code_reference_scan`` is the thin Prefect task that publishes
+what it found as artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from safedrop.artifacts import artifact_key, md_table, publish_markdown, publish_table
+from safedrop.errors import ConfigurationError, SafedropError, UsageError
+from safedrop.migration import TableName
+from safedrop.report import CodeReference, CodeScanResult
+
+CodePolicy = Literal["fail", "warn"]
+
+SKIPPED_WARNING = (
+    "code-reference scan skipped: no code path given; pass --code-path PATH (code_paths in the flow "
+    "parameters) to check the application for references to the targets"
+)
+
+#: Vendored dependencies and build output: not our code, or generated from it.
+VENDORED_AND_BUILD_DIRS = (
+    "node_modules", "vendor", "bower_components", "dist", "build", "out",
+    ".next", ".nuxt", "coverage", "target", ".turbo", ".cache",
+)
+#: Migrations are meant to name the tables (the drop itself is one). Covers knex, sequelize-cli,
+#: typeorm (``src/migration``), prisma (``prisma/migrations``) and rails-style ``db/migrate``.
+MIGRATION_GLOBS = ("migrations", "migration", "migrate", "*.migration.*")
+#: Documentation may keep talking about the old tables.
+DOC_GLOBS = (
+    "*.md", "*.mdx", "*.markdown", "*.rst", "*.adoc", "*.txt",
+    "docs/", "doc/", "CHANGELOG*", "changelog*",
+)
+LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lock")
+
+#: ripgrep globs (``-g``) the scan always skips, after any include globs so that includes only narrow.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".git/",
+    *(f"{d}/" for d in VENDORED_AND_BUILD_DIRS),
+    *MIGRATION_GLOBS,
+    *DOC_GLOBS,
+    *LOCK_FILES,
+)
+
+#: Flags shared by the scan and the benchmark's plain-rg baseline.
+RG_BASE_FLAGS: tuple[str, ...] = (
+    "--no-config",  # an operator's RIPGREP_CONFIG_PATH must not change what the scan sees
+    "--no-require-git",  # .gitignore counts even in an exported tree without .git
+    "--case-sensitive",  # the variants carry the casing
+)
+
+TEXT_WIDTH = 200  # characters of the matching line kept per reference
+ARTIFACT_ROWS = 50  # references shown in the markdown artifact
+
+
+class CodeScanFailed(SafedropError):
+    """ripgrep could not finish the scan (e.g. an unreadable file), so the code was not fully checked."""
+
+
+# --------------------------------------------------------------------------------------------------
+# identifier variants
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 3:
+        return word[:-3] + "y"
+    if word.endswith("sses"):
+        return word[:-2]
+    if word.endswith(("xes", "ches", "shes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def _plural(word: str) -> str:
+    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    return word + "s"
+
+
+def _spellings(words: list[str]) -> list[str]:
+    lower = [w.lower() for w in words]
+    pascal = "".join(w[:1].upper() + w[1:] for w in lower)
+    camel = lower[0] + pascal[len(lower[0]):]
+    return ["_".join(lower), camel, pascal, "-".join(lower)]
+
+
+def identifier_variants(table: str) -> list[str]:
+    """Every spelling of a table name the code may use: singular and plural, in snake_case, camelCase,
+    PascalCase and kebab-case. Only the last word changes number. Longest first, no repeats.
+
+    >>> identifier_variants("credit_allocations")[:3]
+    ['credit_allocations', 'credit-allocations', 'credit_allocation']
+    """
+    words = [w for w in table.split("_") if w] or [table]
+    last = words[-1]
+    singular = _singular(last)
+    if singular != last:
+        plural_words, singular_words = words, [*words[:-1], singular]
+    else:
+        plural_words, singular_words = [*words[:-1], _plural(last)], words
+    plural_forms, singular_forms = _spellings(plural_words), _spellings(singular_words)
+    candidates = [table]
+    for p, s in zip(plural_forms, singular_forms, strict=True):
+        candidates += [p, s]
+    unique = list(dict.fromkeys(candidates))
+    return sorted(unique, key=len, reverse=True)  # stable: ties keep snake, camel, Pascal, kebab order
+
+
+_RUST_META = set("\\.+*?()|[]{}^$#&-~")
+
+
+def _rust_escape(text: str) -> str:
+    """Escape for Rust's regex syntax (ripgrep), which is not Python's ``re.escape``."""
+    return "".join("\\" + c if c in _RUST_META else c for c in text)
+
+
+def search_pattern(targets: Iterable[TableName]) -> str:
+    """One regex for all targets: every variant as a whole word, longest first."""
+    variants: dict[str, None] = {}
+    for target in targets:
+        variants.update(dict.fromkeys(identifier_variants(target.name)))
+    ordered = sorted(variants, key=len, reverse=True)
+    return r"\b(?:" + "|".join(_rust_escape(v) for v in ordered) + r")\b"
+
+
+# --------------------------------------------------------------------------------------------------
+# running ripgrep
+
+
+def find_rg() -> str:
+    """The ripgrep binary installed with this venv (the ``ripgrep`` wheel), else the one on PATH."""
+    beside = Path(sys.executable).parent / "rg"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("rg")
+    if found:
+        return found
+    raise ConfigurationError(
+        "ripgrep (rg) not found next to the Python interpreter or on PATH; install it with "
+        "`pip install ripgrep==14.1.0` (it is in requirements.lock), or skip the scan by passing no code path"
+    )
+
+
+def glob_args(include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """``-g`` flags: includes first, then the default and extra excludes (a later glob wins in rg)."""
+    args: list[str] = []
+    for glob in include:
+        args += ["-g", glob]
+    for glob in (*DEFAULT_EXCLUDES, *exclude):
+        args += ["-g", f"!{glob}"]
+    return args
+
+
+def _check_roots(roots: Sequence[str]) -> list[tuple[str, Path]]:
+    checked = []
+    for root in roots:
+        path = Path(root).expanduser()
+        if not root.strip() or not (path.is_dir() or path.is_file()):
+            raise UsageError(f"code path {root} does not exist")
+        checked.append((root, path))
+    return checked
+
+
+def _text(field: dict) -> str:
+    """A ripgrep JSON string field: ``{"text": …}``, or ``{"bytes": base64}`` when not valid UTF-8."""
+    if "text" in field:
+        return field["text"]
+    return base64.b64decode(field["bytes"]).decode("utf-8", errors="replace")
+
+
+def _raw(field: dict) -> bytes:
+    if "text" in field:
+        return field["text"].encode("utf-8")
+    return base64.b64decode(field["bytes"])
+
+
+def _path(field: dict) -> str:
+    if "text" in field:
+        return field["text"]
+    return os.fsdecode(base64.b64decode(field["bytes"]))
+
+
+def _snippet(line: str, start: int, length: int) -> str:
+    """The line trimmed; a long line (minified code) cut to a window around the match."""
+    stripped = line.strip()
+    if len(stripped) <= TEXT_WIDTH:
+        return stripped
+    start -= len(line) - len(line.lstrip())
+    lead = max(0, min(start - TEXT_WIDTH // 3, len(stripped) - TEXT_WIDTH))
+    window = stripped[lead : lead + TEXT_WIDTH]
+    return ("…" if lead else "") + window + ("…" if lead + TEXT_WIDTH < len(stripped) else "")
+
+
+def _references(data: dict, root: str, prefix: str) -> Iterator[CodeReference]:
+    path = _path(data["path"])
+    path = path[len(prefix):] if path.startswith(prefix) else path
+    lines = data["lines"]
+    line_text = _text(lines).rstrip("\r\n")
+    raw = None if line_text.isascii() else _raw(lines)
+    for sub in data["submatches"]:
+        start = sub["start"]
+        if raw is not None:  # ripgrep's offsets count bytes; columns count characters
+            start = len(raw[:start].decode("utf-8", errors="replace"))
+        identifier = _text(sub["match"])
+        yield CodeReference(
+            path=path,
+            root=root,
+            line=data["line_number"],
+            column=start + 1,
+            identifier=identifier,
+            text=_snippet(line_text, start, len(identifier)),
+        )
+
+
+def _bad_glob(stderr: str, globs: Sequence[str]) -> UsageError | None:
+    match = re.search(r"error parsing glob '(.*?)': (.*)", stderr)
+    if not match:
+        return None
+    glob, why = match.group(1).removeprefix("!"), match.group(2).strip()
+    return UsageError(
+        f"code scan glob {glob!r} is not a valid ripgrep glob ({why}); fix it in --code-include/"
+        "--code-exclude (code_include/code_exclude)"
+        if glob in globs
+        else f"code scan glob {glob!r} is not a valid ripgrep glob ({why})"
+    )
+
+
+def _run_rg(
+    rg: str, root: str, path: Path, pattern: str, globs: list[str], user_globs: Sequence[str]
+) -> tuple[list[CodeReference], int | None]:
+    # ripgrep matches -g globs relative to its working directory, so it runs inside the root and
+    # searches "./": `src/legacy/**` then means <root>/src/legacy/**, whatever our own cwd is.
+    if path.is_dir():
+        cwd, target = path, "./"
+    else:
+        cwd, target = path.parent, f"./{path.name}"
+    argv = [rg, *RG_BASE_FLAGS, "--json", *globs, "-e", pattern, "--", target]
+    references: list[CodeReference] = []
+    searches: int | None = None
+    with tempfile.TemporaryFile() as stderr_file:
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file
+            )
+        except OSError as exc:
+            raise ConfigurationError(f"cannot run ripgrep at {rg}: {exc.strerror or exc}") from None
+        assert proc.stdout is not None
+        with proc.stdout:
+            for raw_line in proc.stdout:
+                if raw_line.startswith(b'{"type":"match"'):
+                    references += _references(json.loads(raw_line)["data"], root, "./")
+                elif not raw_line.startswith(b'{"type":"'):  # the summary puts "type" last
+                    message = json.loads(raw_line)
+                    if message.get("type") == "summary":
+                        searches = message["data"]["stats"]["searches"]
+        returncode = proc.wait()
+        stderr_file.seek(0)
+        stderr = stderr_file.read().decode("utf-8", errors="replace").strip()
+    if returncode in (0, 1):  # 1: no match
+        return references, searches
+    bad_glob = _bad_glob(stderr, user_globs)
+    if bad_glob is not None:
+        raise bad_glob
+    first = stderr.splitlines()[0].removeprefix("rg: ") if stderr else f"exit status {returncode}"
+    more = len(stderr.splitlines()) - 1
+    raise CodeScanFailed(
+        f"code scan of {root} did not complete: {first}"
+        + (f" (and {more} more errors)" if more > 0 else "")
+        + "; fix access to the code path, or exclude the unreadable paths with --code-exclude"
+    )
+
+
+def _plural_s(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def scan_code(
+    roots: Sequence[str],
+    targets: Sequence[TableName],
+    *,
+    policy: CodePolicy = "fail",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> CodeScanResult:
+    """Find every reference to the targets' names in the code under ``roots``.
+
+    Policy ``fail`` turns references into a reason (the run stops), ``warn`` into a warning.
+    Include globs narrow the scan; like every ripgrep ``-g`` glob they take precedence over
+    ``.gitignore`` for the files they match, while the default excludes always apply.
+    """
+    if not roots:
+        return CodeScanResult(status="skipped", roots=[], references=[], warnings=[SKIPPED_WARNING])
+    if policy not in ("fail", "warn"):
+        raise UsageError(f"code policy {policy!r} is not one of 'fail', 'warn'")
+    checked = _check_roots(roots)
+    roots = [root for root, _ in checked]
+    if not targets:
+        return CodeScanResult(status="done", roots=roots, references=[])
+
+    rg = find_rg()
+    pattern = search_pattern(targets)
+    globs = glob_args(include, exclude)
+    references: list[CodeReference] = []
+    files_scanned: int | None = 0
+    for root, path in checked:
+        found, searches = _run_rg(rg, root, path, pattern, globs, [*include, *exclude])
+        references += found
+        files_scanned = None if files_scanned is None or searches is None else files_scanned + searches
+
+    order = {root: index for index, root in enumerate(roots)}
+    references.sort(key=lambda r: (order[r.root], r.path, r.line, r.column))
+    result = CodeScanResult(status="done", roots=roots, references=references, files_scanned=files_scanned)
+    if references:
+        files = len({(r.root, r.path) for r in references})
+        first = references[0]
+        where = first.path if len(roots) == 1 else os.path.join(first.root, first.path)
+        found_text = (
+            f"code still references the targets: {_plural_s(len(references), 'reference')} in "
+            f"{_plural_s(files, 'file')} (first: {where}:{first.line} {first.identifier})"
+        )
+        if policy == "fail":
+            result.reasons.append(f"{found_text}; remove them, or pass --code-policy warn")
+        else:
+            result.warnings.append(f"{found_text}; remove them before the tables are gone for good")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# the Prefect task
+
+
+def _markdown(result: CodeScanResult, policy: CodePolicy, table_key: str) -> str:
+    out = ["## Code references to the targets", ""]
+    if result.status == "skipped":
+        out += ["**Skipped.** " + SKIPPED_WARNING[0].upper() + SKIPPED_WARNING[1:] + ".", ""]
+        return "\n".join(out)
+    scanned = ", ".join(f"`{root}`" for root in result.roots)
+    files = "" if result.files_scanned is None else f" ({_plural_s(result.files_scanned, 'file')} searched)"
+    out += [f"Scanned {scanned}{files}; policy `{policy}`.", ""]
+    for line in (*result.reasons, *result.warnings):
+        out.append(f"- {line}")
+    if not result.references:
+        out += ["No references found.", ""]
+        return "\n".join(out)
+    out.append("")
+    rows = [r.model_dump(include={"path", "line", "column", "identifier", "text"}) for r in result.references]
+    columns = ["path", "line", "column", "identifier", "text"]
+    if len(result.roots) > 1:
+        rows = [{**row, "path": os.path.join(r.root, r.path)} for row, r in zip(rows, result.references)]
+    out.append(md_table(rows[:ARTIFACT_ROWS], columns))
+    if len(rows) > ARTIFACT_ROWS:
+        out.append(f"First {ARTIFACT_ROWS} of {len(rows):,}; all of them are in the table artifact `{artifact_key(table_key)}`.")
+    return "\n".join(out)
+
+
+@task(name="code-reference-scan", cache_policy=NO_CACHE)
+def code_reference_scan(
+    roots: list[str],
+    targets: list[TableName],
+    policy: CodePolicy,
+    include: list[str],
+    exclude: list[str],
+    artifact_prefix: str,
+) -> CodeScanResult:
+    """Scan the application code for the targets' names and publish what was found."""
+    result = scan_code(roots, targets, policy=policy, include=include, exclude=exclude)
+    key = f"{artifact_prefix}-code-references"
+    table_key = f"{key}-table"
+    publish_markdown(key, _markdown(result, policy, table_key), "References to the targets in the code")
+    publish_table(
+        table_key,
+        [
+            {"path": os.path.join(r.root, r.path) if len(result.roots) > 1 else r.path,
+             "line": r.line, "column": r.column, "identifier": r.identifier, "text": r.text}
+            for r in result.references
+        ],
+        "Every reference to the targets in the code",
+    )
+    return result
