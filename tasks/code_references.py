@@ -167,14 +167,27 @@ def find_rg() -> str:
     )
 
 
-def glob_args(include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
-    """``-g`` flags: includes first, then the default and extra excludes (a later glob wins in rg)."""
+def exclude_args(exclude: Sequence[str] = ()) -> list[str]:
+    """``-g !glob`` flags: the default excludes, then the operator's. They beat any other ignore rule."""
     args: list[str] = []
-    for glob in include:
-        args += ["-g", glob]
     for glob in (*DEFAULT_EXCLUDES, *exclude):
         args += ["-g", f"!{glob}"]
     return args
+
+
+def include_rules(include: Sequence[str]) -> str:
+    """An ignore file (gitignore syntax, matched from the root) that limits the scan to ``include``.
+
+    Not ``-g glob``: ripgrep lets a matching ``-g`` glob override ``.gitignore``, so ``-g 'src/**/*.ts'``
+    would pull in a gitignored ``src/config/secrets.local.ts``. An ``--ignore-file`` ranks below
+    ``.gitignore`` and only narrows. Directories stay open (``!*/``) and hidden files stay hidden.
+    """
+    for glob in include:
+        if glob.startswith("!"):
+            raise UsageError(
+                f"code scan include glob {glob!r} starts with '!'; pass it without '!' to --code-exclude"
+            )
+    return "\n".join(["*", "!*/", *(f"!{glob}" for glob in include), ".*"]) + "\n"
 
 
 def _check_roots(roots: Sequence[str]) -> list[tuple[str, Path]]:

@@ -254,7 +254,7 @@ def classify(
             continue
         kind = _kind(row)
         is_relation = address[0] == PG_CLASS and address[2] == 0
-        owner = row["owner_rel"] if row["owner_rel"] != address[1] else None
+        owner = None if is_relation and row["owner_rel"] == address[1] else row["owner_rel"]
         on_survivor = owner is not None and owner not in removed_relations
         announced = not flags & SILENT
         if not (announced or kind in ("partition", "publication membership")
