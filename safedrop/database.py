@@ -67,9 +67,15 @@ class Database:
         if url.password:
             env["PGPASSWORD"] = str(url.password)
         query = dict(url.query)
-        for key, var in (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"),
-                         ("sslcert", "PGSSLCERT"), ("sslkey", "PGSSLKEY"), ("host", "PGHOST"),
-                         ("port", "PGPORT"), ("options", "PGOPTIONS")):
+        for key, var in (
+            ("sslmode", "PGSSLMODE"),
+            ("sslrootcert", "PGSSLROOTCERT"),
+            ("sslcert", "PGSSLCERT"),
+            ("sslkey", "PGSSLKEY"),
+            ("host", "PGHOST"),
+            ("port", "PGPORT"),
+            ("options", "PGOPTIONS"),
+        ):
             if key in query:
                 value = query[key]
                 env[var] = value if isinstance(value, str) else value[0]

@@ -81,10 +81,13 @@ def resolve_path(migration: str) -> Path:
 
 
 def _statement_kind(node: ast.Node) -> str:
-    name = type(node).__name__
     if isinstance(node, ast.DropStmt):
-        return f"DROP {enums.ObjectType(node.removeType).name.removeprefix('OBJECT_')}"
-    return name.removesuffix("Stmt") or name
+        return f"DROP {enums.ObjectType(node.removeType).name.removeprefix('OBJECT_').replace('_', ' ')}"
+    readable = {"InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE", "SelectStmt": "SELECT",
+                "TruncateStmt": "TRUNCATE", "IndexStmt": "CREATE INDEX", "CreateStmt": "CREATE TABLE",
+                "AlterTableStmt": "ALTER TABLE", "TransactionStmt": "a transaction command"}
+    name = type(node).__name__
+    return readable.get(name, name.removesuffix("Stmt"))
 
 
 def parse_migration(text: str, *, name: str, path: Path, default_schema: str) -> Migration:

@@ -114,9 +114,23 @@ class LocalPostgres:
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         env.pop("PGPASSWORD", None)
         subprocess.run(
-            self._cmd(self.bindir / "initdb", "-D", self.datadir, "-U", "postgres", "--pwfile", pwfile,
-                      "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"),
-            check=True, capture_output=True, env=env,
+            self._cmd(
+                self.bindir / "initdb",
+                "-D",
+                self.datadir,
+                "-U",
+                "postgres",
+                "--pwfile",
+                pwfile,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+            env=env,
         )
         pwfile.unlink()
         options = (
@@ -127,9 +141,21 @@ class LocalPostgres:
         if self.log_statements:
             options += " -c log_statement=all"
         result = subprocess.run(
-            self._cmd(self.bindir / "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60",
-                      "-o", options, "start"),
-            capture_output=True, env=env,
+            self._cmd(
+                self.bindir / "pg_ctl",
+                "-D",
+                self.datadir,
+                "-l",
+                self.logfile,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ),
+            capture_output=True,
+            env=env,
         )
         if result.returncode != 0:
             log = self.logfile.read_text() if self.logfile.exists() else ""
@@ -141,9 +167,26 @@ class LocalPostgres:
         """Run SQL as the superuser over the Unix socket (trust), returning stdout."""
         assert self.bindir is not None
         result = subprocess.run(
-            self._cmd(self.bindir / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.sockdir,
-                      "-p", str(self.port), "-U", "postgres", "-d", database, "-At", "-f", "-"),
-            input=sql.encode(), capture_output=True,
+            self._cmd(
+                self.bindir / "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.sockdir,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-At",
+                "-f",
+                "-",
+            ),
+            input=sql.encode(),
+            capture_output=True,
         )
         if result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr.decode().strip()}")

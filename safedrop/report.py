@@ -19,6 +19,7 @@ class StepResult(BaseModel):
 class TableStatus(BaseModel):
     name: str  # schema-qualified
     exists: bool
+    oid: int | None = Field(None, exclude=True)
     owner: str | None = None
     can_drop: bool | None = None
     rows: int | None = None
@@ -32,10 +33,12 @@ class ConnectionResult(StepResult):
     in_recovery: bool
     targets: list[TableStatus]
     keep: list[TableStatus]
+    ledger: Literal["present", "creatable", "unavailable"] = "unavailable"
+    already_dropped: list[str] = Field(default_factory=list)  # absent targets the ledger says we dropped
 
     @property
-    def present_targets(self) -> list[str]:
-        return [t.name for t in self.targets if t.exists]
+    def all_targets_absent(self) -> bool:
+        return not any(t.exists for t in self.targets)
 
 
 class ForeignKeyIn(BaseModel):

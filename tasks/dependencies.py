@@ -90,7 +90,13 @@ class DependGraph:
 # findDependentObjects()'s flags: how an object was reached (dependency.c, DEPFLAG_*)
 ORIGINAL, NORMAL, AUTO, INTERNAL, PARTITION, EXTENSION, REVERSE = 1, 2, 4, 8, 16, 32, 64
 _EDGE_FLAG = {
-    "n": NORMAL, "a": AUTO, "x": AUTO, "i": INTERNAL, "P": PARTITION, "S": PARTITION, "e": EXTENSION
+    "n": NORMAL,
+    "a": AUTO,
+    "x": AUTO,
+    "i": INTERNAL,
+    "P": PARTITION,
+    "S": PARTITION,
+    "e": EXTENSION,
 }
 SILENT = AUTO | INTERNAL | PARTITION | EXTENSION  # reached this way: "drop auto-cascades to", no NOTICE
 
@@ -177,8 +183,6 @@ def predict_removal(
     return walk.removed, walk.refused
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Describing and classifying the removal set
 # --------------------------------------------------------------------------------------------------
@@ -257,8 +261,11 @@ def classify(
         owner = None if is_relation and row["owner_rel"] == address[1] else row["owner_rel"]
         on_survivor = owner is not None and owner not in removed_relations
         announced = not flags & SILENT
-        if not (announced or kind in ("partition", "publication membership")
-                or (on_survivor and not flags & INTERNAL)):
+        if not (
+            announced
+            or kind in ("partition", "publication membership")
+            or (on_survivor and not flags & INTERNAL)
+        ):
             continue
         owner_table = rel_names.get(owner) if on_survivor else None
         loses_data = kind in ("partition", "inheritance child table", "column", "table")
@@ -395,9 +402,7 @@ def analyse(
     info = describe(conn, list(removed))
     target_oids = set(oids.values())
     owners = {row["owner_rel"] for row in info.values() if row["owner_rel"]}
-    rel_names = {
-        r["oid"]: r["qualified"] for r in queries.rows(conn, "relation_names", oids=sorted(owners))
-    }
+    rel_names = {r["oid"]: r["qualified"] for r in queries.rows(conn, "relation_names", oids=sorted(owners))}
     cascade = classify(removed, info, rel_names, allow)
     functions = {a[1] for a in removed if info.get(a, {}).get("type") in ("function", "procedure")}
     untracked = find_untracked(conn, [t for t in migration.targets if t in oids], functions, target_oids)
@@ -426,9 +431,7 @@ def analyse(
                 f"{ref.breaks}; change it first, or allow it with --allow-cascade {ref.name.split('(')[0]}"
             )
     allowed_unused = [a for a in allow if not _allow_matches_any(a, cascade, untracked)]
-    warnings = [
-        f"--allow-cascade {a} matches nothing the drop would remove or break" for a in allowed_unused
-    ]
+    warnings = [f"--allow-cascade {a} matches nothing the drop would remove or break" for a in allowed_unused]
     return DependencyResult(
         cascade=cascade,
         untracked=untracked,
@@ -485,8 +488,13 @@ def render(result: DependencyResult) -> str:
     return "\n".join(lines)
 
 
-@task(name="dependency-scan", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE,
-      retry_condition_fn=lambda task, run, state: _transient(state))
+@task(
+    name="dependency-scan",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    cache_policy=NO_CACHE,
+    retry_condition_fn=lambda task, run, state: _transient(state),
+)
 def dependency_scan(
     db: Database,
     migration: Migration,
@@ -498,7 +506,9 @@ def dependency_scan(
     result = scan_dependencies(db, migration, oids, allow)
     get_run_logger().info(
         "dependency scan: %d objects removed in all, %d beyond the targets, %d untracked references",
-        result.removed_total, len(result.cascade), len(result.untracked),
+        result.removed_total,
+        len(result.cascade),
+        len(result.untracked),
     )
     publish_markdown(f"{artifact_prefix}-dependencies", render(result), "What DROP … CASCADE would remove")
     publish_table(
@@ -513,4 +523,3 @@ def _transient(state) -> bool:
     from safedrop.errors import ConnectionFailed
 
     return isinstance(state.result(raise_on_failure=False), ConnectionFailed)
-

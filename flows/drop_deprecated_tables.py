@@ -1,0 +1,113 @@
+"""The runbook: retire deprecated tables without losing a row, breaking the app, or stalling production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from safedrop.database import resolve_database
+from safedrop.errors import PrecheckStop, SafedropError
+from safedrop.migration import load_migration
+from safedrop.parameters import DropParameters
+from safedrop.report import RunReport, Status
+from tasks.backup import backup
+from tasks.cleanup import cleanup_check
+from tasks.code_references import code_reference_scan
+from tasks.connection import connection_precheck, parse_table_list
+from tasks.dependencies import dependency_scan
+from tasks.drop import drop
+from tasks.summary import RunRecord, summary
+from tasks.verification import verification
+
+
+@flow(name="drop-deprecated-tables", log_prints=False, validate_parameters=True)
+def drop_deprecated_tables(params: DropParameters = DropParameters()) -> State:  # noqa: B008
+    """Drop the tables a migration file names: prechecks, a verified backup, one lock-safe drop, verification.
+
+    Prechecks (connection and privileges, cleanup, dependency scan, code references) run before anything
+    changes; any failure stops the run with every reason named and the database untouched. The database
+    URL comes from the Secret block named in the parameters, else DATABASE_URL (environment or .env).
+    """
+    run = RunRecord(params=params, migration=params.migration, flow_run_id=flow_run.get_id())
+    prefix = "safedrop"
+    try:
+        migration = load_migration(params.migration, default_schema=params.target_schema)
+        run.migration, prefix = migration.name, migration.slug
+        keep = parse_table_list(params.keep, params.target_schema)
+        db = resolve_database(params.database_secret_block)
+        run.database = db.display
+
+        # 1. Prechecks: nothing changes until every one of them passes.
+        run.connection = connection_precheck(db, migration, keep, prefix)
+        if run.connection.all_targets_absent and not run.connection.reasons:
+            run.verification = verification(db, migration.targets, keep, None, prefix)
+            return _finish(run, "already-applied", prefix)
+        oids = {t: s.oid for t, s in zip(migration.targets, run.connection.targets, strict=True) if s.oid}
+        present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
+        run.cleanup = cleanup_check(
+            db, list(oids), list(oids.values()), present_keep, params.allow_nonempty, prefix
+        )
+        run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
+        run.code = code_reference_scan(
+            params.code_paths,
+            migration.targets,
+            params.code_policy,
+            params.code_include,
+            params.code_exclude,
+            prefix,
+        )
+        if run.reasons():
+            raise PrecheckStop(run.reasons())
+        if params.dry_run:
+            return _finish(run, "ready", prefix)
+
+        # 2. Backup, verified readable and holding every target.
+        run.backup = backup(
+            db,
+            migration.targets,
+            Path(params.backup_dir),
+            server_version_num=run.connection.server_version_num,
+            artifact_prefix=prefix,
+        )
+
+        # 3. Drop, in one transaction, rechecked under the lock.
+        run.drop = drop(
+            db,
+            migration,
+            oids,
+            run.dependencies.digest,
+            run.cleanup.target_rows,
+            params.allow_cascade,
+            params.lock_timeout_ms,
+            params.statement_timeout_s,
+            run.connection.ledger != "unavailable",
+            run.backup.path,
+            run.backup.sha256,
+            run.flow_run_id,
+            prefix,
+        )
+
+        # 4. Verification: targets gone, survivors intact.
+        run.verification = verification(
+            db, migration.targets, keep, run.cleanup.keep_rows if params.verify_row_counts else None, prefix
+        )
+        return _finish(run, "succeeded", prefix)
+    except SafedropError as error:
+        return _finish(run, error.status, prefix, error)
+
+
+def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | None = None) -> State:
+    """5. Summary: publish the report and end the run in a state that says what happened."""
+    report: RunReport = summary(run, status, error, prefix)
+    if status in ("stopped", "failed"):
+        get_run_logger().error("%s: %s", status, "; ".join(report.reasons))
+        return Failed(name=status.capitalize(), message="; ".join(report.reasons), data=report)
+    names = {"already-applied": "Already applied", "ready": "Ready", "succeeded": "Completed"}
+    return Completed(name=names[status], message=f"{status}: {report.migration}", data=report)
+
+
+if __name__ == "__main__":
+    drop_deprecated_tables()

@@ -1,0 +1,200 @@
+"""The `safedrop` command: plan, run, demo.
+
+Exit codes: 0 success (ready, succeeded, already applied), 3 stopped by a precheck with nothing
+changed, 1 failed, 2 usage (bad flags or input, nothing touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def _prefect_defaults(verbose: bool) -> None:
+    """Settings every run needs, before Prefect is imported (PREFECT_FACTS.md)."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".safedrop" / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", metavar="URL",
+                   help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the Secret block)")
+    p.add_argument("--secret-block", metavar="NAME", default="safedrop-database-url",
+                   help="Prefect Secret block holding the URL, used when neither --database-url nor "
+                   "$DATABASE_URL is given (default: %(default)s)")
+    p.add_argument("--migration", metavar="NAME|PATH", default="drop_credit_allocation_tables",
+                   help="migration in sql/ by name, or a path to a .sql file (default: %(default)s)")
+    p.add_argument("--schema", metavar="SCHEMA", default="public",
+                   help="schema for unqualified names (default: %(default)s)")
+    p.add_argument("--keep", metavar="TABLE", action="append",
+                   help="a table that must survive (repeatable; default: the five credit tables)")
+    p.add_argument("--code-path", metavar="PATH", action="append", default=[],
+                   help="application repository path to scan for references (repeatable)")
+    p.add_argument("--code-policy", choices=["fail", "warn"], default="fail",
+                   help="code references stop the run (fail) or are only reported (warn)")
+    p.add_argument("--code-include", metavar="GLOB", action="append", default=[],
+                   help="scan only files matching GLOB (repeatable)")
+    p.add_argument("--code-exclude", metavar="GLOB", action="append", default=[],
+                   help="also skip files matching GLOB (repeatable)")
+    p.add_argument("--allow-cascade", metavar="NAME", action="append", default=[],
+                   help="let CASCADE remove this object, named as the report prints it (repeatable)")
+    p.add_argument("--allow-nonempty", action="store_true",
+                   help="consent to dropping targets that hold rows (the backup keeps them)")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="safedrop",
+        description="Retire deprecated PostgreSQL tables: prechecks, verified backup, lock-safe drop, "
+        "verification.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plan = sub.add_parser("plan", help="run every precheck; no backup, no drop (exit 0 ready, 3 stopped)")
+    _add_common(plan)
+    run = sub.add_parser("run", help="the whole flow: prechecks, backup, drop, verification, summary")
+    _add_common(run)
+    run.add_argument("--backup-dir", metavar="DIR", default="backups",
+                     help="directory for pg_dump archives (default: %(default)s)")
+    run.add_argument("--lock-timeout", metavar="DURATION", default="2s",
+                     help="lock_timeout of the drop transaction, e.g. 500ms, 2s (default: %(default)s)")
+    demo = sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)")
+    demo.add_argument("--json", action="store_true", help="print the run reports as JSON")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+    return parser
+
+
+def parse_duration_ms(text: str) -> int:
+    """'500ms', '2s', '1.5s', '5m' or a bare number of milliseconds."""
+    from safedrop.errors import UsageError
+
+    raw = text.strip().lower()
+    units = (("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000))
+    for suffix, factor in units:
+        if raw.endswith(suffix) and raw[: -len(suffix)].replace(".", "", 1).isdigit():
+            return int(float(raw[: -len(suffix)]) * factor)
+    if raw.isdigit():
+        return int(raw)
+    raise UsageError(f"cannot read duration {text!r}; use e.g. 500ms, 2s or 5m")
+
+
+def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
+    """Validate the operator's input up front (no Prefect, no database) and build the flow's parameters."""
+    from pydantic import ValidationError
+
+    from safedrop.database import database_from_url
+    from safedrop.errors import UsageError
+    from safedrop.migration import load_migration
+    from safedrop.parameters import DropParameters
+    from tasks.connection import parse_table_list
+
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if url:
+        database_from_url(url)  # a malformed or non-PostgreSQL URL stops here
+        os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
+    migration = load_migration(args.migration, default_schema=args.schema)
+    fields: dict[str, Any] = dict(
+        migration=str(migration.path) if ("/" in args.migration or args.migration.endswith(".sql"))
+        else args.migration,
+        target_schema=args.schema,
+        code_paths=[str(Path(p)) for p in args.code_path],
+        code_policy=args.code_policy,
+        code_include=args.code_include,
+        code_exclude=args.code_exclude,
+        allow_cascade=args.allow_cascade,
+        allow_nonempty=args.allow_nonempty,
+        dry_run=dry_run,
+        database_secret_block=None if url else args.secret_block,
+    )
+    if args.keep:
+        fields["keep"] = args.keep
+    if getattr(args, "backup_dir", None):
+        fields["backup_dir"] = args.backup_dir
+    if getattr(args, "lock_timeout", None):
+        fields["lock_timeout_ms"] = parse_duration_ms(args.lock_timeout)
+    try:
+        params = DropParameters(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    parse_table_list(params.keep, params.target_schema)
+    for path in params.code_paths:
+        if not Path(path).exists():
+            raise UsageError(f"code path {path} does not exist")
+    return params
+
+
+def run_flow(params: Any):
+    """Run the flow in this process (Prefect's embedded server unless PREFECT_API_URL is set)."""
+    from flows.drop_deprecated_tables import drop_deprecated_tables
+
+    state = drop_deprecated_tables(params, return_state=True)
+    result = state.result(raise_on_failure=False)
+    from safedrop.report import RunReport
+
+    if isinstance(result, RunReport):
+        return result
+    # the flow crashed (a bug, not an expected failure): say so in one line
+    return RunReport(status="failed", reasons=[f"the flow run ended {state.name}: {state.message}"],
+                     migration=params.migration, dry_run=params.dry_run)
+
+
+def print_report(report: Any, *, as_json: bool, out=None) -> None:
+    out = out or sys.stdout
+    if as_json:
+        out.write(report.model_dump_json(indent=2) + "\n")
+        return
+    from safedrop.report_text import render_text
+
+    out.write(render_text(report))
+
+
+def _usage_report(message: str, migration: str, dry_run: bool) -> Any:
+    from safedrop.report import RunReport
+
+    return RunReport(status="failed", reasons=[message], migration=migration, dry_run=dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _prefect_defaults(getattr(args, "verbose", False))
+    from safedrop.errors import SafedropError, UsageError
+
+    if args.command == "demo":
+        from safedrop.demo import run_demo
+
+        try:
+            return run_demo(as_json=args.json)
+        except SafedropError as exc:
+            print(f"safedrop: {exc}", file=sys.stderr)
+            return exc.exit_code
+    dry_run = args.command == "plan"
+    try:
+        params = parameters_from_args(args, dry_run=dry_run)
+    except UsageError as exc:
+        if args.json:
+            print_report(_usage_report(str(exc), args.migration, dry_run), as_json=True)
+        print(f"safedrop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = run_flow(params)
+    print_report(report, as_json=args.json)
+    return report.exit_code
+
+
+def entrypoint() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

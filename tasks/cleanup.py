@@ -1,0 +1,108 @@
+"""Cleanup check: the guide's "are they empty, and does anything still point at them?".
+
+Counts the rows of every target (any row stops the run unless the operator allowed a non-empty
+drop) and of every table that must survive (verification compares against these), and lists
+foreign keys on other tables that reference a target.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Connection
+
+from safedrop import queries
+from safedrop.artifacts import md_table, publish_markdown
+from safedrop.database import Database, connect
+from safedrop.errors import ConnectionFailed
+from safedrop.migration import TableName
+from safedrop.report import CleanupResult, ForeignKeyIn
+
+
+def count_rows(conn: Connection, tables: list[TableName]) -> dict[str, int]:
+    """Exact row counts, keyed by qualified name."""
+    if not tables:
+        return {}
+    rows = queries.rows(
+        conn, "row_counts", schemas=[t.schema for t in tables], names=[t.name for t in tables]
+    )
+    return {TableName(r["schema_name"], r["table_name"]).qualified: int(r["row_count"]) for r in rows}
+
+
+def check_cleanup(
+    db: Database,
+    targets: list[TableName],
+    target_oids: list[int],
+    keep: list[TableName],
+    *,
+    allow_nonempty: bool,
+) -> CleanupResult:
+    with connect(db) as conn:
+        with conn.begin():
+            # one snapshot for every count
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            target_rows = count_rows(conn, targets)
+            keep_rows = count_rows(conn, keep)
+            fks = [
+                ForeignKeyIn(
+                    constraint=r["constraint_name"], table=r["referencing_table"], target=r["target"]
+                )
+                for r in queries.rows(conn, "inbound_foreign_keys", oids=target_oids)
+            ]
+    reasons, warnings = [], []
+    for table, n in target_rows.items():
+        if n and not allow_nonempty:
+            reasons.append(
+                f"{table} still has {n:,} rows; drop only empty tables, or pass --allow-nonempty "
+                "(the backup then keeps them)"
+            )
+        elif n:
+            warnings.append(f"{table} holds {n:,} rows; dropping them as allowed (--allow-nonempty)")
+    return CleanupResult(
+        target_rows=target_rows,
+        keep_rows=keep_rows,
+        inbound_foreign_keys=fks,
+        reasons=reasons,
+        warnings=warnings,
+    )
+
+
+def render(result: CleanupResult) -> str:
+    rows = [{"table": t, "role": "target", "rows": f"{n:,}"} for t, n in result.target_rows.items()]
+    rows += [{"table": t, "role": "keep", "rows": f"{n:,}"} for t, n in result.keep_rows.items()]
+    text = f"# Cleanup check\n\n## Row counts\n\n{md_table(rows)}\n## Foreign keys into the targets\n\n"
+    if result.inbound_foreign_keys:
+        text += md_table([fk.model_dump() for fk in result.inbound_foreign_keys])
+    else:
+        text += "None.\n"
+    return text
+
+
+def _transient(task, task_run, state) -> bool:
+    return isinstance(state.result(raise_on_failure=False), ConnectionFailed)
+
+
+@task(
+    name="cleanup-check",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+)
+def cleanup_check(
+    db: Database,
+    targets: list[TableName],
+    target_oids: list[int],
+    keep: list[TableName],
+    allow_nonempty: bool,
+    artifact_prefix: str,
+) -> CleanupResult:
+    """Row counts of targets and survivors, and foreign keys pointing into the targets."""
+    result = check_cleanup(db, targets, target_oids, keep, allow_nonempty=allow_nonempty)
+    get_run_logger().info(
+        "target rows: %s; inbound foreign keys: %d",
+        ", ".join(f"{t}={n}" for t, n in result.target_rows.items()) or "none",
+        len(result.inbound_foreign_keys),
+    )
+    publish_markdown(f"{artifact_prefix}-cleanup", render(result), "Row counts and inbound foreign keys")
+    return result

@@ -1,0 +1,201 @@
+"""Connection precheck: reach the server, learn its version and role, and the guide's "Table Status".
+
+Stops (as reasons, nothing changed) when the server is a read-only standby, a schema is unknown,
+a target is not a table or may not be dropped by this role, a table that must survive is missing,
+or a target is absent without safedrop's ledger saying it dropped it (a typo, not a re-run).
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Connection
+
+from safedrop import queries
+from safedrop.artifacts import md_table, publish_markdown
+from safedrop.database import Database, connect
+from safedrop.errors import ConnectionFailed, UsageError
+from safedrop.migration import Migration, TableName
+from safedrop.report import ConnectionResult, TableStatus
+
+_KINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "c": "a composite type",
+}
+
+
+def parse_table_list(names: list[str], default_schema: str) -> list[TableName]:
+    tables = []
+    for raw in names:
+        parts = [p.strip() for p in raw.split(".")] if raw.count(".") == 1 else [raw.strip()]
+        if not all(parts):
+            raise UsageError(f"table name {raw!r} is empty or malformed; use table or schema.table")
+        tables.append(TableName(default_schema, parts[0]) if len(parts) == 1 else TableName(*parts))
+    return tables
+
+
+def table_status(conn: Connection, tables: list[TableName]) -> list[dict]:
+    return queries.rows(
+        conn, "table_status", schemas=[t.schema for t in tables], names=[t.name for t in tables]
+    )
+
+
+def ledger_entries(conn: Connection, tables: list[TableName]) -> dict[TableName, dict]:
+    rows = queries.rows(
+        conn, "ledger_lookup", schemas=[t.schema for t in tables], names=[t.name for t in tables]
+    )
+    return {TableName(r["schema_name"], r["table_name"]): r for r in rows}
+
+
+def check_connection(db: Database, migration: Migration, keep: list[TableName]) -> ConnectionResult:
+    targets = migration.targets
+    overlap = sorted(str(t) for t in set(targets) & set(keep))
+    if overlap:
+        raise UsageError(
+            f"{', '.join(overlap)} is both a target of the migration and a table to keep; fix --keep"
+        )
+    reasons: list[str] = []
+    warnings: list[str] = []
+    with connect(db) as conn:
+        info = queries.one(conn, "server_info")
+        if info["in_recovery"]:
+            reasons.append(
+                f"the server at {db.display} is a read-only standby (pg_is_in_recovery); "
+                "point the database URL at the primary"
+            )
+        target_rows = table_status(conn, targets)
+        keep_rows = table_status(conn, keep)
+        ledger = queries.one(conn, "ledger_status")
+        ledger_state = (
+            "present"
+            if ledger["ledger_exists"] and ledger["can_record"]
+            else "creatable"
+            if not ledger["ledger_exists"] and ledger["can_create_schema"]
+            else "unavailable"
+        )
+        absent = [t for t, r in zip(targets, target_rows, strict=True) if r["oid"] is None]
+        dropped_before = ledger_entries(conn, absent) if absent and ledger["ledger_exists"] else {}
+        conn.rollback()
+
+    statuses: list[TableStatus] = []
+    for table, row in zip(targets, target_rows, strict=True):
+        status = TableStatus(
+            name=row["qualified"],
+            exists=row["oid"] is not None,
+            oid=row["oid"],
+            owner=row["owner"],
+            can_drop=row["can_drop"],
+        )
+        statuses.append(status)
+        if not row["schema_exists"]:
+            reasons.append(
+                f"schema {table.schema} does not exist; check --schema and the migration's table names"
+            )
+        elif row["oid"] is None:
+            if table not in dropped_before:
+                reasons.append(
+                    f"{row['qualified']} does not exist and safedrop's ledger has no record of dropping it: "
+                    "check the migration's table names and --schema (if it was dropped by hand, remove it "
+                    "from the migration)"
+                )
+        elif row["relkind"] not in ("r", "p"):
+            reasons.append(
+                f"{row['qualified']} is {_KINDS.get(row['relkind'], 'not a table')}, not a table; "
+                "a safedrop migration drops tables only"
+            )
+        elif not row["can_drop"]:
+            reasons.append(
+                f"role {info['current_user']} may not drop {row['qualified']} (owner {row['owner']}); run as "
+                f"{row['owner']}, a member of it, or the schema's owner"
+            )
+    keep_status: list[TableStatus] = []
+    for row in keep_rows:
+        keep_status.append(
+            TableStatus(
+                name=row["qualified"], exists=row["oid"] is not None, oid=row["oid"], owner=row["owner"]
+            )
+        )
+        if row["oid"] is None:
+            reasons.append(
+                f"{row['qualified']} must survive the drop but does not exist; check --keep for a typo"
+            )
+    if ledger_state == "unavailable" and any(s.exists for s in statuses):
+        warnings.append(
+            "safedrop cannot keep its ledger here (no CREATE on the database, or no INSERT on "
+            "safedrop.dropped_tables): a later run will not tell 'already dropped' from 'never existed'"
+        )
+    return ConnectionResult(
+        server=db.display,
+        server_version=info["server_version"],
+        server_version_num=info["server_version_num"],
+        current_user=info["current_user"],
+        in_recovery=info["in_recovery"],
+        targets=statuses,
+        keep=keep_status,
+        ledger=ledger_state,
+        already_dropped=[str(t) for t in dropped_before],
+        reasons=reasons,
+        warnings=warnings,
+    )
+
+
+def render(result: ConnectionResult) -> str:
+    rows = [
+        {
+            "table": t.name,
+            "role": "target",
+            "status": "exists" if t.exists else "absent",
+            "owner": t.owner,
+            "may drop": t.can_drop,
+        }
+        for t in result.targets
+    ] + [
+        {
+            "table": t.name,
+            "role": "keep",
+            "status": "exists" if t.exists else "MISSING",
+            "owner": t.owner,
+            "may drop": "",
+        }
+        for t in result.keep
+    ]
+    text = (
+        f"# Connection precheck\n\nConnected to `{result.server}` — PostgreSQL {result.server_version}, "
+        f"as `{result.current_user}`{' (read-only standby)' if result.in_recovery else ''}.\n\n"
+        f"## Table status\n\n{md_table(rows)}"
+    )
+    if result.already_dropped:
+        text += f"\nAlready dropped by safedrop earlier: {', '.join(result.already_dropped)}\n"
+    return text
+
+
+def _transient(task, task_run, state) -> bool:
+    return isinstance(state.result(raise_on_failure=False), ConnectionFailed)
+
+
+@task(
+    name="connection-precheck",
+    retries=3,
+    retry_delay_seconds=[1, 3, 9],
+    retry_jitter_factor=0.2,
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+)
+def connection_precheck(
+    db: Database, migration: Migration, keep: list[TableName], artifact_prefix: str
+) -> ConnectionResult:
+    """Connect, read the server version and role, and the status of every target and survivor."""
+    logger = get_run_logger()
+    logger.info("connecting to %s", db.display)
+    result = check_connection(db, migration, keep)
+    logger.info(
+        "PostgreSQL %s; targets present: %s",
+        result.server_version,
+        ", ".join(t.name for t in result.targets if t.exists) or "none",
+    )
+    publish_markdown(f"{artifact_prefix}-connection", render(result), "Connection precheck and table status")
+    return result

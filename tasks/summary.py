@@ -1,0 +1,196 @@
+"""Summary: the whole run as one report — the CLI's --json, and the run's summary artifact."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from safedrop.artifacts import md_list, md_table, publish_markdown, publish_table
+from safedrop.errors import SafedropError
+from safedrop.parameters import DropParameters
+from safedrop.report import (
+    BackupResult,
+    BackupSummary,
+    CleanupResult,
+    CodeScanResult,
+    ConnectionResult,
+    DependencyResult,
+    DropResult,
+    RunReport,
+    Status,
+    StepResult,
+    VerificationResult,
+)
+
+
+@dataclass
+class RunRecord:
+    """What the steps found so far; the flow fills it in as it goes."""
+
+    params: DropParameters
+    migration: str
+    flow_run_id: str | None = None
+    database: str | None = None
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    started: float = field(default_factory=time.monotonic)
+    connection: ConnectionResult | None = None
+    cleanup: CleanupResult | None = None
+    dependencies: DependencyResult | None = None
+    code: CodeScanResult | None = None
+    backup: BackupResult | None = None
+    drop: DropResult | None = None
+    verification: VerificationResult | None = None
+
+    @property
+    def steps(self) -> list[StepResult]:
+        return [
+            s
+            for s in (
+                self.connection,
+                self.cleanup,
+                self.dependencies,
+                self.code,
+                self.backup,
+                self.drop,
+                self.verification,
+            )
+            if s is not None
+        ]
+
+    def reasons(self) -> list[str]:
+        return list(dict.fromkeys(r for s in self.steps for r in s.reasons))
+
+    def warnings(self) -> list[str]:
+        return list(dict.fromkeys(w for s in self.steps for w in s.warnings))
+
+
+def build_report(record: RunRecord, status: Status, error: SafedropError | None = None) -> RunReport:
+    reasons = record.reasons()
+    if error is not None and str(error) not in reasons and not reasons:
+        reasons = [str(error)]
+    elif error is not None and status == "failed":
+        reasons = [*reasons, str(error)]
+    conn = record.connection
+    targets = conn.targets if conn else []
+    if record.cleanup:
+        for t in targets:
+            t.rows = record.cleanup.target_rows.get(t.name)
+    keep = conn.keep if conn else []
+    if record.cleanup:
+        for t in keep:
+            t.rows = record.cleanup.keep_rows.get(t.name)
+    return RunReport(
+        status=status,
+        reasons=reasons,
+        warnings=record.warnings(),
+        migration=record.migration,
+        dry_run=record.params.dry_run,
+        database=record.database,
+        server_version=conn.server_version if conn else None,
+        targets=targets,
+        keep=keep,
+        inbound_foreign_keys=record.cleanup.inbound_foreign_keys if record.cleanup else [],
+        cascade=record.dependencies.cascade if record.dependencies else [],
+        untracked=record.dependencies.untracked if record.dependencies else [],
+        code_scan=record.code.status if record.code else "not-run",
+        code_references=record.code.references if record.code else [],
+        backup=BackupSummary(path=record.backup.path, bytes=record.backup.bytes, sha256=record.backup.sha256)
+        if record.backup
+        else None,
+        dropped=record.drop.dropped if record.drop else [],
+        verification=record.verification,
+        flow_run_id=record.flow_run_id,
+        started_at=record.started_at,
+        duration_s=round(time.monotonic() - record.started, 2),
+    )
+
+
+_HEADLINES = {
+    "ready": "Ready: every precheck passed; the drop would go ahead",
+    "succeeded": "Succeeded: backed up, dropped and verified",
+    "already-applied": "Already applied: the targets are gone and the survivors are intact",
+    "stopped": "Stopped before any change",
+    "failed": "Failed",
+}
+
+
+def render(report: RunReport) -> str:
+    out = [f"# {_HEADLINES[report.status]}", ""]
+    out.append(
+        f"Migration `{report.migration}` on `{report.database or '?'}`"
+        f"{' (PostgreSQL ' + report.server_version + ')' if report.server_version else ''}"
+        f"{' — dry run' if report.dry_run else ''}; {report.duration_s} s."
+    )
+    out.append("")
+    if report.reasons:
+        out += ["## Why", "", md_list(report.reasons)]
+    if report.warnings:
+        out += ["## Warnings", "", md_list(report.warnings)]
+    if report.targets or report.keep:
+        rows = [
+            {"table": t.name, "role": "target", "status": "exists" if t.exists else "absent", "rows": t.rows}
+            for t in report.targets
+        ]
+        rows += [
+            {"table": t.name, "role": "keep", "status": "exists" if t.exists else "MISSING", "rows": t.rows}
+            for t in report.keep
+        ]
+        out += ["## Table status", "", md_table(rows)]
+    if report.cascade:
+        out += [
+            "## CASCADE would also remove",
+            "",
+            md_table([o.model_dump() for o in report.cascade], ["kind", "name", "owner_table", "why"]),
+        ]
+    if report.untracked:
+        out += [
+            "## References PostgreSQL does not track",
+            "",
+            md_table([u.model_dump() for u in report.untracked], ["kind", "name", "breaks"]),
+        ]
+    if report.code_scan == "skipped":
+        out += ["## Code references", "", "Skipped: no code path was given.", ""]
+    elif report.code_references:
+        out += [
+            "## Code references",
+            "",
+            md_table(
+                [c.model_dump() for c in report.code_references[:50]], ["path", "line", "identifier", "text"]
+            ),
+        ]
+    if report.backup:
+        out += [
+            "## Backup",
+            "",
+            f"`{report.backup.path}` — {report.backup.bytes:,} bytes, sha256 `{report.backup.sha256}`",
+            "",
+        ]
+    if report.dropped:
+        out += ["## Dropped", "", md_list(report.dropped)]
+    if report.verification:
+        out += [
+            "## Verification",
+            "",
+            "passed" if not report.verification.reasons else md_list(report.verification.reasons),
+        ]
+    return "\n".join(out)
+
+
+@task(name="summary", cache_policy=NO_CACHE)
+def summary(
+    record: RunRecord, status: Status, error: SafedropError | None, artifact_prefix: str
+) -> RunReport:
+    """The run report, published as the run's summary artifact."""
+    report = build_report(record, status, error)
+    publish_markdown(f"{artifact_prefix}-summary", render(report), _HEADLINES[report.status])
+    publish_table(
+        f"{artifact_prefix}-table-status",
+        [{"table": t.name, "role": "target", "exists": t.exists, "rows": t.rows} for t in report.targets]
+        + [{"table": t.name, "role": "keep", "exists": t.exists, "rows": t.rows} for t in report.keep],
+        "Table status",
+    )
+    return report
