@@ -21,6 +21,9 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from safedrop.errors import ConfigurationError, ConnectionFailed
 
 APPLICATION_NAME = "safedrop"
+# connection errors that trying again cannot fix
+_PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+              "could not translate host name", "invalid", "SSL")
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg2"}
 
 
@@ -183,7 +186,9 @@ def connect(db: Database) -> Iterator[Connection]:
         try:
             conn = engine.connect()
         except sa.exc.OperationalError as exc:
-            raise ConnectionFailed(describe_connect_error(exc, db)) from None
+            message = describe_connect_error(exc, db)
+            permanent = any(p in message for p in _PERMANENT)
+            raise ConnectionFailed(message, transient=not permanent) from None
         with conn:
             yield conn
     finally:

@@ -38,7 +38,18 @@ class MigrationFileError(UsageError):
 
 
 class ConnectionFailed(SafedropError):
-    """The database could not be reached or refused the login (after retries)."""
+    """The database could not be reached or refused the login (after retries).
+
+    ``transient`` says whether trying again can help (a refused or dropped connection can; a wrong
+    password or a missing database cannot).
+    """
+
+    def __init__(self, message: str, *, transient: bool = True, report=None) -> None:
+        super().__init__(message, report=report)
+        self.transient = transient
+
+    def __reduce__(self):
+        return (_rebuild_connection_failed, (str(self), self.transient))
 
 
 class PrecheckStop(SafedropError):
@@ -69,3 +80,7 @@ class DropFailed(SafedropError):
 
 class VerificationFailed(SafedropError):
     """After the drop, the database is not as expected."""
+
+
+def _rebuild_connection_failed(message: str, transient: bool) -> ConnectionFailed:
+    return ConnectionFailed(message, transient=transient)

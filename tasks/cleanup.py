@@ -79,7 +79,8 @@ def render(result: CleanupResult) -> str:
 
 
 def _transient(task, task_run, state) -> bool:
-    return isinstance(state.result(raise_on_failure=False), ConnectionFailed)
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, ConnectionFailed) and error.transient
 
 
 @task(

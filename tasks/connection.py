@@ -31,8 +31,8 @@ _KINDS = {
 def parse_table_list(names: list[str], default_schema: str) -> list[TableName]:
     tables = []
     for raw in names:
-        parts = [p.strip() for p in raw.split(".")] if raw.count(".") == 1 else [raw.strip()]
-        if not all(parts):
+        parts = [p.strip() for p in raw.split(".")]
+        if not all(parts) or len(parts) > 2:
             raise UsageError(f"table name {raw!r} is empty or malformed; use table or schema.table")
         tables.append(TableName(default_schema, parts[0]) if len(parts) == 1 else TableName(*parts))
     return tables
@@ -174,13 +174,14 @@ def render(result: ConnectionResult) -> str:
 
 
 def _transient(task, task_run, state) -> bool:
-    return isinstance(state.result(raise_on_failure=False), ConnectionFailed)
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, ConnectionFailed) and error.transient
 
 
 @task(
     name="connection-precheck",
     retries=3,
-    retry_delay_seconds=[1, 3, 9],
+    retry_delay_seconds=[1, 2, 4],
     retry_jitter_factor=0.2,
     retry_condition_fn=_transient,
     cache_policy=NO_CACHE,

@@ -522,4 +522,5 @@ def dependency_scan(
 def _transient(state) -> bool:
     from safedrop.errors import ConnectionFailed
 
-    return isinstance(state.result(raise_on_failure=False), ConnectionFailed)
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, ConnectionFailed) and error.transient

@@ -1,0 +1,180 @@
+"""The `safedrop` command: the contract (subcommands, flags, --json, exit codes) and its failure lines.
+
+Most tests call ``main()`` in-process inside the Prefect test harness; the tests marked ``cli`` run
+the installed console script as a user would (Prefect's embedded mode, ~10 s each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safedrop.cli import main, parse_duration_ms
+from safedrop.pgserver import find_server_bin, free_port
+from tests.conftest import ROOT, TARGETS
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(autouse=True)
+def no_env_url(monkeypatch, tmp_path):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_json_on_a_clean_database_is_ready(guide_db, capsys):
+    code, out, err = cli(capsys, "plan", "--database-url", guide_db.url, "--json")
+    report = json.loads(out)
+    assert code == 0, report
+    assert report["status"] == "ready"
+    assert {"status", "reasons", "targets", "backup", "cascade", "code_references"} <= set(report)
+    assert [t["name"] for t in report["targets"]] == [f"public.{t}" for t in TARGETS]
+    assert guide_db.server.password not in out + err
+
+
+def test_plan_json_names_every_reason_and_exits_3(guide_db, capsys, tmp_path):
+    guide_db.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "VALUES (1, 1, 10, '2024-01-01', '2024-02-01');"
+        "CREATE VIEW org_credit_overview AS SELECT * FROM credit_allocations;"
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "model.ts").write_text("export interface CreditAllocation { id: number }\n")
+    before = guide_db.snapshot()
+    code, out, _ = cli(capsys, "plan", "--database-url", guide_db.url, "--code-path", str(app), "--json")
+    report = json.loads(out)
+    assert code == 3 and report["status"] == "stopped"
+    text = " ".join(report["reasons"])
+    assert "public.credit_allocations still has 1 rows" in text
+    assert "view public.org_credit_overview" in text
+    assert "code still references the targets" in text
+    assert report["cascade"] == [
+        {**report["cascade"][0], "kind": "view", "name": "public.org_credit_overview"}
+    ]
+    assert report["code_references"][0] == {
+        **report["code_references"][0], "path": "model.ts", "line": 1, "identifier": "CreditAllocation"
+    }
+    assert guide_db.snapshot() == before
+
+
+def test_run_drops_and_prints_a_readable_summary(guide_db, capsys, tmp_path):
+    code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
+    assert code == 0, out
+    assert "SUCCEEDED" in out and "backup:" in out and "verification: passed" in out
+    assert not any(guide_db.exists(t) for t in TARGETS)
+    dump = next((tmp_path / "bk").glob("*.dump"))
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    toc = subprocess.run([str(find_server_bin() / "pg_restore"), "--list", str(dump)],
+                         capture_output=True, text=True, check=True).stdout
+    assert all(f"TABLE public {t} " in toc for t in TARGETS)
+    # and again: already applied, exit 0
+    code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
+    assert code == 0 and "ALREADY APPLIED" in out
+
+
+def test_run_stops_with_3_and_changes_nothing_when_something_depends(guide_db, capsys, tmp_path):
+    guide_db.execute("ALTER TABLE credit_usage ADD COLUMN allocation_id bigint "
+                     "REFERENCES credit_allocations (id)")
+    before = guide_db.snapshot()
+    code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
+    assert code == 3
+    assert "STOPPED" in out and "foreign key credit_usage_allocation_id_fkey" in out
+    assert guide_db.snapshot() == before
+    assert not (tmp_path / "bk").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--database-url", "not a url"], "the database URL is malformed"),
+        (["--database-url", "mysql://u:p@localhost/db"], "the database URL is for 'mysql', not PostgreSQL"),
+        (["--database-url", "postgresql://u:p@localhost/"], "the database URL names no database"),
+        (["--migration", "no_such_migration"], "no migration named 'no_such_migration'"),
+        (["--code-path", "/no/such/dir"], "code path /no/such/dir does not exist"),
+        (["--keep", "a.b.c"], "table name 'a.b.c' is empty or malformed"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(guide_db, capsys, argv, message):
+    before = guide_db.snapshot()
+    args = ["run", *argv] if "--database-url" in argv else ["run", "--database-url", guide_db.url, *argv]
+    code, out, err = cli(capsys, *args)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and message in err and "Traceback" not in err
+    assert guide_db.snapshot() == before
+
+
+def test_a_migration_that_does_not_parse_is_refused(guide_db, capsys, tmp_path):
+    bad = tmp_path / "broken.sql"
+    bad.write_text("DROP TABL credit_allocations;")
+    before = guide_db.snapshot()
+    code, _, err = cli(capsys, "run", "--database-url", guide_db.url, "--migration", str(bad))
+    assert code == 2
+    assert f"migration {bad} does not parse: syntax error at or near \"TABL\"" in err
+    assert guide_db.snapshot() == before
+
+
+def test_a_wrong_password_fails_in_one_line_without_the_password(guide_db, capsys):
+    url = guide_db.server.url(guide_db.name, password="Wr0ng-Pa55word-xyz")
+    code, out, err = cli(capsys, "plan", "--database-url", url)
+    assert code == 1
+    assert "password authentication failed" in out
+    assert "Wr0ng-Pa55word-xyz" not in out + err
+
+
+def test_an_unreachable_server_is_retried_then_named(capsys):
+    url = f"postgresql://postgres:secret-xyz@127.0.0.1:{free_port()}/app"
+    code, out, err = cli(capsys, "plan", "--database-url", url, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["status"] == "failed"
+    assert report["reasons"][0].startswith("cannot connect to postgres@127.0.0.1:")
+    assert "secret-xyz" not in out + err
+
+
+def test_durations():
+    assert parse_duration_ms("500ms") == 500
+    assert parse_duration_ms("2s") == 2000
+    assert parse_duration_ms("1.5s") == 1500
+    assert parse_duration_ms("5m") == 300_000
+
+
+def _console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    return env
+
+
+@pytest.mark.cli
+def test_console_script_plan_json(guide_db, tmp_path):
+    """The installed `safedrop` as a user runs it: embedded Prefect, DATABASE_URL from the environment."""
+    exe = Path(sys.executable).parent / "safedrop"
+    result = subprocess.run([str(exe), "plan", "--json"], capture_output=True, text=True, timeout=300,
+                            env=_console_env(tmp_path, DATABASE_URL=guide_db.url), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["status"] == "ready"
+    assert guide_db.server.password not in result.stdout + result.stderr
+
+
+@pytest.mark.cli
+def test_make_demo_runs_the_whole_job(tmp_path):
+    """`safedrop demo` (what `make demo` runs): zero configuration, exit 0, a summary and a backup."""
+    exe = Path(sys.executable).parent / "safedrop"
+    result = subprocess.run([str(exe), "demo"], capture_output=True, text=True, timeout=600,
+                            env=_console_env(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "READY" in result.stdout and "SUCCEEDED" in result.stdout
+    assert list((tmp_path / "backups" / "demo").glob("*.dump"))
+    assert not list(Path("/tmp").glob("safedrop-demo-*"))
+    _ = ROOT
