@@ -66,9 +66,19 @@ class CascadeObject(BaseModel):
 
 class UntrackedReference(BaseModel):
     kind: str  # function, procedure, trigger, event trigger, cron job
-    name: str
+    name: str  # as the report prints it and --allow-cascade takes it
+    owner_table: str | None = None  # a trigger's table
     mentions: str  # the target it mentions
     breaks: str  # what would fail after the drop
+    allowed: bool = False
+
+    @property
+    def names(self) -> set[str]:
+        """Every spelling --allow-cascade accepts for it."""
+        out = {self.name, self.name.split("(", 1)[0]}
+        if self.owner_table:
+            out.add(f"{self.owner_table}.{self.name}")
+        return out
 
 
 class DependencyResult(StepResult):

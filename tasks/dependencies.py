@@ -183,6 +183,24 @@ def predict_removal(
     return walk.removed, walk.refused
 
 
+def rehearse(conn: Connection, migration: Migration) -> set[Address]:
+    """What the server really removes: the migration run in a transaction that is rolled back.
+
+    A ``sql_drop`` event trigger records every dropped object (complete past the NOTICE list's
+    100-object cap). Needs a superuser. For tests and ``--rehearse`` on a scratch copy only: the
+    production path reads the catalogs and never runs a DROP it has not approved.
+    """
+    from tasks.drop import render_drop  # the very statements the drop step runs
+
+    with conn.begin() as tx:
+        conn.exec_driver_sql(queries.load("rehearsal_capture_setup").text)
+        for statement in migration.statements:
+            conn.exec_driver_sql(render_drop(statement).as_string(conn.connection.dbapi_connection))
+        rows = queries.rows(conn, "rehearsal_captured")
+        tx.rollback()
+    return {(r["classid"], r["objid"], r["objsubid"]) for r in rows}
+
+
 # --------------------------------------------------------------------------------------------------
 # Describing and classifying the removal set
 # --------------------------------------------------------------------------------------------------
@@ -336,7 +354,8 @@ def find_untracked(
             found.append(
                 UntrackedReference(
                     kind="trigger",
-                    name=f"{trig['trigger']} on {trig['table']}",
+                    name=trig["trigger"],
+                    owner_table=trig["table"],
                     mentions=r["target"],
                     breaks=f"every write to {trig['table']} that fires it fails: trigger "
                     f"{trig['trigger']} calls {fname} ({r['language']}), whose body uses {r['target']}",
@@ -407,9 +426,7 @@ def analyse(
     functions = {a[1] for a in removed if info.get(a, {}).get("type") in ("function", "procedure")}
     untracked = find_untracked(conn, [t for t in migration.targets if t in oids], functions, target_oids)
     for ref in untracked:
-        ref_allowed = any(a.strip() in (ref.name, ref.name.split("(", 1)[0]) for a in allow)
-        if ref_allowed:
-            ref.breaks += " (allowed)"
+        ref.allowed = any(a.strip() in ref.names for a in allow)
     reasons = []
     for target, owner in refused:
         reasons.append(
@@ -425,9 +442,10 @@ def analyse(
                 f"remove it first, or allow it with --allow-cascade {obj.name}"
             )
     for ref in untracked:
-        if not ref.breaks.endswith("(allowed)"):
+        if not ref.allowed:
+            where = f" on {ref.owner_table}" if ref.owner_table else ""
             reasons.append(
-                f"{ref.kind} {ref.name} still uses {ref.mentions} (PostgreSQL does not track it): "
+                f"{ref.kind} {ref.name}{where} still uses {ref.mentions} (PostgreSQL does not track it): "
                 f"{ref.breaks}; change it first, or allow it with --allow-cascade {ref.name.split('(')[0]}"
             )
     allowed_unused = [a for a in allow if not _allow_matches_any(a, cascade, untracked)]
@@ -450,7 +468,7 @@ def _allow_matches_any(a: str, cascade: list[CascadeObject], untracked: list[Unt
             names.add(f"{obj.owner_table}.{obj.name}")
         if a in names:
             return True
-    return any(a in (ref.name, ref.name.split("(", 1)[0]) for ref in untracked)
+    return any(a in ref.names for ref in untracked)
 
 
 def scan_dependencies(
