@@ -10,6 +10,7 @@ markdown artifact.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -166,6 +167,13 @@ def _probe(bindir: Path) -> PgTools | None:
     pg_dump, pg_restore = bindir / "pg_dump", bindir / "pg_restore"
     if not (os.access(pg_dump, os.X_OK) and os.access(pg_restore, os.X_OK)):
         return None
+    info = pg_dump.stat()
+    return _probe_binary(pg_dump, pg_restore, (info.st_ino, info.st_size, info.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_binary(pg_dump: Path, pg_restore: Path, identity: tuple[int, int, int]) -> PgTools | None:
+    """Ask pg_dump its version; cached per binary file (``identity`` changes when it is replaced)."""
     try:
         output = str(sh.Command(str(pg_dump))("--version", _env=_tool_env(), _timeout=30, _tty_out=False))
     except (sh.ErrorReturnCode, sh.TimeoutException, sh.CommandNotFound, OSError):
@@ -175,8 +183,14 @@ def _probe(bindir: Path) -> PgTools | None:
     if parsed is None:
         return None
     version, num = parsed
-    return PgTools(pg_dump=pg_dump, pg_restore=pg_restore, major=_version_key(num)[0], version=version,
-                   version_num=num, version_line=line)
+    return PgTools(
+        pg_dump=pg_dump,
+        pg_restore=pg_restore,
+        major=_version_key(num)[0],
+        version=version,
+        version_num=num,
+        version_line=line,
+    )
 
 
 def installed_tools() -> list[PgTools]:
@@ -197,8 +211,10 @@ def installed_tools() -> list[PgTools]:
 
 def _install_hint(server_num: int) -> str:
     major = _major_text(server_num)
-    return (f"install PostgreSQL {major}'s client (Debian: apt-get install postgresql-client-{major}) "
-            f"or set {PG_BIN_ENV}")
+    return (
+        f"install PostgreSQL {major}'s client (Debian: apt-get install postgresql-client-{major}) "
+        f"or set {PG_BIN_ENV}"
+    )
 
 
 def _choose(candidates: Sequence[PgTools], server_version_num: int) -> PgTools | None:
@@ -262,11 +278,14 @@ def check_row_security(db: Database, targets: Sequence[TableName]) -> None:
     try:
         with connect(db) as conn:
             blockers = queries.rows(
-                conn, "backup_rls_blockers",
-                schemas=[t.schema for t in targets], names=[t.name for t in targets],
+                conn,
+                "backup_rls_blockers",
+                schemas=[t.schema for t in targets],
+                names=[t.name for t in targets],
             )
     except ConnectionFailed as exc:
-        raise _failure(f"{re.sub(r'[ \t]+', ' ', str(exc))}; {DID_NOT_RUN}") from None
+        message = re.sub(r"[ \t]+", " ", str(exc))
+        raise _failure(f"{message}; {DID_NOT_RUN}") from None
     if not blockers:
         return
     plain = [r for r in blockers if not (r["forced"] and r["is_owner"])]
@@ -275,12 +294,16 @@ def check_row_security(db: Database, targets: Sequence[TableName]) -> None:
     if plain:
         tables = ", ".join(TableName(r["schema_name"], r["table_name"]).qualified for r in plain)
         owners = ", ".join(sorted({r["owner"] for r in plain}))
-        parts.append(f"a dump would be cut short by row-level security on {tables}; "
-                     f"run as the table owner ({owners}) or a BYPASSRLS role")
+        parts.append(
+            f"a dump would be cut short by row-level security on {tables}; "
+            f"run as the table owner ({owners}) or a BYPASSRLS role"
+        )
     if forced:
         tables = ", ".join(TableName(r["schema_name"], r["table_name"]).qualified for r in forced)
-        parts.append(f"a dump would be cut short by row-level security on {tables} (FORCE ROW LEVEL "
-                     "SECURITY applies to its owner too); run as a superuser or a BYPASSRLS role")
+        parts.append(
+            f"a dump would be cut short by row-level security on {tables} (FORCE ROW LEVEL "
+            "SECURITY applies to its owner too); run as a superuser or a BYPASSRLS role"
+        )
     raise BackupFailed(f"{'; '.join(parts)}; {DID_NOT_RUN}")
 
 
@@ -378,7 +401,7 @@ def _stderr_summary(stderr: bytes | str, db: Database) -> str:
     for index, line in enumerate(lines):
         if "error:" in line:
             summary = line.split("error:", 1)[1].strip()
-            rest = lines[index + 1:]
+            rest = lines[index + 1 :]
             for follower in rest:
                 if "detail:" in follower:
                     detail = follower.split("detail:", 1)[1].strip()
@@ -399,7 +422,13 @@ def _stderr_summary(stderr: bytes | str, db: Database) -> str:
 def _run(command: Path, args: Sequence[str], *, env: dict[str, str], timeout_s: float):
     """Run a tool in the background and wait; on any interruption kill it before re-raising."""
     running = sh.Command(str(command))(
-        *args, _env=env, _timeout=timeout_s, _bg=True, _bg_exc=False, _tty_out=False, _return_cmd=True,
+        *args,
+        _env=env,
+        _timeout=timeout_s,
+        _bg=True,
+        _bg_exc=False,
+        _tty_out=False,
+        _return_cmd=True,
     )
     try:
         running.wait()
@@ -414,8 +443,9 @@ def _run(command: Path, args: Sequence[str], *, env: dict[str, str], timeout_s: 
     return running
 
 
-def run_pg_dump(tools: PgTools, db: Database, output: Path, *, compression: int = 1,
-                timeout_s: float = 3600) -> None:
+def run_pg_dump(
+    tools: PgTools, db: Database, output: Path, *, compression: int = 1, timeout_s: float = 3600
+) -> None:
     """pg_dump the whole database into ``output`` (custom format). Raises BackupFailed, one secret-free line.
 
     Connection settings and the password reach pg_dump only through its environment; argv holds only
@@ -455,13 +485,16 @@ def archive_toc(path: Path, tools: PgTools, *, timeout_s: float = 300) -> list[s
     try:
         running = _run(tools.pg_restore, ["--list", str(path)], env=_tool_env(), timeout_s=timeout_s)
     except sh.TimeoutException:
-        raise BackupFailed(f"pg_restore --list {path} did not finish within {timeout_s:g} s; "
-                           f"{DID_NOT_RUN}") from None
+        raise BackupFailed(
+            f"pg_restore --list {path} did not finish within {timeout_s:g} s; {DID_NOT_RUN}"
+        ) from None
     except sh.ErrorReturnCode as exc:
         text = (exc.stderr or b"").decode("utf-8", "replace")
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        first = next((ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln),
-                     lines[-1] if lines else f"exit code {exc.exit_code}")
+        first = next(
+            (ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln),
+            lines[-1] if lines else f"exit code {exc.exit_code}",
+        )
         raise BackupFailed(
             f"the archive {path} does not read back (pg_restore: {first}); {DID_NOT_RUN}"
         ) from None
@@ -535,8 +568,15 @@ def _fsync_dir(path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def take_backup(db: Database, targets: list[TableName], backup_dir: Path, *, server_version_num: int,
-                compression: int = 1, timeout_s: int = 3600) -> BackupResult:
+def take_backup(
+    db: Database,
+    targets: list[TableName],
+    backup_dir: Path,
+    *,
+    server_version_num: int,
+    compression: int = 1,
+    timeout_s: int = 3600,
+) -> BackupResult:
     """Dump the whole database to a new file in ``backup_dir``, verify the targets are in it, hash it.
 
     Order: choose pg_dump (refuses a too-old one) → row-level-security check → create the directory and
@@ -556,8 +596,10 @@ def take_backup(db: Database, targets: list[TableName], backup_dir: Path, *, ser
     warnings = []
     mode = directory.stat().st_mode & 0o777
     if not created and mode & 0o077:
-        warnings.append(f"backup directory {directory} is accessible to other users (mode {mode:04o}); "
-                        "the archive holds every row of the database")
+        warnings.append(
+            f"backup directory {directory} is accessible to other users (mode {mode:04o}); "
+            "the archive holds every row of the database"
+        )
     partial, final = reserve_backup_file(directory, db.url.database or "database")
     try:
         run_pg_dump(tools, db, partial, compression=compression, timeout_s=timeout_s)
@@ -591,13 +633,13 @@ def human_bytes(size: int) -> str:
 
 def backup_markdown(result: BackupResult, db: Database) -> str:
     rows = [
-        {"": "database", " ": db.display},
-        {"": "path", " ": f"`{result.path}`"},
-        {"": "size", " ": f"{result.bytes:,} bytes ({human_bytes(result.bytes)})"},
-        {"": "sha256", " ": f"`{result.sha256}`"},
-        {"": "pg_dump", " ": result.pg_dump_version},
-        {"": "duration", " ": f"{result.duration_s:.2f} s"},
-        {"": "tables verified in the archive", " ": ", ".join(result.tables_in_archive) or "none"},
+        {"item": "database", "value": db.display},
+        {"item": "path", "value": f"`{result.path}`"},
+        {"item": "size", "value": f"{result.bytes:,} bytes ({human_bytes(result.bytes)})"},
+        {"item": "sha256", "value": f"`{result.sha256}`"},
+        {"item": "pg_dump", "value": result.pg_dump_version},
+        {"item": "duration", "value": f"{result.duration_s:.2f} s"},
+        {"item": "tables verified in the archive", "value": ", ".join(result.tables_in_archive) or "none"},
     ]
     text = "### Backup\n\n" + md_table(rows)
     if result.warnings:
@@ -614,19 +656,46 @@ def retry_if_transient(task, task_run, state) -> bool:
     return isinstance(error, BaseException) and is_transient(error)
 
 
-@task(name="backup", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient,
-      cache_policy=NO_CACHE)
-def backup(db: Database, targets: list[TableName], backup_dir: Path, *, server_version_num: int,
-           artifact_prefix: str, compression: int = 1, timeout_s: int = 3600) -> BackupResult:
+@task(
+    name="backup",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def backup(
+    db: Database,
+    targets: list[TableName],
+    backup_dir: Path,
+    *,
+    server_version_num: int,
+    artifact_prefix: str,
+    compression: int = 1,
+    timeout_s: int = 3600,
+) -> BackupResult:
     """Take and verify a full backup; publish `<artifact_prefix>-backup`."""
     logger = get_run_logger()
     logger.info("backing up %s into %s", db.display, backup_dir)
-    result = take_backup(db, targets, Path(backup_dir), server_version_num=server_version_num,
-                         compression=compression, timeout_s=timeout_s)
-    logger.info("backup %s: %s, sha256 %s, %.2f s", result.path, human_bytes(result.bytes), result.sha256,
-                result.duration_s)
+    result = take_backup(
+        db,
+        targets,
+        Path(backup_dir),
+        server_version_num=server_version_num,
+        compression=compression,
+        timeout_s=timeout_s,
+    )
+    logger.info(
+        "backup %s: %s, sha256 %s, %.2f s",
+        result.path,
+        human_bytes(result.bytes),
+        result.sha256,
+        result.duration_s,
+    )
     for warning in result.warnings:
         logger.warning(warning)
-    publish_markdown(f"{artifact_prefix}-backup", backup_markdown(result, db),
-                     description=f"Verified backup of {db.display}")
+    publish_markdown(
+        f"{artifact_prefix}-backup",
+        backup_markdown(result, db),
+        description=f"Verified backup of {db.display}",
+    )
     return result
