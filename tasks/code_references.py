@@ -42,20 +42,38 @@ SKIPPED_WARNING = (
 
 #: Vendored dependencies and build output: not our code, or generated from it.
 VENDORED_AND_BUILD_DIRS = (
-    "node_modules", "vendor", "bower_components", "dist", "build", "out",
-    ".next", ".nuxt", "coverage", "target", ".turbo", ".cache",
+    "node_modules",
+    "vendor",
+    "bower_components",
+    "dist",
+    "build",
+    "out",
+    ".next",
+    ".nuxt",
+    "coverage",
+    "target",
+    ".turbo",
+    ".cache",
 )
 #: Migrations are meant to name the tables (the drop itself is one). Covers knex, sequelize-cli,
 #: typeorm (``src/migration``), prisma (``prisma/migrations``) and rails-style ``db/migrate``.
 MIGRATION_GLOBS = ("migrations", "migration", "migrate", "*.migration.*")
 #: Documentation may keep talking about the old tables.
 DOC_GLOBS = (
-    "*.md", "*.mdx", "*.markdown", "*.rst", "*.adoc", "*.txt",
-    "docs/", "doc/", "CHANGELOG*", "changelog*",
+    "*.md",
+    "*.mdx",
+    "*.markdown",
+    "*.rst",
+    "*.adoc",
+    "*.txt",
+    "docs/",
+    "doc/",
+    "CHANGELOG*",
+    "changelog*",
 )
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lock")
 
-#: ripgrep globs (``-g``) the scan always skips, after any include globs so that includes only narrow.
+#: ripgrep globs (``-g !glob``) the scan always skips; no include glob or .gitignore rule brings them back.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git/",
     *(f"{d}/" for d in VENDORED_AND_BUILD_DIRS),
@@ -106,7 +124,7 @@ def _plural(word: str) -> str:
 def _spellings(words: list[str]) -> list[str]:
     lower = [w.lower() for w in words]
     pascal = "".join(w[:1].upper() + w[1:] for w in lower)
-    camel = lower[0] + pascal[len(lower[0]):]
+    camel = lower[0] + pascal[len(lower[0]) :]
     return ["_".join(lower), camel, pascal, "-".join(lower)]
 
 
@@ -192,7 +210,7 @@ def include_rules(include: Sequence[str]) -> str:
 
 def _check_roots(roots: Sequence[str]) -> list[tuple[str, Path]]:
     checked = []
-    for root in roots:
+    for root in dict.fromkeys(roots):  # the same path twice would count every reference twice
         path = Path(root).expanduser()
         if not root.strip() or not (path.is_dir() or path.is_file()):
             raise UsageError(f"code path {root} does not exist")
@@ -219,7 +237,7 @@ def _path(field: dict) -> str:
     return os.fsdecode(base64.b64decode(field["bytes"]))
 
 
-def _snippet(line: str, start: int, length: int) -> str:
+def _snippet(line: str, start: int) -> str:
     """The line trimmed; a long line (minified code) cut to a window around the match."""
     stripped = line.strip()
     if len(stripped) <= TEXT_WIDTH:
@@ -232,7 +250,7 @@ def _snippet(line: str, start: int, length: int) -> str:
 
 def _references(data: dict, root: str, prefix: str) -> Iterator[CodeReference]:
     path = _path(data["path"])
-    path = path[len(prefix):] if path.startswith(prefix) else path
+    path = path[len(prefix) :] if path.startswith(prefix) else path
     lines = data["lines"]
     line_text = _text(lines).rstrip("\r\n")
     raw = None if line_text.isascii() else _raw(lines)
@@ -247,65 +265,61 @@ def _references(data: dict, root: str, prefix: str) -> Iterator[CodeReference]:
             line=data["line_number"],
             column=start + 1,
             identifier=identifier,
-            text=_snippet(line_text, start, len(identifier)),
+            text=_snippet(line_text, start),
         )
 
 
-def _bad_glob(stderr: str, globs: Sequence[str]) -> UsageError | None:
-    match = re.search(r"error parsing glob '(.*?)': (.*)", stderr)
+def _bad_glob(stderr: str, include: Sequence[str], exclude: Sequence[str]) -> UsageError | None:
+    match = re.search(r"error parsing glob '!?(.*?)': (.*)", stderr)
     if not match:
         return None
-    glob, why = match.group(1).removeprefix("!"), match.group(2).strip()
-    return UsageError(
-        f"code scan glob {glob!r} is not a valid ripgrep glob ({why}); fix it in --code-include/"
-        "--code-exclude (code_include/code_exclude)"
-        if glob in globs
-        else f"code scan glob {glob!r} is not a valid ripgrep glob ({why})"
-    )
+    glob, why = match.group(1), match.group(2).strip()
+    flag = "--code-include" if glob in include else "--code-exclude" if glob in exclude else None
+    where = f"; fix it in {flag} ({flag[2:].replace('-', '_')})" if flag else ""
+    return UsageError(f"code scan glob {glob!r} is not a valid ripgrep glob ({why}){where}")
 
 
-def _run_rg(
-    rg: str, root: str, path: Path, pattern: str, globs: list[str], user_globs: Sequence[str]
-) -> tuple[list[CodeReference], int | None]:
-    # ripgrep matches -g globs relative to its working directory, so it runs inside the root and
+def _run_rg(root: str, path: Path, argv: list[str]) -> tuple[list[CodeReference], int, str]:
+    """One ripgrep run over one root, its JSON output parsed as it streams."""
+    # ripgrep matches globs relative to its working directory, so it runs inside the root and
     # searches "./": `src/legacy/**` then means <root>/src/legacy/**, whatever our own cwd is.
     if path.is_dir():
         cwd, target = path, "./"
     else:
         cwd, target = path.parent, f"./{path.name}"
-    argv = [rg, *RG_BASE_FLAGS, "--json", *globs, "-e", pattern, "--", target]
     references: list[CodeReference] = []
-    searches: int | None = None
-    with tempfile.TemporaryFile() as stderr_file:
+    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: a full pipe would deadlock rg
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file
+                [*argv, "--", target],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr_file,
+                bufsize=1 << 18,  # few large reads: a minified line can be hundreds of KB of JSON
             )
         except OSError as exc:
-            raise ConfigurationError(f"cannot run ripgrep at {rg}: {exc.strerror or exc}") from None
+            raise ConfigurationError(f"cannot run ripgrep at {argv[0]}: {exc.strerror or exc}") from None
         assert proc.stdout is not None
         with proc.stdout:
             for raw_line in proc.stdout:
+                # Only matches are parsed. The summary is not used: in ripgrep 14.1 its `searches`
+                # counts only files with a match, so it cannot say how many files were searched.
                 if raw_line.startswith(b'{"type":"match"'):
                     references += _references(json.loads(raw_line)["data"], root, "./")
-                elif not raw_line.startswith(b'{"type":"'):  # the summary puts "type" last
-                    message = json.loads(raw_line)
-                    if message.get("type") == "summary":
-                        searches = message["data"]["stats"]["searches"]
         returncode = proc.wait()
         stderr_file.seek(0)
         stderr = stderr_file.read().decode("utf-8", errors="replace").strip()
-    if returncode in (0, 1):  # 1: no match
-        return references, searches
-    bad_glob = _bad_glob(stderr, user_globs)
-    if bad_glob is not None:
-        raise bad_glob
-    first = stderr.splitlines()[0].removeprefix("rg: ") if stderr else f"exit status {returncode}"
-    more = len(stderr.splitlines()) - 1
-    raise CodeScanFailed(
-        f"code scan of {root} did not complete: {first}"
-        + (f" (and {more} more errors)" if more > 0 else "")
-        + "; fix access to the code path, or exclude the unreadable paths with --code-exclude"
+    return references, returncode, stderr
+
+
+def _rg_failure(root: str, returncode: int, stderr: str) -> CodeScanFailed:
+    lines = stderr.splitlines()
+    first = lines[0].removeprefix("rg: ") if lines else f"ripgrep exited with status {returncode}"
+    more = f" (and {len(lines) - 1:,} more errors)" if len(lines) > 1 else ""
+    return CodeScanFailed(
+        f"code scan of {root} did not complete: {first}{more}; make the code path readable, "
+        "or skip the unreadable paths with --code-exclude"
     )
 
 
@@ -324,8 +338,8 @@ def scan_code(
     """Find every reference to the targets' names in the code under ``roots``.
 
     Policy ``fail`` turns references into a reason (the run stops), ``warn`` into a warning.
-    Include globs narrow the scan; like every ripgrep ``-g`` glob they take precedence over
-    ``.gitignore`` for the files they match, while the default excludes always apply.
+    Globs use ripgrep's (gitignore) syntax, matched from each root. Include globs only narrow the
+    scan: ``.gitignore`` and the default excludes still apply. Exclude globs add to the defaults.
     """
     if not roots:
         return CodeScanResult(status="skipped", roots=[], references=[], warnings=[SKIPPED_WARNING])
@@ -336,19 +350,25 @@ def scan_code(
     if not targets:
         return CodeScanResult(status="done", roots=roots, references=[])
 
-    rg = find_rg()
-    pattern = search_pattern(targets)
-    globs = glob_args(include, exclude)
+    argv = [find_rg(), *RG_BASE_FLAGS, "--json", *exclude_args(exclude), "-e", search_pattern(targets)]
     references: list[CodeReference] = []
-    files_scanned: int | None = 0
-    for root, path in checked:
-        found, searches = _run_rg(rg, root, path, pattern, globs, [*include, *exclude])
-        references += found
-        files_scanned = None if files_scanned is None or searches is None else files_scanned + searches
+    with tempfile.TemporaryDirectory(prefix="safedrop-scan-") as tmp:
+        if include:
+            rules = Path(tmp) / "include.ignore"
+            rules.write_text(include_rules(include))
+            argv[1:1] = ["--ignore-file", str(rules)]
+        for root, path in checked:
+            found, returncode, stderr = _run_rg(root, path, argv)
+            bad_glob = _bad_glob(stderr, include, exclude)  # an --ignore-file glob errs with status 0/1
+            if bad_glob is not None:
+                raise bad_glob
+            if returncode not in (0, 1):  # 1: no match
+                raise _rg_failure(root, returncode, stderr)
+            references += found
 
     order = {root: index for index, root in enumerate(roots)}
     references.sort(key=lambda r: (order[r.root], r.path, r.line, r.column))
-    result = CodeScanResult(status="done", roots=roots, references=references, files_scanned=files_scanned)
+    result = CodeScanResult(status="done", roots=roots, references=references)
     if references:
         files = len({(r.root, r.path) for r in references})
         first = references[0]
@@ -368,27 +388,51 @@ def scan_code(
 # the Prefect task
 
 
+def _rows(result: CodeScanResult) -> list[dict[str, object]]:
+    """One row per reference; with several roots the path says which root."""
+    several = len(result.roots) > 1
+    return [
+        {
+            "path": os.path.join(r.root, r.path) if several else r.path,
+            "line": r.line,
+            "column": r.column,
+            "identifier": r.identifier,
+            "text": r.text,
+        }
+        for r in result.references
+    ]
+
+
+def _code_span(text: str) -> str:
+    """Code as a markdown code span, so `*`, `_` and `<` in it show as typed."""
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def _markdown(result: CodeScanResult, policy: CodePolicy, table_key: str) -> str:
     out = ["## Code references to the targets", ""]
     if result.status == "skipped":
-        out += ["**Skipped.** " + SKIPPED_WARNING[0].upper() + SKIPPED_WARNING[1:] + ".", ""]
+        out += ["**Skipped**: " + SKIPPED_WARNING.split(": ", 1)[1] + ".", ""]
         return "\n".join(out)
     scanned = ", ".join(f"`{root}`" for root in result.roots)
-    files = "" if result.files_scanned is None else f" ({_plural_s(result.files_scanned, 'file')} searched)"
-    out += [f"Scanned {scanned}{files}; policy `{policy}`.", ""]
+    out += [f"Scanned {scanned}; policy `{policy}`.", ""]
     for line in (*result.reasons, *result.warnings):
         out.append(f"- {line}")
     if not result.references:
         out += ["No references found.", ""]
         return "\n".join(out)
     out.append("")
-    rows = [r.model_dump(include={"path", "line", "column", "identifier", "text"}) for r in result.references]
+    rows = _rows(result)
     columns = ["path", "line", "column", "identifier", "text"]
-    if len(result.roots) > 1:
-        rows = [{**row, "path": os.path.join(r.root, r.path)} for row, r in zip(rows, result.references)]
-    out.append(md_table(rows[:ARTIFACT_ROWS], columns))
+    shown = [{**row, "text": _code_span(str(row["text"]))} for row in rows[:ARTIFACT_ROWS]]
+    out.append(md_table(shown, columns))
     if len(rows) > ARTIFACT_ROWS:
-        out.append(f"First {ARTIFACT_ROWS} of {len(rows):,}; all of them are in the table artifact `{artifact_key(table_key)}`.")
+        out.append(
+            f"First {ARTIFACT_ROWS} of {len(rows):,}; all of them are in the table artifact "
+            f"`{artifact_key(table_key)}`."
+        )
     return "\n".join(out)
 
 
@@ -406,13 +450,5 @@ def code_reference_scan(
     key = f"{artifact_prefix}-code-references"
     table_key = f"{key}-table"
     publish_markdown(key, _markdown(result, policy, table_key), "References to the targets in the code")
-    publish_table(
-        table_key,
-        [
-            {"path": os.path.join(r.root, r.path) if len(result.roots) > 1 else r.path,
-             "line": r.line, "column": r.column, "identifier": r.identifier, "text": r.text}
-            for r in result.references
-        ],
-        "Every reference to the targets in the code",
-    )
+    publish_table(table_key, _rows(result), "Every reference to the targets in the code")
     return result

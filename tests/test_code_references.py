@@ -104,7 +104,8 @@ async function allocationsFor(orgId) {{
 }}
 
 async function transactionsFor(allocationId) {{
-  return db.query('SELECT amount FROM public.credit_allocation_transactions WHERE credit_allocation_id = $1', [allocationId]);
+  return db.query('SELECT amount FROM public.credit_allocation_transactions WHERE credit_allocation_id = $1',
+    [allocationId]);
 }}
 """,
     "src/types/credits.ts": """\
@@ -228,12 +229,13 @@ def test_identifier_variants_singular_and_plural(table, singular, plural):
 
 
 def test_finds_every_reference_and_nothing_else(app):
+    assert not (app / ".git").exists()  # .gitignore must count without a checkout
+
     result = scan_code([str(app)], TARGETS)
 
     assert found(result) == EXPECTED
     assert result.status == "done"
     assert result.roots == [str(app)]
-    assert result.files_scanned == 7  # the six code files and package.json, nothing skipped was searched
     assert result.reasons == [
         "code still references the targets: 16 references in 6 files "
         "(first: prisma/schema.prisma:1 CreditAllocation); remove them, or pass --code-policy warn"
@@ -246,7 +248,7 @@ def test_reference_position_and_text(app):
 
     [ref] = [r for r in result.references if r.path == "src/services/billing.js" and r.line == 4]
     assert ref.root == str(app)
-    assert ref.column == 49 == BILLING_SQL_LINE.index("credit_allocations") + 1
+    assert ref.column == 51 == BILLING_SQL_LINE.index("credit_allocations") + 1
     assert ref.identifier == "credit_allocations"
     assert ref.text == BILLING_SQL_LINE.strip()
 
@@ -255,19 +257,24 @@ def test_several_matches_on_one_line_are_several_references(app):
     result = scan_code([str(app)], TARGETS)
 
     refs = [r for r in result.references if r.path == "src/types/credits.ts" and r.line == 6]
-    assert [(r.column, r.identifier) for r in refs] == [(13, "CreditAllocationTransaction"), (70, "CreditAllocation")]
+    assert [(r.column, r.identifier) for r in refs] == [
+        (13, "CreditAllocationTransaction"),
+        (69, "CreditAllocation"),
+    ]
 
 
 def test_column_counts_characters_and_long_lines_are_cut(tmp_path):
     minified = "var a=1;" * 5_000 + 'fetch("/credit-allocations")' + ";var b=2" * 5_000
-    root = write_tree(tmp_path, {"src/é.js": "// crédit: credit_allocations\n", "public/app.min.js": minified})
+    root = write_tree(
+        tmp_path, {"src/é.js": "// crédit: credit_allocations\n", "public/app.min.js": minified}
+    )
 
     result = scan_code([str(root)], TARGETS)
 
     by_path = {r.path: r for r in result.references}
     assert by_path["src/é.js"].column == 12
     long = by_path["public/app.min.js"]
-    assert long.column == 40_008 and long.identifier == "credit-allocations"
+    assert long.column == 40_009 and long.identifier == "credit-allocations"
     assert len(long.text) <= 202 and "credit-allocations" in long.text
     assert long.text.startswith("…") and long.text.endswith("…")
 
@@ -300,11 +307,12 @@ def test_clean_code_passes(app):
 
     assert result.status == "done"
     assert result.references == [] and result.reasons == [] and result.warnings == []
-    assert result.files_scanned == 2
 
 
 def test_include_globs_limit_the_scan(app):
     result = scan_code([str(app)], TARGETS, include=["src/**/*.ts"])
+
+    # src/config/secrets.local.ts matches the include glob but stays out: .gitignore still applies
 
     assert found(result) == {ref for ref in EXPECTED if ref[0].startswith("src/") and ref[0].endswith(".ts")}
 
@@ -315,24 +323,32 @@ def test_include_globs_do_not_reopen_default_excludes(app):
     assert {path for path, _, _ in found(result)} == {"src/db/sequelize-models.js", "src/services/billing.js"}
 
 
+def test_scan_leaves_the_tree_untouched(app):
+    before = sorted((p, p.stat().st_mtime_ns) for p in app.rglob("*"))
+
+    scan_code([str(app)], TARGETS, include=["src/**"], exclude=["prisma/"])
+
+    assert sorted((p, p.stat().st_mtime_ns) for p in app.rglob("*")) == before
+
+
 def test_exclude_globs_add_to_the_defaults(app):
     result = scan_code([str(app)], TARGETS, exclude=["prisma/", "src/routes/**"])
 
-    assert found(result) == {
-        ref for ref in EXPECTED if not ref[0].startswith(("prisma/", "src/routes/"))
-    }
+    assert found(result) == {ref for ref in EXPECTED if not ref[0].startswith(("prisma/", "src/routes/"))}
 
 
 def test_paths_are_relative_to_each_root(app, tmp_path):
-    worker = write_tree(tmp_path / "worker", {"jobs/expire.ts": "import { CreditAllocation } from '@app/types';\n"})
+    worker = write_tree(
+        tmp_path / "worker", {"jobs/expire.ts": "import { CreditAllocation } from '@app/types';\n"}
+    )
     single_file = app / "src" / "services" / "billing.js"
 
     result = scan_code([str(worker), str(single_file)], TARGETS)
 
     assert [(r.root, r.path, r.line, r.column) for r in result.references] == [
         (str(worker), "jobs/expire.ts", 1, 10),
-        (str(single_file), "billing.js", 4, 49),
-        (str(single_file), "billing.js", 9, 36),
+        (str(single_file), "billing.js", 4, 51),
+        (str(single_file), "billing.js", 9, 46),
     ]
     assert result.reasons[0].startswith(
         f"code still references the targets: 3 references in 2 files (first: {worker}/jobs/expire.ts:1 "
@@ -346,17 +362,28 @@ def test_nonexistent_code_path_is_a_usage_error(app, tmp_path):
     assert str(exc.value) == f"code path {missing} does not exist"
 
 
-def test_bad_glob_is_a_usage_error(app):
+@pytest.mark.parametrize("flag", ["include", "exclude"])
+def test_bad_glob_is_a_usage_error(app, flag):
     with pytest.raises(UsageError) as exc:
-        scan_code([str(app)], TARGETS, exclude=["src/[oops"])
+        scan_code([str(app)], TARGETS, **{flag: ["src/[oops"]})
     assert str(exc.value) == (
         "code scan glob 'src/[oops' is not a valid ripgrep glob (unclosed character class; missing ']'); "
-        "fix it in --code-include/--code-exclude (code_include/code_exclude)"
+        f"fix it in --code-{flag} (code_{flag})"
+    )
+
+
+def test_negated_include_glob_is_a_usage_error(app):
+    with pytest.raises(UsageError) as exc:
+        scan_code([str(app)], TARGETS, include=["!src/legacy/**"])
+    assert str(exc.value) == (
+        "code scan include glob '!src/legacy/**' starts with '!'; pass it without '!' to --code-exclude"
     )
 
 
 def test_binary_files_are_skipped(tmp_path):
-    root = write_tree(tmp_path, {"assets/logo.png": b"\x89PNG\x00\x00credit_allocations\x00", "src/a.ts": "x\n"})
+    root = write_tree(
+        tmp_path, {"assets/logo.png": b"\x89PNG\x00\x00credit_allocations\x00", "src/a.ts": "x\n"}
+    )
 
     result = scan_code([str(root)], TARGETS)
 
@@ -367,9 +394,10 @@ def test_binary_files_are_skipped(tmp_path):
 # the Prefect task
 
 
-def _artifacts(keys: list[str]):
+def _artifacts(*keys: str) -> dict:
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))))
+    return {artifact.key: artifact for artifact in found}
 
 
 def test_task_publishes_markdown_and_table_artifacts(prefect_harness, app):
@@ -382,12 +410,13 @@ def test_task_publishes_markdown_and_table_artifacts(prefect_harness, app):
     result = scan_flow()
 
     assert found(result) == EXPECTED
-    artifacts = {a.key: a for a in _artifacts([f"{prefix}-code-references", f"{prefix}-code-references-table"])}
+    artifacts = _artifacts(f"{prefix}-code-references", f"{prefix}-code-references-table")
     assert set(artifacts) == {f"{prefix}-code-references", f"{prefix}-code-references-table"}
     markdown = artifacts[f"{prefix}-code-references"]
     assert markdown.type == "markdown"
     assert "code still references the targets: 16 references in 6 files" in markdown.data
-    assert "| src/services/billing.js | 4 | 49 | credit_allocations |" in markdown.data
+    row = "| src/services/billing.js | 4 | 51 | credit_allocations | ` const { rows } = await db.query("
+    assert row in markdown.data
     table = artifacts[f"{prefix}-code-references-table"]
     assert table.type == "table"
     assert "src/routes/credits.ts" in str(table.data)
@@ -403,6 +432,6 @@ def test_task_skipped_publishes_a_note_and_no_table(prefect_harness):
     result = scan_flow()
 
     assert result.status == "skipped"
-    artifacts = {a.key: a for a in _artifacts([f"{prefix}-code-references", f"{prefix}-code-references-table"])}
+    artifacts = _artifacts(f"{prefix}-code-references", f"{prefix}-code-references-table")
     assert set(artifacts) == {f"{prefix}-code-references"}
-    assert "**Skipped.**" in artifacts[f"{prefix}-code-references"].data
+    assert "**Skipped**: no code path given; pass --code-path" in artifacts[f"{prefix}-code-references"].data
