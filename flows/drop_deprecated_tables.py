@@ -13,12 +13,14 @@ from safedrop.errors import PrecheckStop, SafedropError
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.report import RunReport, Status
+from safedrop.runlock import one_run_at_a_time
+from tasks.approval import await_approval
 from tasks.backup import backup
 from tasks.cleanup import cleanup_check
 from tasks.code_references import code_reference_scan
 from tasks.connection import connection_precheck, parse_table_list
 from tasks.dependencies import dependency_scan
-from tasks.drop import drop
+from tasks.drop import LockSchedule, drop
 from tasks.summary import RunRecord, summary
 from tasks.verification import verification
 
@@ -45,50 +47,54 @@ def drop_deprecated_tables(params: DropParameters = DropParameters()) -> State: 
         if run.connection.all_targets_absent and not run.connection.reasons:
             run.verification = verification(db, migration.targets, keep, None, prefix)
             return _finish(run, "already-applied", prefix)
-        oids = {t: s.oid for t, s in zip(migration.targets, run.connection.targets, strict=True) if s.oid}
-        present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
-        run.cleanup = cleanup_check(
-            db, list(oids), list(oids.values()), present_keep, params.allow_nonempty, prefix
-        )
-        run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
-        run.code = code_reference_scan(
-            params.code_paths,
-            migration.targets,
-            params.code_policy,
-            params.code_include,
-            params.code_exclude,
-            prefix,
-        )
-        if run.reasons():
-            raise PrecheckStop(run.reasons())
-        if params.dry_run:
-            return _finish(run, "ready", prefix)
+        with one_run_at_a_time(db, run.flow_run_id, enabled=not params.dry_run):
+            oids = {t: s.oid for t, s in zip(migration.targets, run.connection.targets, strict=True) if s.oid}
+            present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
+            run.cleanup = cleanup_check(
+                db, list(oids), list(oids.values()), present_keep, params.allow_nonempty, prefix
+            )
+            run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
+            run.code = code_reference_scan(
+                params.code_paths,
+                migration.targets,
+                params.code_policy,
+                params.code_include,
+                params.code_exclude,
+                prefix,
+            )
+            if run.reasons():
+                raise PrecheckStop(run.reasons())
+            if params.dry_run:
+                return _finish(run, "ready", prefix)
 
-        # 2. Backup, verified readable and holding every target.
-        run.backup = backup(
-            db,
-            migration.targets,
-            Path(params.backup_dir),
-            server_version_num=run.connection.server_version_num,
-            artifact_prefix=prefix,
-        )
+            # 2. Backup, verified readable and holding every target.
+            run.backup = backup(
+                db,
+                list(oids),
+                Path(params.backup_dir),
+                server_version_num=run.connection.server_version_num,
+                artifact_prefix=prefix,
+            )
 
-        # 3. Drop, in one transaction, rechecked under the lock.
-        run.drop = drop(
-            db,
-            migration,
-            oids,
-            run.dependencies.digest,
-            run.cleanup.target_rows,
-            params.allow_cascade,
-            params.lock_timeout_ms,
-            params.statement_timeout_s,
-            run.connection.ledger != "unavailable",
-            run.backup.path,
-            run.backup.sha256,
-            run.flow_run_id,
-            prefix,
-        )
+            # 3. A human approves the plan (manual runs), then the drop: lock-safe, one transaction,
+            #    rechecked under the lock against what was checked and approved.
+            if params.approval == "required":
+                await_approval(run.cleanup, run.dependencies, run.backup, timeout_s=params.approval_timeout_s)
+            run.drop = drop(
+                db,
+                migration,
+                oids,
+                run.dependencies,
+                run.cleanup.target_rows,
+                params.allow_cascade,
+                LockSchedule.from_parameters(params),
+                params.statement_timeout_s,
+                run.connection.ledger != "unavailable",
+                run.backup.path,
+                run.backup.sha256,
+                run.flow_run_id,
+                prefix,
+            )
 
         # 4. Verification: targets gone, survivors intact.
         run.verification = verification(

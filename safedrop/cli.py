@@ -7,7 +7,6 @@ changed, 1 failed, 2 usage (bad flags or input, nothing touched).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -26,29 +25,75 @@ def _prefect_defaults(verbose: bool) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--database-url", metavar="URL",
-                   help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the Secret block)")
-    p.add_argument("--secret-block", metavar="NAME", default="safedrop-database-url",
-                   help="Prefect Secret block holding the URL, used when neither --database-url nor "
-                   "$DATABASE_URL is given (default: %(default)s)")
-    p.add_argument("--migration", metavar="NAME|PATH", default="drop_credit_allocation_tables",
-                   help="migration in sql/ by name, or a path to a .sql file (default: %(default)s)")
-    p.add_argument("--schema", metavar="SCHEMA", default="public",
-                   help="schema for unqualified names (default: %(default)s)")
-    p.add_argument("--keep", metavar="TABLE", action="append",
-                   help="a table that must survive (repeatable; default: the five credit tables)")
-    p.add_argument("--code-path", metavar="PATH", action="append", default=[],
-                   help="application repository path to scan for references (repeatable)")
-    p.add_argument("--code-policy", choices=["fail", "warn"], default="fail",
-                   help="code references stop the run (fail) or are only reported (warn)")
-    p.add_argument("--code-include", metavar="GLOB", action="append", default=[],
-                   help="scan only files matching GLOB (repeatable)")
-    p.add_argument("--code-exclude", metavar="GLOB", action="append", default=[],
-                   help="also skip files matching GLOB (repeatable)")
-    p.add_argument("--allow-cascade", metavar="NAME", action="append", default=[],
-                   help="let CASCADE remove this object, named as the report prints it (repeatable)")
-    p.add_argument("--allow-nonempty", action="store_true",
-                   help="consent to dropping targets that hold rows (the backup keeps them)")
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the Secret block)",
+    )
+    p.add_argument(
+        "--secret-block",
+        metavar="NAME",
+        default="safedrop-database-url",
+        help="Prefect Secret block holding the URL, used when neither --database-url nor "
+        "$DATABASE_URL is given (default: %(default)s)",
+    )
+    p.add_argument(
+        "--migration",
+        metavar="NAME|PATH",
+        default="drop_credit_allocation_tables",
+        help="migration in sql/ by name, or a path to a .sql file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--schema",
+        metavar="SCHEMA",
+        default="public",
+        help="schema for unqualified names (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep",
+        metavar="TABLE",
+        action="append",
+        help="a table that must survive (repeatable; default: the five credit tables)",
+    )
+    p.add_argument(
+        "--code-path",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="application repository path to scan for references (repeatable)",
+    )
+    p.add_argument(
+        "--code-policy",
+        choices=["fail", "warn"],
+        default="fail",
+        help="code references stop the run (fail) or are only reported (warn)",
+    )
+    p.add_argument(
+        "--code-include",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="scan only files matching GLOB (repeatable)",
+    )
+    p.add_argument(
+        "--code-exclude",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="also skip files matching GLOB (repeatable)",
+    )
+    p.add_argument(
+        "--allow-cascade",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="let CASCADE remove this object, named as the report prints it (repeatable)",
+    )
+    p.add_argument(
+        "--allow-nonempty",
+        action="store_true",
+        help="consent to dropping targets that hold rows (the backup keeps them)",
+    )
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
 
@@ -64,10 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(plan)
     run = sub.add_parser("run", help="the whole flow: prechecks, backup, drop, verification, summary")
     _add_common(run)
-    run.add_argument("--backup-dir", metavar="DIR", default="backups",
-                     help="directory for pg_dump archives (default: %(default)s)")
-    run.add_argument("--lock-timeout", metavar="DURATION", default="2s",
-                     help="lock_timeout of the drop transaction, e.g. 500ms, 2s (default: %(default)s)")
+    run.add_argument(
+        "--backup-dir",
+        metavar="DIR",
+        default="backups",
+        help="directory for pg_dump archives (default: %(default)s)",
+    )
+    run.add_argument(
+        "--lock-timeout",
+        metavar="DURATION",
+        default="500ms",
+        help="lock_timeout of the first drop attempt; retries grow it up to "
+        "--max-lock-timeout (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-lock-timeout",
+        metavar="DURATION",
+        default="3s",
+        help="the largest lock_timeout, i.e. the longest any query queues behind the drop "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--lock-wait-budget",
+        metavar="DURATION",
+        default="2m",
+        help="total time to keep retrying for the locks before giving up with nothing dropped "
+        "(default: %(default)s)",
+    )
     demo = sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)")
     demo.add_argument("--json", action="store_true", help="print the run reports as JSON")
     demo.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
@@ -104,7 +172,8 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
     migration = load_migration(args.migration, default_schema=args.schema)
     fields: dict[str, Any] = dict(
-        migration=str(migration.path) if ("/" in args.migration or args.migration.endswith(".sql"))
+        migration=str(migration.path)
+        if ("/" in args.migration or args.migration.endswith(".sql"))
         else args.migration,
         target_schema=args.schema,
         code_paths=[str(Path(p)) for p in args.code_path],
@@ -122,6 +191,9 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         fields["backup_dir"] = args.backup_dir
     if getattr(args, "lock_timeout", None):
         fields["lock_timeout_ms"] = parse_duration_ms(args.lock_timeout)
+        fields["max_lock_timeout_ms"] = parse_duration_ms(args.max_lock_timeout)
+        fields["lock_wait_budget_s"] = parse_duration_ms(args.lock_wait_budget) / 1000
+    fields["approval"] = "skip"  # at the terminal, running the command is the approval
     try:
         params = DropParameters(**fields)
     except ValidationError as exc:
@@ -145,8 +217,12 @@ def run_flow(params: Any):
     if isinstance(result, RunReport):
         return result
     # the flow crashed (a bug, not an expected failure): say so in one line
-    return RunReport(status="failed", reasons=[f"the flow run ended {state.name}: {state.message}"],
-                     migration=params.migration, dry_run=params.dry_run)
+    return RunReport(
+        status="failed",
+        reasons=[f"the flow run ended {state.name}: {state.message}"],
+        migration=params.migration,
+        dry_run=params.dry_run,
+    )
 
 
 def print_report(report: Any, *, as_json: bool, out=None) -> None:

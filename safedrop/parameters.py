@@ -80,14 +80,39 @@ class DropParameters(BaseModel):
         "parameter.",
     )
     lock_timeout_ms: int = Field(
-        2000,
+        500,
         ge=50,
         le=60_000,
-        description="lock_timeout for the drop transaction, in milliseconds. Longer than "
-        "deadlock_timeout (1 s) so a running autovacuum yields; short so readers never queue long.",
+        description="lock_timeout of the first drop attempt, in milliseconds. On a lock timeout the "
+        "attempt rolls back (holding nothing) and retries with a longer timeout, backoff and jitter. "
+        "Short, so queries queued behind a waiting DROP never wait long.",
+    )
+    max_lock_timeout_ms: int = Field(
+        3000,
+        ge=50,
+        le=60_000,
+        description="The largest lock_timeout the retries grow to: the longest any query can queue "
+        "behind the drop. Keep it above deadlock_timeout (1 s) so a running autovacuum yields.",
+    )
+    lock_wait_budget_s: float = Field(
+        120,
+        gt=0,
+        le=3600,
+        description="Total time the drop may spend retrying for its locks before it gives up with "
+        "nothing dropped and names the blocking sessions.",
     )
     statement_timeout_s: int = Field(
         60, ge=1, le=3600, description="statement_timeout for the drop transaction, in seconds."
+    )
+    approval: Literal["required", "skip"] = Field(
+        "required",
+        description="'required': after the prechecks and the backup the run pauses and shows the plan "
+        "until an operator approves it in the Prefect UI. 'skip': no pause (the local CLI, or a "
+        "scheduled deployment that explicitly says so).",
+    )
+    approval_timeout_s: int = Field(
+        3600, ge=10, le=7 * 24 * 3600,
+        description="How long to wait for approval; then the run stops with nothing dropped.",
     )
     verify_row_counts: bool = Field(
         True,

@@ -117,7 +117,9 @@ class DropResult(StepResult):
     dropped: list[str]
     removed_by_cascade: list[str]
     duration_s: float
-    lock_timeout_ms: int
+    lock_timeout_ms: int  # the first attempt's; later attempts grow
+    attempts: int = 1
+    lock_timeouts: int = 0
 
 
 class SurvivorCheck(BaseModel):

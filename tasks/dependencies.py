@@ -460,6 +460,15 @@ def analyse(
     )
 
 
+def unapproved_changes(approved: DependencyResult, now: DependencyResult) -> list[str]:
+    """What ``now`` would remove or break that ``approved`` did not list (empty: nothing new)."""
+    known = {o.identity for o in approved.cascade} | {f"{u.kind} {u.name}" for u in approved.untracked}
+    changes = [f"new: {o.kind} {o.name}" for o in now.cascade if o.identity not in known]
+    changes += [f"new: {u.kind} {u.name}" for u in now.untracked if f"{u.kind} {u.name}" not in known]
+    changes += [r for r in now.reasons if not any(c in r for c in changes)]
+    return changes
+
+
 def _allow_matches_any(a: str, cascade: list[CascadeObject], untracked: list[UntrackedReference]) -> bool:
     a = a.strip()
     for obj in cascade:

@@ -1,16 +1,29 @@
-"""Drop: the migration's statements in ONE transaction, lock-safe, rechecked under the lock.
+"""Drop: lock-safe, all-or-nothing, rechecked under the lock.
 
-The transaction sets ``lock_timeout`` and ``statement_timeout`` locally, takes ACCESS EXCLUSIVE on
-the targets first (a lock timeout there leaves nothing held and nothing dropped), then — holding the
-locks, so nothing can change underneath — recomputes the exact CASCADE set and the targets' row
-counts and refuses to go on if either differs from what the prechecks approved. Then it runs the
-DROP statements in file order and records each dropped table in safedrop's own ledger.
+A DROP waiting for a lock makes every later query on that table queue behind it — the classic
+outage. So every statement that needs a lock runs in its own transaction with a short
+``lock_timeout``; on SQLSTATE 55P03 it rolls back (holding nothing) and retries with a longer
+timeout, backoff and jitter, until a total time budget is spent. The schedule grows past
+``deadlock_timeout`` so a running autovacuum, which yields only after it, cannot win forever.
+
+A ``DROP TABLE`` also locks the parent of each of the targets' own foreign keys (credits, tenants, …)
+and every table owning something CASCADE removes. Those foreign keys — the targets' outbound ones and
+the inbound ones the operator allowed — are dropped first, each in its own short lock-safe
+transaction, so the table drop locks only the targets and what CASCADE removes.
+
+The table drop itself: ONE transaction that takes ACCESS EXCLUSIVE on the targets, then — holding
+them, so nothing can change underneath — recomputes the CASCADE set and the targets' row counts and
+stops if anything appeared that was not approved; then it runs the migration's DROP statements in
+file order and records each dropped table in safedrop's own ledger.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from prefect import get_run_logger, task
@@ -23,12 +36,74 @@ from safedrop.artifacts import md_list, publish_markdown
 from safedrop.database import Database, connect
 from safedrop.errors import DropFailed
 from safedrop.migration import DropStatement, Migration, TableName
-from safedrop.report import DropResult
+from safedrop.report import DependencyResult, DropResult
 from tasks.cleanup import count_rows
-from tasks.dependencies import analyse
+from tasks.dependencies import analyse, unapproved_changes
 
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+
+
+# --------------------------------------------------------------------------------------------------
+# The retry schedule
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockSchedule:
+    """Growing lock timeouts with backoff and jitter, within a total budget (all in milliseconds)."""
+
+    first_timeout_ms: int = 500
+    budget_ms: int = 60_000
+    growth: float = 1.5
+    max_timeout_ms: int = 5_000
+    backoff_ms: int = 200
+    max_backoff_ms: int = 3_000
+
+    def attempts(self, clock: Callable[[], float] = time.monotonic) -> Iterator[tuple[int, int]]:
+        """Yields (attempt number, lock_timeout ms) while the budget lasts; sleeps between attempts."""
+        start = clock()
+        timeout = self.first_timeout_ms
+        backoff = self.backoff_ms
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = self.budget_ms - (clock() - start) * 1000
+            if remaining < 20:
+                return
+            yield attempt, int(min(timeout, remaining))
+            timeout = min(int(timeout * self.growth), self.max_timeout_ms)
+            pause = min(backoff, self.max_backoff_ms) * random.uniform(0.5, 1.5)
+            remaining = self.budget_ms - (clock() - start) * 1000
+            if remaining <= pause + 20:
+                return
+            time.sleep(pause / 1000)
+            backoff = int(backoff * 2)
+
+    @classmethod
+    def from_parameters(cls, params) -> LockSchedule:
+        return cls(
+            first_timeout_ms=params.lock_timeout_ms,
+            max_timeout_ms=max(params.lock_timeout_ms, params.max_lock_timeout_ms),
+            budget_ms=int(params.lock_wait_budget_s * 1000),
+        )
+
+    @property
+    def largest_timeout_ms(self) -> int:
+        return max(self.first_timeout_ms, min(self.max_timeout_ms, self.budget_ms))
+
+
+class LockTimeout(Exception):
+    """One attempt timed out waiting for a lock (internal: the caller retries)."""
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+
+
+# --------------------------------------------------------------------------------------------------
+# Statements
+# --------------------------------------------------------------------------------------------------
 
 
 def _tables(tables: list[TableName]) -> sql.Composable:
@@ -45,8 +120,16 @@ def render_drop(statement: DropStatement) -> sql.Composed:
 
 
 def _execute(conn: Connection, statement: sql.Composable) -> None:
-    raw = conn.connection.dbapi_connection
-    conn.exec_driver_sql(statement.as_string(raw))
+    conn.exec_driver_sql(statement.as_string(conn.connection.dbapi_connection))
+
+
+def _set_timeouts(conn: Connection, lock_timeout_ms: int, statement_timeout_s: int) -> None:
+    queries.rows(
+        conn,
+        "set_local_timeouts",
+        lock_timeout=f"{lock_timeout_ms}ms",
+        statement_timeout=f"{statement_timeout_s}s",
+    )
 
 
 def describe_blockers(db: Database, oids: list[int], exclude_pids: list[int]) -> list[str]:
@@ -68,15 +151,112 @@ def describe_blockers(db: Database, oids: list[int], exclude_pids: list[int]) ->
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# Lock-safe execution
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attempts:
+    count: int = 0
+    lock_timeouts: int = 0
+
+
+def lock_safe(
+    db: Database,
+    schedule: LockSchedule,
+    statement_timeout_s: int,
+    work: Callable[[Connection], None],
+    *,
+    what: str,
+    lock_oids: list[int],
+    tally: Attempts,
+) -> None:
+    """Run ``work`` in one transaction per attempt, retrying lock timeouts within the budget."""
+    pid = None
+    logger = _logger()
+    for attempt, timeout_ms in schedule.attempts():
+        tally.count += 1
+        try:
+            with connect(db) as conn:
+                with conn.begin():
+                    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                    _set_timeouts(conn, timeout_ms, statement_timeout_s)
+                    work(conn)
+            return
+        except sa.exc.DBAPIError as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            tally.lock_timeouts += 1
+            if logger:
+                logger.info(
+                    "%s: lock not granted within %d ms (attempt %d); retrying", what, timeout_ms, attempt
+                )
+    blockers = describe_blockers(db, lock_oids, [pid] if pid else [])
+    raise DropFailed(
+        f"gave up on {what} after {tally.count} attempts within the lock-wait budget "
+        f"{schedule.budget_ms / 1000:g} s (lock_timeout up to {schedule.largest_timeout_ms} ms); "
+        f"blocked by: {'; '.join(blockers) or 'a session that has since finished'}. "
+        "Let it finish (or end it) and re-run"
+    )
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------------
+
+
+def predrop_foreign_keys(
+    db: Database,
+    oids: dict[TableName, int],
+    approved: DependencyResult,
+    schedule: LockSchedule,
+    statement_timeout_s: int,
+    tally: Attempts,
+) -> list[str]:
+    """Drop the targets' outbound FKs and the allowed inbound ones, each in its own short transaction."""
+    with connect(db) as conn:
+        fks = queries.rows(conn, "foreign_keys_to_predrop", oids=list(oids.values()))
+    allowed_inbound = {o.name for o in approved.cascade if o.kind == "foreign key" and o.allowed}
+    removed = []
+    for fk in fks:
+        if fk["direction"] == "inbound" and fk["constraint_name"] not in allowed_inbound:
+            continue  # not approved: the in-lock recheck will stop the run
+        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+            sql.Identifier(fk["schema_name"], fk["table_name"]), sql.Identifier(fk["constraint_name"])
+        )
+        label = (
+            f"foreign key {fk['constraint_name']} on {fk['on_table']} (references {fk['references_table']})"
+        )
+        lock_safe(
+            db,
+            schedule,
+            statement_timeout_s,
+            lambda conn, s=statement: _execute(conn, s),
+            what=f"dropping {label}",
+            lock_oids=list(oids.values()),
+            tally=tally,
+        )
+        removed.append(label)
+    return removed
+
+
 def drop_targets(
     db: Database,
     migration: Migration,
     oids: dict[TableName, int],
     *,
-    approved_digest: str,
+    approved: DependencyResult,
     expected_rows: dict[str, int],
     allow_cascade: list[str],
-    lock_timeout_ms: int,
+    schedule: LockSchedule,
     statement_timeout_s: int,
     record_in_ledger: bool,
     backup_path: str | None = None,
@@ -85,85 +265,93 @@ def drop_targets(
 ) -> DropResult:
     present = [t for t in migration.targets if t in oids]
     started = time.monotonic()
-    pid = None
+    tally = Attempts()
     removed_by_cascade: list[str] = []
     try:
+        # Nothing new since the prechecks? (Checked again, under the lock, before the DROP itself.)
         with connect(db) as conn:
-            with conn.begin():
-                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-                queries.rows(
-                    conn,
-                    "set_local_timeouts",
-                    lock_timeout=f"{lock_timeout_ms}ms",
-                    statement_timeout=f"{statement_timeout_s}s",
+            changes = unapproved_changes(approved, analyse(conn, migration, oids, allow_cascade))
+        if changes:
+            raise DropFailed(
+                f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
+                "re-run so the checks and the backup see it"
+            )
+        predropped = predrop_foreign_keys(db, oids, approved, schedule, statement_timeout_s, tally)
+
+        def drop_in_one_transaction(conn: Connection) -> None:
+            if present:
+                _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
+            # Holding the targets, nothing can change underneath: what goes is what was approved.
+            now = analyse(conn, migration, oids, allow_cascade)
+            changes = unapproved_changes(approved, now)
+            if changes:
+                raise DropFailed(
+                    f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
+                    "re-run so the checks and the backup see it"
                 )
-                if present:
-                    _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
-                # Under the lock nothing can change: what we drop is exactly what was approved.
-                now = analyse(conn, migration, oids, allow_cascade)
-                if now.digest != approved_digest:
-                    detail = "; ".join(now.reasons) or "see the dependency scan"
-                    raise DropFailed(
-                        "the database changed since the prechecks (what CASCADE would remove is "
-                        f"different: {detail}); nothing was dropped — re-run"
+            rows_now = count_rows(conn, present)
+            changed = {t: (expected_rows.get(t), n) for t, n in rows_now.items() if expected_rows.get(t) != n}
+            if changed:
+                detail = ", ".join(f"{t} had {a} rows, now {b}" for t, (a, b) in changed.items())
+                raise DropFailed(
+                    f"rows changed since the prechecks ({detail}); nothing was dropped — re-run so the "
+                    "backup and checks see them"
+                )
+            removed_by_cascade[:] = predropped + [f"{o.kind} {o.name}" for o in now.cascade]
+            for statement in migration.statements:
+                _execute(conn, render_drop(statement))
+            if record_in_ledger and present:
+                conn.exec_driver_sql(queries.load("ledger_setup").text)
+                for table in present:
+                    queries.rows(
+                        conn,
+                        "ledger_record",
+                        schema_name=table.schema,
+                        table_name=table.name,
+                        row_count=expected_rows.get(table.qualified, 0),
+                        migration=migration.name,
+                        removed_by_cascade=json.dumps(removed_by_cascade),
+                        backup_path=backup_path,
+                        backup_sha256=backup_sha256,
+                        flow_run_id=flow_run_id,
                     )
-                rows_now = count_rows(conn, present)
-                changed = {
-                    t: (expected_rows.get(t), n) for t, n in rows_now.items() if expected_rows.get(t) != n
-                }
-                if changed:
-                    detail = ", ".join(f"{t} had {a} rows, now {b}" for t, (a, b) in changed.items())
-                    raise DropFailed(
-                        f"rows changed since the prechecks ({detail}); nothing was dropped — re-run so the "
-                        "backup and checks see them"
-                    )
-                removed_by_cascade = [o.name for o in now.cascade]
-                for statement in migration.statements:
-                    _execute(conn, render_drop(statement))
-                if record_in_ledger and present:
-                    conn.exec_driver_sql(queries.load("ledger_setup").text)
-                    for table in present:
-                        queries.rows(
-                            conn,
-                            "ledger_record",
-                            schema_name=table.schema,
-                            table_name=table.name,
-                            row_count=expected_rows.get(table.qualified, 0),
-                            migration=migration.name,
-                            removed_by_cascade=json.dumps(removed_by_cascade),
-                            backup_path=backup_path,
-                            backup_sha256=backup_sha256,
-                            flow_run_id=flow_run_id,
-                        )
+
+        lock_safe(
+            db,
+            schedule,
+            statement_timeout_s,
+            drop_in_one_transaction,
+            what="the table drop",
+            lock_oids=list(oids.values()),
+            tally=tally,
+        )
     except sa.exc.DBAPIError as exc:
         code = getattr(exc.orig, "pgcode", None)
-        if code == LOCK_NOT_AVAILABLE:
-            blockers = describe_blockers(db, list(oids.values()), [pid] if pid else [])
-            raise DropFailed(
-                f"could not lock the targets within lock_timeout {lock_timeout_ms} ms; nothing was dropped. "
-                f"Blocked by: {'; '.join(blockers) or 'a session that has since finished'}. "
-                "Re-run when it has finished, or end it"
-            ) from None
         if code == QUERY_CANCELED:
             raise DropFailed(
                 f"the drop took longer than statement_timeout {statement_timeout_s} s and was rolled back; "
-                "nothing was dropped"
+                "no table was dropped"
             ) from None
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        raise DropFailed(f"the drop failed and was rolled back, nothing was dropped: {first}") from None
+        raise DropFailed(f"the drop failed and was rolled back, no table was dropped: {first}") from None
     return DropResult(
         dropped=[t.qualified for t in present],
         removed_by_cascade=removed_by_cascade,
         duration_s=round(time.monotonic() - started, 3),
-        lock_timeout_ms=lock_timeout_ms,
+        lock_timeout_ms=schedule.first_timeout_ms,
+        attempts=tally.count,
+        lock_timeouts=tally.lock_timeouts,
     )
 
 
 def render(result: DropResult) -> str:
-    text = f"# Drop\n\nDropped in one transaction ({result.duration_s:.3f} s, lock_timeout "
-    text += f"{result.lock_timeout_ms} ms):\n\n{md_list(result.dropped)}"
+    text = (
+        f"# Drop\n\nDropped in one transaction after {result.attempts} lock-safe attempt(s) "
+        f"({result.lock_timeouts} lock timeouts; first lock_timeout {result.lock_timeout_ms} ms), "
+        f"{result.duration_s:.3f} s in all:\n\n{md_list(result.dropped)}"
+    )
     if result.removed_by_cascade:
-        text += f"\nRemoved by CASCADE, as allowed:\n\n{md_list(result.removed_by_cascade)}"
+        text += f"\nAlso removed, as approved:\n\n{md_list(result.removed_by_cascade)}"
     return text
 
 
@@ -172,10 +360,10 @@ def drop(
     db: Database,
     migration: Migration,
     oids: dict[TableName, int],
-    approved_digest: str,
+    approved: DependencyResult,
     expected_rows: dict[str, int],
     allow_cascade: list[str],
-    lock_timeout_ms: int,
+    schedule: LockSchedule,
     statement_timeout_s: int,
     record_in_ledger: bool,
     backup_path: str | None,
@@ -183,21 +371,23 @@ def drop(
     flow_run_id: str | None,
     artifact_prefix: str,
 ) -> DropResult:
-    """Run the migration's DROP statements in one lock-safe transaction."""
+    """Run the migration's DROP statements: lock-safe, in one transaction, rechecked under the lock."""
     result = drop_targets(
         db,
         migration,
         oids,
-        approved_digest=approved_digest,
+        approved=approved,
         expected_rows=expected_rows,
         allow_cascade=allow_cascade,
-        lock_timeout_ms=lock_timeout_ms,
+        schedule=schedule,
         statement_timeout_s=statement_timeout_s,
         record_in_ledger=record_in_ledger,
         backup_path=backup_path,
         backup_sha256=backup_sha256,
         flow_run_id=flow_run_id,
     )
-    get_run_logger().info("dropped %s in %.3f s", ", ".join(result.dropped), result.duration_s)
-    publish_markdown(f"{artifact_prefix}-drop", render(result), "What the drop transaction removed")
+    get_run_logger().info(
+        "dropped %s in %.3f s (%d attempts)", ", ".join(result.dropped), result.duration_s, result.attempts
+    )
+    publish_markdown(f"{artifact_prefix}-drop", render(result), "What the drop removed")
     return result
