@@ -14,6 +14,7 @@ from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time
+from tasks.activity import activity_check
 from tasks.approval import await_approval
 from tasks.backup import backup
 from tasks.cleanup import cleanup_check
@@ -50,6 +51,7 @@ def drop_deprecated_tables(params: DropParameters = DropParameters()) -> State: 
         with one_run_at_a_time(db, run.flow_run_id, enabled=not params.dry_run):
             oids = {t: s.oid for t, s in zip(migration.targets, run.connection.targets, strict=True) if s.oid}
             present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
+            run.activity = activity_check(db, list(oids.values()), migration.slug, prefix)
             run.cleanup = cleanup_check(
                 db, list(oids), list(oids.values()), present_keep, params.allow_nonempty, prefix
             )

@@ -47,6 +47,23 @@ class ForeignKeyIn(BaseModel):
     target: str
 
 
+class TableActivity(BaseModel):
+    table: str
+    scans: int  # sequential + index scans, cumulative since the statistics were reset
+    inserts: int
+    updates: int
+    deletes: int
+    scans_since: int | None = None  # since the previous run's reading (our own counting excluded)
+    writes_since: int | None = None
+    since: str | None = None  # when the previous reading was taken
+
+
+class ActivityResult(StepResult):
+    tables: list[TableActivity]
+    previous_at: str | None = None
+    stats_reset: str | None = None
+
+
 class CleanupResult(StepResult):
     target_rows: dict[str, int]
     keep_rows: dict[str, int]
@@ -156,6 +173,7 @@ class RunReport(BaseModel):
     inbound_foreign_keys: list[ForeignKeyIn] = Field(default_factory=list)
     cascade: list[CascadeObject] = Field(default_factory=list)
     untracked: list[UntrackedReference] = Field(default_factory=list)
+    activity: list[TableActivity] = Field(default_factory=list)
     code_scan: Literal["done", "skipped", "not-run"] = "not-run"
     code_references: list[CodeReference] = Field(default_factory=list)
     backup: BackupSummary | None = None

@@ -13,6 +13,7 @@ from safedrop.artifacts import md_list, md_table, publish_markdown, publish_tabl
 from safedrop.errors import SafedropError
 from safedrop.parameters import DropParameters
 from safedrop.report import (
+    ActivityResult,
     BackupResult,
     BackupSummary,
     CleanupResult,
@@ -38,6 +39,7 @@ class RunRecord:
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     started: float = field(default_factory=time.monotonic)
     connection: ConnectionResult | None = None
+    activity: ActivityResult | None = None
     cleanup: CleanupResult | None = None
     dependencies: DependencyResult | None = None
     code: CodeScanResult | None = None
@@ -51,6 +53,7 @@ class RunRecord:
             s
             for s in (
                 self.connection,
+                self.activity,
                 self.cleanup,
                 self.dependencies,
                 self.code,
@@ -96,6 +99,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         inbound_foreign_keys=record.cleanup.inbound_foreign_keys if record.cleanup else [],
         cascade=record.dependencies.cascade if record.dependencies else [],
         untracked=record.dependencies.untracked if record.dependencies else [],
+        activity=record.activity.tables if record.activity else [],
         code_scan=record.code.status if record.code else "not-run",
         code_references=record.code.references if record.code else [],
         backup=BackupSummary(path=record.backup.path, bytes=record.backup.bytes, sha256=record.backup.sha256)
