@@ -112,6 +112,7 @@ class _Walk:
     def __init__(self, graph: DependGraph) -> None:
         self.graph = graph
         self.removed: dict[Address, int] = {}
+        self._columns: dict[tuple[int, int], list[Address]] = defaultdict(list)  # sub-objects in removed
         self.refused: list[tuple[Address, Address]] = []  # (target, owner) the server would refuse
 
     def _present_add_flags(self, obj: Address, flags: int) -> bool:
@@ -121,9 +122,8 @@ class _Walk:
         if obj[2] != 0 and (obj[0], obj[1], 0) in self.removed:
             return True  # a column of a table already going
         if obj[2] == 0:
-            for other in self.removed:
-                if other[:2] == obj[:2]:
-                    self.removed[other] |= flags  # a column went first; the whole object still goes
+            for column in self._columns.get(obj[:2], ()):
+                self.removed[column] |= flags  # a column went first; the whole object still goes
         return False
 
     @staticmethod
@@ -163,6 +163,8 @@ class _Walk:
             self.visit(dependent, _EDGE_FLAG.get(deptype, NORMAL), stack, pending)
         stack.pop()
         self.removed[obj] = entry[1]
+        if obj[2] != 0:
+            self._columns[obj[:2]].append(obj)
 
 
 def predict_removal(
