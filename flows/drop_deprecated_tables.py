@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from safedrop.database import resolve_database
-from safedrop.errors import PrecheckStop, SafedropError
+from safedrop.errors import PrecheckStop, RunEnded, SafedropError
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.report import RunReport, Status
@@ -22,17 +22,23 @@ from tasks.code_references import code_reference_scan
 from tasks.connection import connection_precheck, parse_table_list
 from tasks.dependencies import dependency_scan
 from tasks.drop import LockSchedule, drop
+from tasks.rehearsal import rehearsal
 from tasks.summary import RunRecord, summary
 from tasks.verification import verification
 
 
 @flow(name="drop-deprecated-tables", log_prints=False, validate_parameters=True)
-def drop_deprecated_tables(params: DropParameters = DropParameters()) -> State:  # noqa: B008
+def drop_deprecated_tables(params: DropParameters) -> State:
     """Drop the tables a migration file names: prechecks, a verified backup, one lock-safe drop, verification.
 
     Prechecks (connection and privileges, cleanup, dependency scan, code references) run before anything
     changes; any failure stops the run with every reason named and the database untouched. The database
     URL comes from the Secret block named in the parameters, else DATABASE_URL (environment or .env).
+
+    Args:
+        params: The migration to apply, the tables that must survive, the code to scan, the backup
+            directory, lock timeouts and approval. Give the whole object when overriding it: a
+            deployment run's parameters replace the deployment's `params` as a whole.
     """
     run = RunRecord(params=params, migration=params.migration, flow_run_id=flow_run.get_id())
     prefix = "safedrop"
@@ -56,6 +62,8 @@ def drop_deprecated_tables(params: DropParameters = DropParameters()) -> State: 
                 db, list(oids), list(oids.values()), present_keep, params.allow_nonempty, prefix
             )
             run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
+            if params.rehearse:
+                run.rehearsal = rehearsal(db, migration, run.connection.server_version_num, prefix)
             run.code = code_reference_scan(
                 params.code_paths,
                 migration.targets,
@@ -110,12 +118,15 @@ def drop_deprecated_tables(params: DropParameters = DropParameters()) -> State: 
 def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | None = None) -> State:
     """5. Summary: publish the report and end the run in a state that says what happened."""
     report: RunReport = summary(run, status, error, prefix)
+    message = "; ".join(report.reasons)
+    if status == "stopped" and run.params.dry_run:
+        # a readiness report that says "not yet" is a finished report, not a failed run
+        get_run_logger().warning("not ready: %s", message)
+        return Completed(name="Not ready", message=message, data=report)
     if status in ("stopped", "failed"):
-        get_run_logger().error("%s: %s", status, "; ".join(report.reasons))
-        return Failed(name=status.capitalize(), message="; ".join(report.reasons), data=report)
+        get_run_logger().error("%s: %s", status, message)
+        return Failed(
+            name=status.capitalize(), message=message, data=RunEnded(message, report=report, status=status)
+        )
     names = {"already-applied": "Already applied", "ready": "Ready", "succeeded": "Completed"}
     return Completed(name=names[status], message=f"{status}: {report.migration}", data=report)
-
-
-if __name__ == "__main__":
-    drop_deprecated_tables()

@@ -84,3 +84,19 @@ class VerificationFailed(SafedropError):
 
 def _rebuild_connection_failed(message: str, transient: bool) -> ConnectionFailed:
     return ConnectionFailed(message, transient=transient)
+
+
+class RunEnded(SafedropError):
+    """How a stopped or failed flow run ends: carries the run report (the state's data)."""
+
+    def __init__(self, message: str, *, report=None, status: str = "failed") -> None:
+        super().__init__(message, report=report)
+        self.status = status
+        self.exit_code = 3 if status == "stopped" else 1
+
+    def __reduce__(self):
+        return (_rebuild_run_ended, (str(self), self.report, self.status))
+
+
+def _rebuild_run_ended(message: str, report, status: str) -> RunEnded:
+    return RunEnded(message, report=report, status=status)

@@ -83,9 +83,17 @@ def resolve_path(migration: str) -> Path:
 def _statement_kind(node: ast.Node) -> str:
     if isinstance(node, ast.DropStmt):
         return f"DROP {enums.ObjectType(node.removeType).name.removeprefix('OBJECT_').replace('_', ' ')}"
-    readable = {"InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE", "SelectStmt": "SELECT",
-                "TruncateStmt": "TRUNCATE", "IndexStmt": "CREATE INDEX", "CreateStmt": "CREATE TABLE",
-                "AlterTableStmt": "ALTER TABLE", "TransactionStmt": "a transaction command"}
+    readable = {
+        "InsertStmt": "INSERT",
+        "UpdateStmt": "UPDATE",
+        "DeleteStmt": "DELETE",
+        "SelectStmt": "SELECT",
+        "TruncateStmt": "TRUNCATE",
+        "IndexStmt": "CREATE INDEX",
+        "CreateStmt": "CREATE TABLE",
+        "AlterTableStmt": "ALTER TABLE",
+        "TransactionStmt": "a transaction command",
+    }
     name = type(node).__name__
     return readable.get(name, name.removesuffix("Stmt"))
 

@@ -21,7 +21,6 @@ class DropParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     migration: str = Field(
-        "drop_credit_allocation_tables",
         description="Migration to apply: a name in sql/ (without .sql) or a path to a .sql file holding "
         "only DROP TABLE statements. The targets are read from this file.",
         min_length=1,
@@ -63,6 +62,11 @@ class DropParameters(BaseModel):
         False,
         description="Operator's consent to drop targets that still hold rows (the backup is then "
         "mandatory and verified). Off: any row in a target stops the run.",
+    )
+    rehearse: bool = Field(
+        False,
+        description="Also prove the CASCADE prediction: copy the schema into a scratch database, run the "
+        "migration there in a rolled-back transaction, and compare object for object (needs a superuser).",
     )
     dry_run: bool = Field(
         False, description="Run every precheck and report; take no backup and drop nothing."

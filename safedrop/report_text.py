@@ -51,7 +51,9 @@ def render_text(report: RunReport) -> str:
         for ref in report.code_references[:10]:
             lines.append(f"    {ref.root}/{ref.path}:{ref.line}:{ref.column} {ref.identifier}")
     if report.backup:
-        lines.append(f"  backup: {report.backup.path} ({_size(report.backup.bytes)}, sha256 {report.backup.sha256})")
+        lines.append(
+            f"  backup: {report.backup.path} ({_size(report.backup.bytes)}, sha256 {report.backup.sha256})"
+        )
     if report.dropped:
         lines.append(f"  dropped: {', '.join(report.dropped)}")
     if report.verification and not report.verification.reasons:

@@ -40,6 +40,7 @@ class RunRecord:
     started: float = field(default_factory=time.monotonic)
     connection: ConnectionResult | None = None
     activity: ActivityResult | None = None
+    rehearsal: StepResult | None = None
     cleanup: CleanupResult | None = None
     dependencies: DependencyResult | None = None
     code: CodeScanResult | None = None
@@ -56,6 +57,7 @@ class RunRecord:
                 self.activity,
                 self.cleanup,
                 self.dependencies,
+                self.rehearsal,
                 self.code,
                 self.backup,
                 self.drop,

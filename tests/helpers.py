@@ -15,9 +15,16 @@ def run(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Any, Ru
     """Run the flow in-process (inside the test harness); returns (state, report)."""
     from flows.drop_deprecated_tables import drop_deprecated_tables
 
-    fields = {"database_secret_block": None, "approval": "skip", **(params or {}), **overrides}
+    fields = {
+        "migration": "drop_credit_allocation_tables",
+        "database_secret_block": None,
+        "approval": "skip",
+        **(params or {}),
+        **overrides,
+    }
     state = drop_deprecated_tables(DropParameters(**fields), return_state=True)
     report = state.result(raise_on_failure=False)
+    report = getattr(report, "report", report)  # a stopped or failed run carries it in its exception
     assert isinstance(report, RunReport), f"flow returned {report!r}"
     return state, report
 

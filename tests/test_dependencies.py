@@ -182,3 +182,21 @@ def test_a_restrict_migration_rehearses_like_the_server(guide_db):
         with pytest.raises(Exception, match="other objects depend on it"):
             rehearse(conn, migration)
     _ = queries
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_rehearse_proves_the_prediction_on_a_scratch_copy(rich_db, monkeypatch):
+    from tests.helpers import run
+
+    monkeypatch.setenv("DATABASE_URL", rich_db.url)
+    before = rich_db.snapshot()
+    databases = rich_db.server.psql("SELECT count(*) FROM pg_database")
+    state, report = run(dry_run=True, rehearse=True, allow_cascade=[])
+    assert report.status == "stopped"  # the rich schema has dependants; the rehearsal itself agrees
+    assert not any("differs from PostgreSQL's own rehearsal" in r for r in report.reasons)
+    from tests.helpers import artifacts_of
+
+    art = artifacts_of(str(state.state_details.flow_run_id))["drop-credit-allocation-tables-rehearsal"]
+    assert "matches" in art.data
+    assert rich_db.snapshot() == before
+    assert rich_db.server.psql("SELECT count(*) FROM pg_database") == databases  # scratch copy gone

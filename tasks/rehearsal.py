@@ -1,0 +1,145 @@
+"""Rehearsal (optional, ``--rehearse``): prove the CASCADE prediction on a scratch copy.
+
+Copies the database's schema (``pg_dump --schema-only``) into a scratch database on the same server,
+predicts the removal set there from the catalogs, then lets PostgreSQL really run the migration in a
+transaction that is rolled back while a ``sql_drop`` event trigger records every dropped object, and
+compares the two object for object. The production database is only read (by pg_dump). Needs a
+superuser (event triggers, CREATE DATABASE); the scratch database is always dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from pathlib import Path
+
+import sh
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from psycopg2 import sql
+from pydantic import SecretStr
+
+from safedrop.artifacts import md_list, publish_markdown
+from safedrop.database import Database, connect
+from safedrop.errors import PrecheckStop, UsageError
+from safedrop.migration import Migration
+from safedrop.report import StepResult
+from tasks.backup import _tool_env, find_pg_dump
+from tasks.connection import table_status
+from tasks.dependencies import describe, predict_removal, rehearse, statement_oids
+
+
+class RehearsalResult(StepResult):
+    predicted: int
+    removed_by_server: int
+    missing: list[str]  # the server removed them, the prediction did not say so
+    extra: list[str]  # predicted, but the server kept them
+
+
+def _admin(db: Database, statement: sql.Composable) -> None:
+    engine = db.engine(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(statement.as_string(conn.connection.dbapi_connection))
+    finally:
+        engine.dispose()
+
+
+def _scratch(db: Database, name: str) -> Database:
+    return Database(
+        SecretStr(db.url.set(database=name).render_as_string(hide_password=False)), "scratch copy"
+    )
+
+
+def rehearse_on_copy(db: Database, migration: Migration, server_version_num: int) -> RehearsalResult:
+    with connect(db) as conn:
+        superuser = conn.exec_driver_sql(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).scalar()
+    if not superuser:
+        raise UsageError(
+            "--rehearse needs a superuser (it creates a scratch database and an event trigger); "
+            "run the rehearsal as one, or drop --rehearse"
+        )
+    tools = find_pg_dump(server_version_num)
+    name = f"safedrop_rehearsal_{secrets.token_hex(4)}"
+    _admin(db, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="safedrop-rehearsal-") as tmp:
+            schema = Path(tmp) / "schema.dump"
+            env = {**_tool_env(), **db.libpq_env()}
+            try:
+                sh.Command(str(tools.pg_dump))(
+                    "--schema-only",
+                    "--format=custom",
+                    f"--file={schema}",
+                    "--no-password",
+                    _env=env,
+                    _timeout=600,
+                )
+                sh.Command(str(tools.pg_restore))(
+                    "--exit-on-error",
+                    "--no-password",
+                    f"--dbname={name}",
+                    str(schema),
+                    _env=env,
+                    _timeout=600,
+                )
+            except sh.ErrorReturnCode as exc:
+                first = exc.stderr.decode(errors="replace").strip().splitlines()[:1]
+                raise PrecheckStop(
+                    [f"could not copy the schema for the rehearsal: {' '.join(first)}"]
+                ) from None
+        copy = _scratch(db, name)
+        with connect(copy) as conn:
+            rows = table_status(conn, migration.targets)
+            oids = {t: r["oid"] for t, r in zip(migration.targets, rows, strict=True) if r["oid"]}
+            removed, _ = predict_removal(conn, statement_oids(migration, oids))
+            conn.rollback()
+            truth = rehearse(conn, migration)
+            info = describe(conn, list(set(removed) | truth))
+    finally:
+        _admin(db, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    label = {a: info.get(a, {}).get("description", str(a)) for a in set(removed) | truth}
+    missing = sorted(label[a] for a in truth - set(removed))
+    extra = sorted(label[a] for a in set(removed) - truth)
+    reasons = []
+    if missing or extra:
+        reasons.append(
+            f"the CASCADE prediction differs from PostgreSQL's own rehearsal (missing {missing[:5]}, extra "
+            f"{extra[:5]}); nothing was changed — please report this with the rehearsal artifact"
+        )
+    return RehearsalResult(
+        predicted=len(removed), removed_by_server=len(truth), missing=missing, extra=extra, reasons=reasons
+    )
+
+
+def render(result: RehearsalResult) -> str:
+    verdict = "matches" if not (result.missing or result.extra) else "DIFFERS FROM"
+    text = (
+        f"# Rehearsal on a scratch copy\n\nThe prediction ({result.predicted} objects) {verdict} what "
+        f"PostgreSQL removed when the migration ran and was rolled back ({result.removed_by_server}).\n"
+    )
+    if result.missing:
+        text += "\n## Removed by the server, not predicted\n\n" + md_list(result.missing)
+    if result.extra:
+        text += "\n## Predicted, not removed by the server\n\n" + md_list(result.extra)
+    return text
+
+
+@task(name="rehearsal", cache_policy=NO_CACHE)
+def rehearsal(
+    db: Database, migration: Migration, server_version_num: int, artifact_prefix: str
+) -> RehearsalResult:
+    """Prove the CASCADE prediction against the server on a scratch copy of the schema."""
+    result = rehearse_on_copy(db, migration, server_version_num)
+    get_run_logger().info(
+        "rehearsal: predicted %d, server removed %d", result.predicted, result.removed_by_server
+    )
+    publish_markdown(
+        f"{artifact_prefix}-rehearsal", render(result), "CASCADE prediction vs the server's rehearsal"
+    )
+    return result
+
+
+
