@@ -352,9 +352,11 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     )
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{READINESS}")
-        (readiness_run,) = client.read_flow_runs(
+        runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         )
+        # the nightly schedule is active, so future runs are scheduled too; ours is the finished one
+        (readiness_run,) = [r for r in runs if r.state and r.state.is_final()]
         assert readiness_run.state.is_completed() and readiness_run.state.name == "Not ready", (
             readiness_run.state
         )
