@@ -12,9 +12,12 @@ import hashlib
 import json
 
 from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Running
 from pydantic import Field
 
 from safedrop.artifacts import md_list, md_table
@@ -60,6 +63,21 @@ def plan_markdown(evidence_doc: dict, digest: str, backup: BackupResult | None) 
     return text
 
 
+def _leave_expired_pause() -> None:
+    """Put the run back in Running after the pause timed out, so it can end with its own report.
+
+    Otherwise the server rejects every later state of a run whose pause expired and ends it Failed
+    with a generic "The flow was … and never resumed." — losing the report and the reason.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            context.flow_run.id, Running(message="no approval in time; stopping"), force=True
+        )
+
+
 def await_approval(
     cleanup: CleanupResult,
     dependencies: DependencyResult,
@@ -82,6 +100,7 @@ def await_approval(
             poll_interval=poll_interval_s,
         )
     except FlowPauseTimeout:
+        _leave_expired_pause()
         raise PrecheckStop([f"no approval within {timeout_s} s; nothing was dropped"]) from None
     if not answer.approve:
         who = f" by {answer.approver}" if answer.approver else ""

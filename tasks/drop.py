@@ -7,20 +7,30 @@ timeout, backoff and jitter, until a total time budget is spent. The schedule gr
 ``deadlock_timeout`` so a running autovacuum, which yields only after it, cannot win forever.
 
 A ``DROP TABLE`` also locks the parent of each of the targets' own foreign keys (credits, tenants, …)
-and every table owning something CASCADE removes. Those foreign keys — the targets' outbound ones and
-the inbound ones the operator allowed — are dropped first, each in its own short lock-safe
-transaction, so the table drop locks only the targets and what CASCADE removes.
+and every table owning something CASCADE removes. So each attempt is ONE transaction that first takes
+ACCESS EXCLUSIVE on the targets alone — while it waits for them it holds nothing on any other table,
+so readers of the hot parents never queue behind it — then, holding them so nothing can change
+underneath, recomputes the CASCADE set and the targets' row counts and stops if anything appeared
+that was not approved; then drops those foreign keys (the targets' outbound ones and the inbound ones
+the operator allowed) one parent lock at a time, runs the migration's DROP statements in file order,
+and records each dropped table in safedrop's own ledger. Every lock after the first waits only for
+what is left of the attempt's lock_timeout, so no query ever queues behind an attempt for longer than
+that timeout. Nothing commits unless everything does: a run that cannot get its locks drops nothing,
+not even a foreign key.
 
-The table drop itself: ONE transaction that takes ACCESS EXCLUSIVE on the targets, then — holding
-them, so nothing can change underneath — recomputes the CASCADE set and the targets' row counts and
-stops if anything appeared that was not approved; then it runs the migration's DROP statements in
-file order and records each dropped table in safedrop's own ledger.
+Holding one parent while waiting for another could close a cycle with an application transaction
+that locks them the other way round (an INSERT into credit_usage checks tenants, then credits), and
+the deadlock detector would cancel the application's statement. So only the first parent lock of an
+attempt may wait long (long enough for an autovacuum to yield); once a parent is held, every further
+wait ends within half of ``deadlock_timeout`` — before anyone's deadlock check — and the attempt is
+retried. The order of the parents rotates from attempt to attempt, so each gets its long wait.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,9 +48,11 @@ from safedrop.errors import DropFailed
 from safedrop.migration import DropStatement, Migration, TableName
 from safedrop.report import DependencyResult, DropResult
 from tasks.cleanup import count_rows
+from tasks.connection import table_status
 from tasks.dependencies import analyse, unapproved_changes
 
 LOCK_NOT_AVAILABLE = "55P03"
+DEADLOCK_DETECTED = "40P01"  # we lost a lock cycle (rolled back, holding nothing): as retryable as a timeout
 QUERY_CANCELED = "57014"
 
 
@@ -98,7 +110,7 @@ class LockTimeout(Exception):
 
 
 def _is_lock_timeout(exc: BaseException) -> bool:
-    return getattr(getattr(exc, "orig", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+    return getattr(getattr(exc, "orig", None), "pgcode", None) in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,13 +178,17 @@ def lock_safe(
     db: Database,
     schedule: LockSchedule,
     statement_timeout_s: int,
-    work: Callable[[Connection], None],
+    work: Callable[[Connection, float], None],
     *,
     what: str,
     lock_oids: list[int],
     tally: Attempts,
 ) -> None:
-    """Run ``work`` in one transaction per attempt, retrying lock timeouts within the budget."""
+    """Run ``work(conn, deadline)`` in one transaction per attempt, retrying lock timeouts within the budget.
+
+    ``deadline`` (time.monotonic()) ends the attempt's lock waits: ``work`` takes further locks with
+    ``_lock_wait_until`` so that all its waits together stay within the attempt's lock_timeout.
+    """
     pid = None
     logger = _logger()
     for attempt, timeout_ms in schedule.attempts():
@@ -182,7 +198,7 @@ def lock_safe(
                 with conn.begin():
                     pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
                     _set_timeouts(conn, timeout_ms, statement_timeout_s)
-                    work(conn)
+                    work(conn, time.monotonic() + timeout_ms / 1000)
             return
         except sa.exc.DBAPIError as exc:
             if not _is_lock_timeout(exc):
@@ -208,44 +224,86 @@ def _logger():
         return None
 
 
+def _lock_wait_until(conn: Connection, deadline: float, statement_timeout_s: int) -> None:
+    """Let the next statement wait for locks only as long as the attempt has left (at least 1 ms)."""
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    _set_timeouts(conn, max(1, remaining_ms), statement_timeout_s)
+
+
+_QUALIFIED = re.compile(r'^("(?:[^"]|"")*"|[^".]+)\.("(?:[^"]|"")*"|[^".]+)$')
+
+
+def _unquote_qualified(text: str) -> TableName | None:
+    """``schema.table`` as quote_ident() printed it, back into its parts."""
+    match = _QUALIFIED.match(text)
+    if not match:
+        return None
+    schema, name = (p[1:-1].replace('""', '"') if p.startswith('"') else p for p in match.groups())
+    return TableName(schema, name)
+
+
 # --------------------------------------------------------------------------------------------------
 # The step
 # --------------------------------------------------------------------------------------------------
 
 
-def predrop_foreign_keys(
-    db: Database,
-    oids: dict[TableName, int],
-    approved: DependencyResult,
-    schedule: LockSchedule,
-    statement_timeout_s: int,
-    tally: Attempts,
-) -> list[str]:
-    """Drop the targets' outbound FKs and the allowed inbound ones, each in its own short transaction."""
-    with connect(db) as conn:
-        fks = queries.rows(conn, "foreign_keys_to_predrop", oids=list(oids.values()))
+@dataclass(frozen=True)
+class ForeignKeyDrop:
+    statement: sql.Composed
+    label: str
+    direction: str  # "outbound" (on a target) or "inbound" (on another table, allowed to go)
+    constraint_name: str
+    other_table: TableName | None  # the non-target table whose lock the drop needs
+
+
+def foreign_keys_to_drop(
+    conn: Connection, oids: dict[TableName, int], approved: DependencyResult
+) -> list[ForeignKeyDrop]:
+    """The targets' outbound FKs and the allowed inbound ones: dropped first, inside the drop transaction."""
+    fks = queries.rows(conn, "foreign_keys_to_predrop", oids=list(oids.values()))
     allowed_inbound = {o.name for o in approved.cascade if o.kind == "foreign key" and o.allowed}
-    removed = []
+    out = []
     for fk in fks:
         if fk["direction"] == "inbound" and fk["constraint_name"] not in allowed_inbound:
             continue  # not approved: the in-lock recheck will stop the run
-        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-            sql.Identifier(fk["schema_name"], fk["table_name"]), sql.Identifier(fk["constraint_name"])
+        out.append(
+            ForeignKeyDrop(
+                statement=sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                    sql.Identifier(fk["schema_name"], fk["table_name"]), sql.Identifier(fk["constraint_name"])
+                ),
+                label=f"foreign key {fk['constraint_name']} on {fk['on_table']} "
+                f"(references {fk['references_table']})",
+                direction=fk["direction"],
+                constraint_name=fk["constraint_name"],
+                other_table=_unquote_qualified(fk["references_table"])
+                if fk["direction"] == "outbound"
+                else TableName(fk["schema_name"], fk["table_name"]),
+            )
         )
-        label = (
-            f"foreign key {fk['constraint_name']} on {fk['on_table']} (references {fk['references_table']})"
-        )
-        lock_safe(
-            db,
-            schedule,
-            statement_timeout_s,
-            lambda conn, s=statement: _execute(conn, s),
-            what=f"dropping {label}",
-            lock_oids=list(oids.values()),
-            tally=tally,
-        )
-        removed.append(label)
-    return removed
+    return out
+
+
+def _in_lock_order(fk_drops: list[ForeignKeyDrop], rotation: int) -> list[ForeignKeyDrop]:
+    """The foreign-key drops grouped by the other table they lock; the groups rotated by ``rotation``."""
+    groups: dict[TableName | None, list[ForeignKeyDrop]] = {}
+    for fk in fk_drops:
+        groups.setdefault(fk.other_table, []).append(fk)
+    keys = list(groups)
+    if keys:
+        k = rotation % len(keys)
+        keys = keys[k:] + keys[:k]
+    return [fk for key in keys for fk in groups[key]]
+
+
+def _deadlock_timeout_s(conn: Connection) -> float:
+    value = conn.exec_driver_sql(
+        "SELECT extract(epoch FROM current_setting('deadlock_timeout')::interval)"
+    ).scalar()
+    return float(value or 1.0)
+
+
+def _oids_of(conn: Connection, tables: list[TableName]) -> list[int]:
+    return [r["oid"] for r in table_status(conn, tables) if r["oid"]] if tables else []
 
 
 def drop_targets(
@@ -271,14 +329,25 @@ def drop_targets(
         # Nothing new since the prechecks? (Checked again, under the lock, before the DROP itself.)
         with connect(db) as conn:
             changes = unapproved_changes(approved, analyse(conn, migration, oids, allow_cascade))
+            fk_drops = foreign_keys_to_drop(conn, oids, approved)
+            # who may block us: the targets, and the other side of each foreign key we drop
+            lock_oids = list(oids.values()) + _oids_of(
+                conn, sorted({fk.other_table for fk in fk_drops if fk.other_table})
+            )
+            # once a parent is held, waits for more locks end before anyone's deadlock check
+            short_wait_s = _deadlock_timeout_s(conn) / 2
         if changes:
             raise DropFailed(
                 f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
                 "re-run so the checks and the backup see it"
             )
-        predropped = predrop_foreign_keys(db, oids, approved, schedule, statement_timeout_s, tally)
 
-        def drop_in_one_transaction(conn: Connection) -> None:
+        rounds = 0
+
+        def drop_in_one_transaction(conn: Connection, deadline: float) -> None:
+            nonlocal rounds
+            rounds += 1
+            # The targets first, and only them: waiting here holds no lock on any other table.
             if present:
                 _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
             # Holding the targets, nothing can change underneath: what goes is what was approved.
@@ -297,7 +366,26 @@ def drop_targets(
                     f"rows changed since the prechecks ({detail}); nothing was dropped — re-run so the "
                     "backup and checks see them"
                 )
-            removed_by_cascade[:] = predropped + [f"{o.kind} {o.name}" for o in now.cascade]
+            # Then each foreign key to or from another table (credits, tenants, …): one parent lock at
+            # a time, each waiting only for what is left of this attempt's lock_timeout — and, once a
+            # parent is held, only briefly (see the module docstring).
+            held_since: float | None = None
+
+            def wait_limit() -> float:
+                return deadline if held_since is None else min(deadline, held_since + short_wait_s)
+
+            for fk in _in_lock_order(fk_drops, rounds - 1):
+                _lock_wait_until(conn, wait_limit(), statement_timeout_s)
+                _execute(conn, fk.statement)
+                if held_since is None:
+                    held_since = time.monotonic()
+            inbound = {fk.constraint_name for fk in fk_drops if fk.direction == "inbound"}
+            removed_by_cascade[:] = [fk.label for fk in fk_drops] + [
+                f"{o.kind} {o.name}"
+                for o in now.cascade
+                if not (o.kind == "foreign key" and o.name in inbound)
+            ]
+            _lock_wait_until(conn, wait_limit(), statement_timeout_s)
             for statement in migration.statements:
                 _execute(conn, render_drop(statement))
             if record_in_ledger and present:
@@ -322,7 +410,7 @@ def drop_targets(
             statement_timeout_s,
             drop_in_one_transaction,
             what="the table drop",
-            lock_oids=list(oids.values()),
+            lock_oids=lock_oids,
             tally=tally,
         )
     except sa.exc.DBAPIError as exc:

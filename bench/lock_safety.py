@@ -1,0 +1,335 @@
+"""Benchmark: what the drop does to live traffic, safedrop's lock-safe drop against a plain DROP … CASCADE.
+
+    .venv/bin/python bench/lock_safety.py [--hold 5] [--rows 200000] [--clients 2]
+
+On a throwaway PostgreSQL: the guide's schema with volume (tenants, credits, credit_usage, and targets
+of --rows rows each). Application-like traffic, --clients threads per kind of op (psycopg2, autocommit,
+each op timed; separate streams, so clients stuck on one table do not starve the others): reads and
+updates of the hot parents credits and tenants, inserts into credit_usage (whose foreign-key checks
+touch tenants and credits), and reads of a target. Meanwhile a long transaction
+holds a table for --hold seconds, and the drop starts half a second after it:
+
+- scenario "target held": the long transaction reads credit_allocations (a target);
+- scenario "parent held": it reads credits (a hot parent of the targets' foreign keys).
+
+Each scenario runs twice on fresh copies of the database: the migration's statements as one plain
+transaction (no lock_timeout, as the guide runs them), and ``tasks.drop.drop_targets`` with the flow's
+default schedule. Printed per op class: count, worst and p99 latency of the ops that started while the
+drop was under way, and errors.
+
+Then the lock-hold time, without traffic: from the targets' ACCESS EXCLUSIVE granted to COMMIT done,
+safedrop's drop transaction (recheck under the lock, foreign keys, DROP, commit) against a bare
+``BEGIN; LOCK …; DROP TABLE … CASCADE; COMMIT`` of the same tables — empty targets and targets of
+--rows rows, median of 5 each. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tasks.drop as drop_module  # noqa: E402
+from safedrop import SQL_DIR  # noqa: E402
+from safedrop.database import connect, database_from_url  # noqa: E402
+from safedrop.migration import load_migration  # noqa: E402
+from safedrop.parameters import DropParameters  # noqa: E402
+from safedrop.pgserver import LocalPostgres  # noqa: E402
+from tasks.cleanup import count_rows  # noqa: E402
+from tasks.connection import table_status  # noqa: E402
+from tasks.dependencies import scan_dependencies  # noqa: E402
+from tasks.drop import LockSchedule, drop_targets  # noqa: E402
+
+MIGRATION = "drop_credit_allocation_tables"
+PLAIN_SQL = (SQL_DIR / f"{MIGRATION}.sql").read_text()
+SEED = 20240601
+OPS = ["credits read", "credits update", "tenants read", "credit_usage insert", "target read"]
+N_TENANTS = 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# the database
+# --------------------------------------------------------------------------------------------------
+
+
+def build_templates(pg: LocalPostgres, rows: int) -> None:
+    schema = (SQL_DIR / "demo" / "schema.sql").read_text()
+    volume = f"""
+        INSERT INTO tenants (name) SELECT 'tenant ' || g FROM generate_series(26, {N_TENANTS}) g;
+        INSERT INTO credits (tenant_id, balance) SELECT id, 1000 FROM tenants WHERE id > 25;
+        INSERT INTO credit_usage (tenant_id, credit_id, feature, amount)
+            SELECT 1 + g % {N_TENANTS}, 1 + g % {N_TENANTS}, 'api', 1 FROM generate_series(1, 100000) g;
+        """
+    targets = f"""
+        INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end)
+            SELECT 1 + g % {N_TENANTS}, 1 + g % {N_TENANTS}, g % 100, '2024-01-01', '2024-02-01'
+            FROM generate_series(1, {rows}) g;
+        INSERT INTO credit_allocation_transactions (allocation_id, amount)
+            SELECT id, 1 FROM credit_allocations;
+        """
+    for name, extra in (("bench_empty", ""), ("bench_full", targets)):
+        pg.psql(f"CREATE DATABASE {name}")
+        pg.psql(schema + volume + extra + "\nVACUUM ANALYZE;", database=name)
+
+
+def fresh_copy(pg: LocalPostgres, template: str, name: str) -> str:
+    pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    pg.psql(f"CREATE DATABASE {name} TEMPLATE {template}")
+    pg.psql("CHECKPOINT")  # the copy's files written out before anything is timed
+    return pg.url(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# traffic
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    kind: str
+    start: float
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class Traffic:
+    url: str
+    clients: int
+    ops: list[Op] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self.threads = [
+            threading.Thread(target=self._client, args=(n * 100 + i, kind), daemon=True)
+            for n, kind in enumerate(OPS)
+            for i in range(self.clients)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def _client(self, number: int, kind: str) -> None:
+        rng = random.Random(SEED + number)
+        conn = psycopg2.connect(self.url, application_name=f"bench-client-{number}")
+        conn.autocommit = True
+        mine: list[Op] = []
+        with conn.cursor() as cur:
+            while not self.stop.is_set():
+                key = rng.randint(1, N_TENANTS)
+                began = time.monotonic()
+                error = None
+                try:
+                    if kind == "credits read":
+                        cur.execute("SELECT balance FROM credits WHERE id = %s", (key,))
+                    elif kind == "credits update":
+                        cur.execute("UPDATE credits SET balance = balance + 1 WHERE id = %s", (key,))
+                    elif kind == "tenants read":
+                        cur.execute("SELECT name FROM tenants WHERE id = %s", (key,))
+                    elif kind == "credit_usage insert":
+                        cur.execute("INSERT INTO credit_usage (tenant_id, credit_id, feature, amount) "
+                                    "VALUES (%s, %s, 'api', 1)", (key, key))
+                    else:
+                        cur.execute("SELECT id FROM credit_allocations WHERE id = %s", (key,))
+                except psycopg2.Error as exc:
+                    error = type(exc).__name__
+                mine.append(Op(kind, began, time.monotonic() - began, error))
+                time.sleep(0.005)
+        conn.close()
+        self.ops.extend(mine)
+
+
+# --------------------------------------------------------------------------------------------------
+# the drops
+# --------------------------------------------------------------------------------------------------
+
+
+def plan(url: str):
+    db = database_from_url(url, "bench")
+    migration = load_migration(MIGRATION)
+    with connect(db) as conn:
+        rows = table_status(conn, migration.targets)
+        oids = {t: r["oid"] for t, r in zip(migration.targets, rows, strict=True) if r["oid"]}
+        expected = count_rows(conn, list(oids))
+    return db, migration, oids, scan_dependencies(db, migration, oids), expected
+
+
+def safedrop_drop(url: str) -> None:
+    db, migration, oids, approved, expected = plan(url)
+    drop_targets(db, migration, oids, approved=approved, expected_rows=expected, allow_cascade=[],
+                 schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
+                 statement_timeout_s=120, record_in_ledger=False)
+
+
+def plain_drop(url: str) -> None:
+    conn = psycopg2.connect(url, application_name="bench-plain-drop")
+    try:
+        with conn, conn.cursor() as cur:  # one transaction: BEGIN; the migration; COMMIT
+            cur.execute(PLAIN_SQL)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# scenario: traffic, a long transaction, the drop
+# --------------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
+
+
+def scenario(pg: LocalPostgres, held: str, method: str, hold_s: float, clients: int) -> dict:
+    url = fresh_copy(pg, "bench_full", "bench_run")
+    if method == "safedrop":
+        plan(url)  # warm imports and caches outside the timed window
+    traffic = Traffic(url, clients)
+    traffic.start()
+    time.sleep(1.0)
+    holder = psycopg2.connect(url, application_name="bench-long-transaction")
+    with holder.cursor() as cur:
+        cur.execute(f"SELECT * FROM {held} LIMIT 1")  # BEGIN …; kept open
+    release = threading.Timer(hold_s, holder.commit)
+    release.start()
+    time.sleep(0.5)
+    drop = safedrop_drop if method == "safedrop" else plain_drop
+    started = time.monotonic()
+    try:
+        drop(url)
+        outcome = "dropped"
+    except Exception as exc:  # noqa: BLE001 - a figure to print, e.g. a plain DROP losing a deadlock
+        outcome = f"FAILED: {str(exc).splitlines()[0]}"
+    ended = time.monotonic()
+    release.join()
+    holder.close()
+    time.sleep(1.0)
+    traffic.finish()
+    during = [o for o in traffic.ops if started <= o.start <= ended]
+    stats = {}
+    for kind in OPS:
+        mine = [o for o in during if o.kind == kind]
+        ok = [o.seconds for o in mine]
+        stats[kind] = (len(mine), max(ok, default=0.0), percentile(ok, 0.99),
+                       sum(1 for o in mine if o.error and o.error != "UndefinedTable"))  # gone ≠ error
+    return {"drop_s": ended - started, "outcome": outcome, "stats": stats}
+
+
+def print_scenarios(results: dict) -> None:
+    for held, by_method in results.items():
+        print(f"\nscenario: a transaction holds {held} (ACCESS SHARE) for the hold time; the drop starts 0.5 s in")
+        for method, r in by_method.items():
+            print(f"  {method:<9} drop {r['outcome']} after {r['drop_s']:.2f} s")
+        print(f"  {'op (started during the drop)':<30} {'method':<9} {'ops':>6} {'worst ms':>9} {'p99 ms':>8} {'errors':>6}")
+        for kind in OPS:
+            for method, r in by_method.items():
+                n, worst, p99, errors = r["stats"][kind]
+                print(f"  {kind:<30} {method:<9} {n:>6} {worst * 1000:>9.0f} {p99 * 1000:>8.0f} {errors:>6}")
+
+
+# --------------------------------------------------------------------------------------------------
+# lock-hold time
+# --------------------------------------------------------------------------------------------------
+
+
+def safedrop_hold(url: str) -> tuple[float, float]:
+    """(targets held, parents held): from the LOCK of the targets granted, and from the start of the
+    first statement that locks a parent (the first ALTER TABLE … DROP CONSTRAINT), to COMMIT done."""
+    db, migration, oids, approved, expected = plan(url)
+    granted: list[float] = []
+    parents: list[float] = []
+    original = drop_module._execute
+
+    def timed(conn, statement):
+        text = statement.as_string(conn.connection.dbapi_connection)
+        began = time.monotonic()
+        original(conn, statement)
+        if text.startswith("LOCK TABLE"):
+            granted.append(time.monotonic())
+            parents.clear()
+        elif text.startswith("ALTER TABLE") and not parents:
+            parents.append(began)
+
+    drop_module._execute = timed
+    try:
+        drop_targets(db, migration, oids, approved=approved, expected_rows=expected, allow_cascade=[],
+                     schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
+                     statement_timeout_s=120, record_in_ledger=True)
+        done = time.monotonic()  # the drop transaction has committed (connection closing included)
+    finally:
+        drop_module._execute = original
+    return done - granted[-1], done - parents[0]
+
+
+def bare_hold(url: str) -> tuple[float, float]:
+    """The same two figures for BEGIN; LOCK targets; the migration's DROP statements; COMMIT (the DROP
+    itself locks the parents)."""
+    conn = psycopg2.connect(url, application_name="bench-bare-drop")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE credit_allocation_transactions, credit_allocations IN ACCESS EXCLUSIVE MODE")
+            granted = time.monotonic()
+            cur.execute(PLAIN_SQL)
+            conn.commit()
+            done = time.monotonic()
+            return done - granted, done - granted
+    finally:
+        conn.close()
+
+
+def hold_times(pg: LocalPostgres, reps: int = 5) -> dict:
+    out = {}
+    for template in ("bench_empty", "bench_full"):
+        for name, fn in (("bare DROP", bare_hold), ("safedrop", safedrop_hold)):
+            samples = [fn(fresh_copy(pg, template, "bench_hold")) for _ in range(reps)]
+            out[(template, name)] = samples
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hold", type=float, default=5.0, help="seconds the long transaction stays open")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows in each target (the full variant)")
+    parser.add_argument("--clients", type=int, default=2, help="traffic threads per kind of op")
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    schedule = LockSchedule.from_parameters(DropParameters(migration=MIGRATION))
+    with LocalPostgres() as pg:
+        build_templates(pg, args.rows)
+        print(f"PostgreSQL on port {pg.port}; targets of {args.rows:,} rows each; {args.clients} clients per op; "
+              f"hold {args.hold:g} s; safedrop schedule: first lock_timeout {schedule.first_timeout_ms} ms, "
+              f"up to {schedule.largest_timeout_ms} ms, budget {schedule.budget_ms / 1000:g} s")
+        results: dict = {}
+        for held in ("credit_allocations", "credits"):
+            results[held] = {m: scenario(pg, held, m, args.hold, args.clients) for m in ("plain", "safedrop")}
+        print_scenarios(results)
+        holds = hold_times(pg)
+    print("\nlock hold, median of 5, no traffic: from the lock granted (targets) or the first statement that")
+    print("locks a parent (credits, tenants) to COMMIT done")
+    for template, label in (("bench_empty", "empty targets"), ("bench_full", f"targets of {args.rows:,} rows")):
+        for index, what in ((0, "targets"), (1, "parents")):
+            bare = statistics.median(h[index] for h in holds[(template, "bare DROP")])
+            ours = statistics.median(h[index] for h in holds[(template, "safedrop")])
+            goal = " (goal ≤ 1.1x)" if index == 0 else ""
+            print(f"  {label:<26} {what:<8} bare DROP {bare * 1000:7.1f} ms   safedrop {ours * 1000:7.1f} ms   "
+                  f"ratio {ours / bare:5.2f}x{goal}")
+    print(f"\nfinished in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

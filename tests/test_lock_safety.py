@@ -1,0 +1,457 @@
+"""Lock safety: a held target is waited for in short, retried attempts that never stall anyone for long.
+
+Real sessions hold real locks; the tests watch safedrop's backends in ``pg_locks`` and
+``pg_stat_activity`` (application_name ``safedrop``) instead of timing anything: "it retried" is
+several distinct waiting backends, "it queued nobody on credits" is a reader of credits with a 100 ms
+lock_timeout that never times out, and "nothing dropped" is an equal snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import pytest
+
+from safedrop.database import connect
+from safedrop.errors import DropFailed
+from safedrop.migration import load_migration
+from safedrop.parameters import DropParameters
+from safedrop.pgserver import wait_until
+from safedrop.runlock import one_run_at_a_time
+from tasks.connection import table_status
+from tasks.dependencies import scan_dependencies
+from tasks.drop import LockSchedule, drop_targets
+from tests.conftest import ROOT, SURVIVORS, TARGETS
+from tests.helpers import artifacts_of, run
+
+BLOCKER_APP = "lock-test-blocker"
+HOT = ["credits", "tenants"]  # the targets' foreign-key parents: every request touches them
+DEFAULTS = DropParameters(migration="drop_credit_allocation_tables")
+FAST = dict(lock_timeout_ms=100, max_lock_timeout_ms=400)  # the largest timeout any query can wait: 400 ms
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers (also used by the other lock, fault and secret tests)
+# --------------------------------------------------------------------------------------------------
+
+
+class Background:
+    """Run a call in a thread; keep its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+    def join(self, timeout: float = 60) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the background call did not return"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def session(tdb, app: str, *, autocommit: bool = False):
+    """A plain psycopg2 session on the test database, named so the report can name it."""
+    conn = psycopg2.connect(tdb.url, application_name=app)
+    conn.autocommit = autocommit
+    return conn
+
+
+@contextmanager
+def holding(tdb, sql: str, app: str = BLOCKER_APP) -> Iterator[Any]:
+    """An open transaction that ran ``sql`` and keeps its locks until the block ends (rolled back)."""
+    conn = session(tdb, app)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def waiting_safedrop(observer) -> dict[int, dict[str, Any]]:
+    """safedrop backends waiting for a relation lock in this database: pid → what it waits for and holds.
+
+    One query, so "waits for X" and "holds Y" come from the same pg_locks snapshot.
+    """
+    with observer.cursor() as cur:
+        cur.execute(
+            """
+            SELECT w.pid, wc.relname AS waits_for,
+                   coalesce(array_agg(hc.relname) FILTER (WHERE hc.relname IS NOT NULL), '{}') AS holds
+            FROM pg_locks w
+            JOIN pg_stat_activity a ON a.pid = w.pid
+            JOIN pg_class wc ON wc.oid = w.relation
+            LEFT JOIN pg_locks h ON h.pid = w.pid AND h.granted AND h.locktype = 'relation'
+            LEFT JOIN pg_class hc ON hc.oid = h.relation AND hc.relnamespace = 'public'::regnamespace
+            WHERE NOT w.granted AND a.application_name = 'safedrop' AND a.datname = current_database()
+            GROUP BY w.pid, wc.relname
+            """
+        )
+        return {pid: {"waits_for": waits, "holds": set(holds)} for pid, waits, holds in cur.fetchall()}
+
+
+def read_quickly(conn, table: str, lock_timeout: str) -> int:
+    """A reader that gives up (raises) instead of queueing longer than ``lock_timeout``."""
+    with conn.cursor() as cur:
+        cur.execute(f"SET lock_timeout = '{lock_timeout}'")
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+def credit_plan(tdb):
+    """What the flow hands the drop step: the migration, the targets' oids, the approved dependency scan."""
+    migration = load_migration("drop_credit_allocation_tables")
+    with connect(tdb.db) as conn:
+        rows = table_status(conn, migration.targets)
+    oids = {t: r["oid"] for t, r in zip(migration.targets, rows, strict=True) if r["oid"]}
+    return migration, oids, scan_dependencies(tdb.db, migration, oids)
+
+
+@pytest.fixture
+def env_url(guide_db, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    return guide_db
+
+
+# --------------------------------------------------------------------------------------------------
+# a held target: retried, nobody queued for long, dropped once it is free
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_held_target_is_retried_without_stalling_anyone_then_dropped(env_url, tmp_path):
+    db = env_url
+    before = {t: db.count(t) for t in SURVIVORS}
+    observer = session(db, "lock-test-observer", autocommit=True)
+    reader = session(db, "lock-test-reader", autocommit=True)
+    seen: dict[int, dict[str, Any]] = {}
+    try:
+        with holding(db, "SELECT * FROM credit_allocations LIMIT 1") as blocker:
+            job = Background(lambda: run(backup_dir=str(tmp_path / "b"), lock_wait_budget_s=30, **FAST))
+
+            def waited_three_times() -> bool:
+                now = waiting_safedrop(observer)
+                if now:
+                    # While safedrop waits for a target, the hot parents stay free: a reader that would
+                    # rather fail than queue 100 ms gets through, and safedrop holds no lock on them.
+                    for table in HOT:
+                        read_quickly(reader, table, "100ms")
+                    # A reader of the target queues behind the waiting DROP at most one lock_timeout
+                    # (400 ms at most here); 2 s would only run out if it queued like a plain DROP.
+                    read_quickly(reader, "credit_allocations", "2s")
+                seen.update(now)
+                return len(seen) >= 3  # three attempts, each a new backend: two timed out
+
+            wait_until(waited_three_times, deadline_s=30, interval_s=0.01, what="three lock-wait attempts")
+            assert blocker.status == psycopg2.extensions.STATUS_IN_TRANSACTION  # still holding
+        state, report = job.join()
+    finally:
+        observer.close()
+        reader.close()
+
+    assert all(w["waits_for"] in TARGETS for w in seen.values()), seen
+    assert all(not (w["holds"] & {*HOT, *SURVIVORS}) for w in seen.values()), seen
+    assert state.is_completed() and report.status == "succeeded", report.reasons
+    assert not any(db.exists(t) for t in TARGETS)
+    assert {t: db.count(t) for t in SURVIVORS} == before
+    drop_md = artifacts_of(str(state.state_details.flow_run_id))["drop-credit-allocation-tables-drop"].data
+    attempts, timeouts = _attempts(drop_md)
+    assert timeouts >= 2 and attempts == timeouts + 1, drop_md
+
+
+def _attempts(markdown: str) -> tuple[int, int]:
+    found = re.search(r"after (\d+) lock-safe attempt\(s\) \((\d+) lock timeouts", markdown)
+    assert found, markdown
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("held", TARGETS)
+def test_a_blocker_longer_than_the_budget_is_named_and_nothing_is_dropped(env_url, tmp_path, held):
+    """Either target held past the budget: the run fails naming the blocker, and nothing changed at all.
+
+    Holding ``credit_allocation_transactions`` is the case where the other target's foreign keys to
+    credits and tenants are free to drop: they must not go unless the tables go too.
+    """
+    db = env_url
+    before = db.snapshot()
+    with holding(db, f"SELECT * FROM {held} LIMIT 1") as blocker:
+        pid = blocker.get_backend_pid()
+        state, report = run(backup_dir=str(tmp_path / "b"), lock_wait_budget_s=2, **FAST)
+    assert state.is_failed() and report.status == "failed", report.reasons
+    [reason] = report.reasons
+    assert reason.startswith("gave up on the table drop after "), reason
+    assert "within the lock-wait budget 2 s (lock_timeout up to 400 ms)" in reason
+    assert f"blocked by: pid {pid} ({BLOCKER_APP}, idle in transaction, transaction open " in reason
+    assert f"holds AccessShareLock on public.{held}): SELECT * FROM {held} LIMIT 1" in reason
+    assert reason.endswith("Let it finish (or end it) and re-run")
+    assert db.snapshot() == before  # the targets, their foreign keys to credits and tenants, every row
+    assert all(db.exists(t) for t in TARGETS)
+
+
+def test_drop_targets_counts_attempts_and_lock_timeouts(guide_db):
+    """The plain function, no Prefect: the DropResult says how many attempts and lock timeouts it took."""
+    migration, oids, approved = credit_plan(guide_db)
+    observer = session(guide_db, "lock-test-observer", autocommit=True)
+    seen: set[int] = set()
+    try:
+        with holding(guide_db, "LOCK TABLE credit_allocation_transactions IN ROW EXCLUSIVE MODE"):
+            job = Background(
+                lambda: drop_targets(
+                    guide_db.db,
+                    migration,
+                    oids,
+                    approved=approved,
+                    expected_rows={f"public.{t}": 0 for t in TARGETS},
+                    allow_cascade=[],
+                    schedule=LockSchedule(first_timeout_ms=100, max_timeout_ms=400, budget_ms=30_000),
+                    statement_timeout_s=30,
+                    record_in_ledger=False,
+                )
+            )
+
+            def waited(n: int) -> bool:
+                seen.update(waiting_safedrop(observer))
+                return len(seen) >= n
+
+            wait_until(lambda: waited(2), deadline_s=30, interval_s=0.01, what="two lock-wait attempts")
+        result = job.join()
+    finally:
+        observer.close()
+    assert result.dropped == [f"public.{t}" for t in TARGETS]
+    assert result.attempts >= 2 and result.lock_timeouts == result.attempts - 1
+    assert not any(guide_db.exists(t) for t in TARGETS)
+
+
+def test_a_held_hot_parent_is_named_too(guide_db):
+    """A long reader of credits (the targets' FK parent) blocks the drop; the message names that reader."""
+    migration, oids, approved = credit_plan(guide_db)
+    before = guide_db.snapshot()
+    with holding(guide_db, "SELECT * FROM credits LIMIT 1") as blocker:
+        pid = blocker.get_backend_pid()
+        with pytest.raises(DropFailed) as caught:
+            drop_targets(
+                guide_db.db,
+                migration,
+                oids,
+                approved=approved,
+                expected_rows={f"public.{t}": 0 for t in TARGETS},
+                allow_cascade=[],
+                schedule=LockSchedule(first_timeout_ms=100, max_timeout_ms=200, budget_ms=1_000),
+                statement_timeout_s=30,
+                record_in_ledger=False,
+            )
+    message = str(caught.value)
+    assert f"blocked by: pid {pid} ({BLOCKER_APP}, idle in transaction" in message, message
+    assert "holds AccessShareLock on public.credits" in message
+    assert guide_db.snapshot() == before
+
+
+def test_holding_one_parent_it_never_waits_long_enough_to_deadlock_the_application(guide_db):
+    """An INSERT into credit_usage locks tenants, then credits; the drop wants credits, then tenants.
+
+    With a long lock_timeout the cycle would last until somebody's deadlock check (1 s) cancelled a
+    statement — the application's, which started waiting first. Holding a parent, the drop waits at
+    most half of deadlock_timeout for the next lock, rolls back, and tries again the other way round.
+    """
+    migration, oids, approved = credit_plan(guide_db)
+    observer = session(guide_db, "lock-test-observer", autocommit=True)
+    app = session(guide_db, "lock-test-app")
+    seen_waiting = []
+    try:
+        with app.cursor() as cur:
+            cur.execute("SELECT 1 FROM tenants WHERE id = 1 FOR KEY SHARE")  # an FK check of the insert
+        job = Background(
+            lambda: drop_targets(
+                guide_db.db,
+                migration,
+                oids,
+                approved=approved,
+                expected_rows={f"public.{t}": 0 for t in TARGETS},
+                allow_cascade=[],
+                schedule=LockSchedule(first_timeout_ms=5_000, max_timeout_ms=5_000, budget_ms=30_000),
+                statement_timeout_s=30,
+                record_in_ledger=False,
+            )
+        )
+        wait_until(
+            lambda: any(w["waits_for"] == "tenants" and "credits" in w["holds"]
+                        for w in waiting_safedrop(observer).values()),
+            deadline_s=30, interval_s=0.01, what="the drop to hold credits and wait for tenants",
+        )
+
+        def app_waits_for_credits() -> bool:
+            with observer.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted "
+                            "AND relation = 'credits'::regclass", (app.get_backend_pid(),))
+                return cur.fetchone()[0] > 0
+
+        def second_check() -> None:
+            with app.cursor() as cur:
+                cur.execute("SELECT 1 FROM credits WHERE id = 1 FOR KEY SHARE")  # the cycle closes here
+
+        app_job = Background(second_check)
+        seen_waiting.append(wait_until(
+            lambda: "waiting" if app_waits_for_credits() else None if app_job.thread.is_alive() else "done",
+            deadline_s=30, interval_s=0.005, what="the application to wait",
+        ))
+        app_job.join()  # no DeadlockDetected: the drop let go of credits first
+        app.commit()
+        result = job.join()
+    finally:
+        app.rollback()
+        app.close()
+        observer.close()
+    assert seen_waiting == ["waiting"]  # the cycle really formed
+    assert result.dropped == [f"public.{t}" for t in TARGETS]
+    assert result.lock_timeouts >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# autovacuum: the schedule must outgrow deadlock_timeout, after which autovacuum yields
+# --------------------------------------------------------------------------------------------------
+
+
+def _timeouts_until(schedule: LockSchedule, monkeypatch, limit_ms: int) -> list[tuple[float, int]]:
+    """(elapsed ms, lock_timeout ms) of each attempt, every attempt timing out, on a simulated clock."""
+    now = [0.0]
+    monkeypatch.setattr("tasks.drop.time.sleep", lambda s: now.__setitem__(0, now[0] + s))
+    out = []
+    for _attempt, timeout_ms in schedule.attempts(clock=lambda: now[0]):
+        out.append((now[0] * 1000, timeout_ms))
+        now[0] += timeout_ms / 1000  # the attempt waits its whole lock_timeout, then fails
+        if timeout_ms > limit_ms:
+            break
+    return out
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [LockSchedule(), LockSchedule.from_parameters(DEFAULTS)],
+    ids=["LockSchedule()", "flow-defaults"],
+)
+def test_the_default_schedule_outgrows_deadlock_timeout_early_in_its_budget(schedule, monkeypatch):
+    attempts = _timeouts_until(schedule, monkeypatch, limit_ms=1000)
+    elapsed_ms, timeout_ms = attempts[-1]
+    assert timeout_ms > 1000, attempts  # a running autovacuum gives way after deadlock_timeout (1 s)
+    assert elapsed_ms + timeout_ms < schedule.budget_ms / 4, attempts
+    assert [t for _, t in attempts] == sorted(t for _, t in attempts)  # it only grows
+
+
+def test_a_running_autovacuum_on_a_target_does_not_fail_the_drop(pg, guide_db):
+    """A real autovacuum worker (slowed to a crawl) on credit_allocations; the default schedule wins."""
+    db = guide_db
+    db.execute(
+        "ALTER TABLE credit_allocations SET (autovacuum_vacuum_threshold = 0, "
+        "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100, "
+        "autovacuum_vacuum_cost_limit = 1);"
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "SELECT 1 + g % 25, 1 + g % 25, g, '2024-01-01', '2024-02-01' FROM generate_series(1, 20000) g;"
+        "DELETE FROM credit_allocations;"
+    )
+    pg.psql("ALTER SYSTEM SET autovacuum_naptime = '1s'; SELECT pg_reload_conf();")
+    observer = session(db, "lock-test-observer", autocommit=True)
+    try:
+        def autovacuum_running() -> bool:
+            with observer.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                    "AND datname = current_database() AND query LIKE '%credit_allocations%'"
+                )
+                return cur.fetchone()[0] > 0
+
+        wait_until(autovacuum_running, deadline_s=30, interval_s=0.05, what="autovacuum on credit_allocations")
+    finally:
+        pg.psql("ALTER SYSTEM RESET autovacuum_naptime; SELECT pg_reload_conf();")
+    migration, oids, approved = credit_plan(db)
+    try:
+        assert autovacuum_running()  # still crawling: the drop has to make it yield
+        result = drop_targets(
+            db.db,
+            migration,
+            oids,
+            approved=approved,
+            expected_rows={f"public.{t}": 0 for t in TARGETS},
+            allow_cascade=[],
+            schedule=LockSchedule.from_parameters(DEFAULTS),
+            statement_timeout_s=60,
+            record_in_ledger=False,
+        )
+    finally:
+        observer.close()
+    assert result.dropped == [f"public.{t}" for t in TARGETS]
+    # The vacuum really was in the way: the attempts shorter than deadlock_timeout (500, 750 ms) lost.
+    assert result.lock_timeouts >= 1, result
+    assert not any(db.exists(t) for t in TARGETS)
+
+
+# --------------------------------------------------------------------------------------------------
+# one run at a time
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_second_run_stops_at_once_naming_the_first(env_url, tmp_path):
+    db = env_url
+    before = db.snapshot()
+    with one_run_at_a_time(db.db, "run-a-1234"):
+        state, report = run(backup_dir=str(tmp_path / "b"))
+    assert state.is_failed() and report.status == "stopped", report.reasons
+    [reason] = report.reasons
+    assert (f"another safedrop run is already working on {db.db.display}: "
+            "safedrop run run-a-1234 (pid ") in reason, reason
+    assert reason.endswith("nothing was changed — wait for it to finish, then re-run")
+    assert db.snapshot() == before
+    assert not (tmp_path / "b").exists()
+
+
+HOLD_THE_RUN_LOCK = """
+import sys, time
+from safedrop.database import database_from_url
+from safedrop.runlock import one_run_at_a_time
+with one_run_at_a_time(database_from_url(sys.argv[1]), "crashed-run"):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_killed_run_leaves_no_stale_lock(env_url, tmp_path):
+    db = env_url
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_RUN_LOCK, db.url], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder_backend = db.scalar("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                                   "'safedrop run crashed-run' AND datname = current_database()")
+        assert holder_backend
+        os.kill(holder.pid, signal.SIGKILL)  # no cleanup code runs
+        holder.wait(10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    # The server notices the closed socket and ends the session, and with it the lock.
+    wait_until(lambda: not db.scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=holder_backend),
+               deadline_s=10, what="the killed run's session to end")
+    state, report = run(backup_dir=str(tmp_path / "b"))
+    assert state.is_completed() and report.status == "succeeded", report.reasons
+    assert not any(db.exists(t) for t in TARGETS)
