@@ -30,6 +30,7 @@ from safedrop.report import CascadeObject, DependencyResult, UntrackedReference
 
 Address = tuple[int, int, int]  # (classid, objid, objsubid), as in pg_depend
 PG_CLASS = 1259  # pg_class's own oid, fixed in every release (RelationRelationId)
+PG_PROC = 1255  # pg_proc's (ProcedureRelationId)
 
 _RELATION_KINDS = {
     "r": "table",
@@ -455,11 +456,48 @@ def analyse(
     return DependencyResult(
         cascade=cascade,
         untracked=untracked,
+        addresses=list(removed),
         removed_total=len(removed),
         digest=removal_digest(row["description"] for row in info.values()),
         reasons=reasons,
         warnings=warnings,
     )
+
+
+def depend_fingerprint(conn: Connection, addresses: Sequence[Address]) -> str:
+    """A fingerprint of every pg_depend edge around the removal set (one cheap indexed query)."""
+    return queries.one(
+        conn, "depend_fingerprint", classids=[a[0] for a in addresses], objids=[a[1] for a in addresses]
+    )["fingerprint"]
+
+
+def recheck(
+    conn: Connection,
+    migration: Migration,
+    oids: dict[TableName, int],
+    allow: Sequence[str],
+    approved: DependencyResult,
+    preflight: DependencyResult,
+    preflight_fingerprint: str,
+) -> tuple[DependencyResult, list[str]]:
+    """What changed against the approval, cheaply when nothing did.
+
+    If the dependency edges around the removal set are as they were at the preflight (whose full
+    analysis already matched the approval), the walk would find the same set: only function bodies,
+    which pg_depend does not track, are searched again. Otherwise the full analysis runs.
+    """
+    if depend_fingerprint(conn, preflight.addresses) == preflight_fingerprint:
+        target_oids = set(oids.values())
+        functions = {a[1] for a in preflight.addresses if a[0] == PG_PROC}
+        untracked = find_untracked(conn, [t for t in migration.targets if t in oids], functions, target_oids)
+        for ref in untracked:
+            ref.allowed = any(a.strip() in ref.names for a in allow)
+        now = preflight.model_copy(update={"untracked": untracked})
+        if any(not ref.allowed for ref in untracked):
+            now = analyse(conn, migration, oids, allow)
+    else:
+        now = analyse(conn, migration, oids, allow)
+    return now, unapproved_changes(approved, now)
 
 
 def unapproved_changes(approved: DependencyResult, now: DependencyResult) -> list[str]:

@@ -49,7 +49,7 @@ from safedrop.migration import DropStatement, Migration, TableName
 from safedrop.report import DependencyResult, DropResult
 from tasks.cleanup import count_rows
 from tasks.connection import table_status
-from tasks.dependencies import analyse, unapproved_changes
+from tasks.dependencies import analyse, depend_fingerprint, recheck, unapproved_changes
 
 LOCK_NOT_AVAILABLE = "55P03"
 DEADLOCK_DETECTED = "40P01"  # we lost a lock cycle (rolled back, holding nothing): as retryable as a timeout
@@ -328,7 +328,9 @@ def drop_targets(
     try:
         # Nothing new since the prechecks? (Checked again, under the lock, before the DROP itself.)
         with connect(db) as conn:
-            changes = unapproved_changes(approved, analyse(conn, migration, oids, allow_cascade))
+            preflight = analyse(conn, migration, oids, allow_cascade)
+            preflight_fingerprint = depend_fingerprint(conn, preflight.addresses)
+            changes = unapproved_changes(approved, preflight)
             fk_drops = foreign_keys_to_drop(conn, oids, approved)
             # who may block us: the targets, and the other side of each foreign key we drop
             lock_oids = list(oids.values()) + _oids_of(
@@ -351,8 +353,9 @@ def drop_targets(
             if present:
                 _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
             # Holding the targets, nothing can change underneath: what goes is what was approved.
-            now = analyse(conn, migration, oids, allow_cascade)
-            changes = unapproved_changes(approved, now)
+            now, changes = recheck(
+                conn, migration, oids, allow_cascade, approved, preflight, preflight_fingerprint
+            )
             if changes:
                 raise DropFailed(
                     f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
