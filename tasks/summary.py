@@ -75,10 +75,13 @@ class RunRecord:
 
 def build_report(record: RunRecord, status: Status, error: SafedropError | None = None) -> RunReport:
     reasons = record.reasons()
-    if error is not None and str(error) not in reasons and not reasons:
-        reasons = [str(error)]
+    own = list(getattr(error, "reasons", None) or ([str(error)] if error is not None else []))
+    if error is not None and not reasons:
+        reasons = own  # a stop outside the prechecks (run lock, approval) or a failure
     elif error is not None and status == "failed":
-        reasons = [*reasons, str(error)]
+        reasons = [*reasons, *own]
+    elif error is not None:
+        reasons = list(dict.fromkeys([*reasons, *own]))
     conn = record.connection
     targets = conn.targets if conn else []
     if record.cleanup:

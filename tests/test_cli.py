@@ -24,7 +24,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 @pytest.fixture(autouse=True)
 def no_env_url(monkeypatch, tmp_path):
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    # setenv first, so monkeypatch restores "unset" after main() has set DATABASE_URL itself
+    monkeypatch.setenv("DATABASE_URL", "unset")
+    monkeypatch.delenv("DATABASE_URL")
     monkeypatch.chdir(tmp_path)
 
 
