@@ -18,6 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 ## The main job on a throwaway local PostgreSQL, zero configuration.
 demo: install
+	mkdir -p .tmp/prefect-demo
 	PREFECT_HOME=$(CURDIR)/.tmp/prefect-demo $(BIN)/safedrop demo
 
 ## The whole suite: real PostgreSQL, pg_dump/pg_restore, Prefect harness, a real Prefect server + worker.

@@ -84,6 +84,14 @@ def drop_deprecated_tables(params: DropParameters) -> State:
                 Path(params.backup_dir),
                 server_version_num=run.connection.server_version_num,
                 artifact_prefix=prefix,
+                scope=params.backup_scope,
+                archive_format=params.backup_format,
+                jobs=params.backup_jobs,
+                compression=params.backup_compression,
+                verify_restore=params.verify_restore,
+                migration=migration,  # the manifest records what the drop removes, for the restore
+                allow_cascade=params.allow_cascade,
+                flow_run_id=run.flow_run_id,
             )
 
             # 3. A human approves the plan (manual runs), then the drop: lock-safe, one transaction,

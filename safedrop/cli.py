@@ -1,4 +1,4 @@
-"""The `safedrop` command: plan, run, demo.
+"""The `safedrop` command: plan, run, restore, demo.
 
 Exit codes: 0 success (ready, succeeded, already applied), 3 stopped by a precheck with nothing
 changed, 1 failed, 2 usage (bad flags or input, nothing touched).
@@ -18,10 +18,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 def _prefect_defaults(verbose: bool) -> None:
     """Settings every run needs, before Prefect is imported (PREFECT_FACTS.md)."""
     os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".safedrop" / "prefect"))
+    # Prefect's SQLite database cannot be created in a directory that does not exist
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    # the embedded server's first start migrates a fresh SQLite database: on a busy 2-core machine
+    # that takes longer than Prefect's default 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -94,6 +99,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="consent to dropping targets that hold rows (the backup keeps them)",
     )
+    p.add_argument("--rehearse", action="store_true",
+                   help="prove the CASCADE prediction on a scratch copy of the schema (needs a superuser)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
 
@@ -136,6 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="total time to keep retrying for the locks before giving up with nothing dropped "
         "(default: %(default)s)",
     )
+    run.add_argument("--backup-scope", choices=["database", "targets"], default="database",
+                     help="back up the whole database, or every definition but only the targets' rows "
+                     "(default: %(default)s)")
+    run.add_argument("--backup-format", choices=["custom", "directory"], default="custom",
+                     help="pg_dump archive format (default: %(default)s)")
+    run.add_argument("--backup-jobs", metavar="N", type=int, default=1,
+                     help="parallel pg_dump workers, directory format only (default: %(default)s)")
+    run.add_argument("--compression", metavar="0-9", type=int, default=1,
+                     help="gzip level of the archive (default: %(default)s, measured fastest for its size)")
+    run.add_argument("--verify-restore", action="store_true",
+                     help="restore the targets into a scratch database and compare before dropping "
+                     "(needs CREATEDB)")
+    restore = sub.add_parser("restore", help="restore the tables a run dropped, from its backup "
+                             "(exit 0 restored, 3 refused with nothing changed, 1 failed)")
+    restore.add_argument("--backup", metavar="PATH", required=True,
+                         help="the archive a run wrote (its .manifest.json must be beside it)")
+    restore.add_argument("--database-url", metavar="URL",
+                         help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the "
+                         "Secret block)")
+    restore.add_argument("--secret-block", metavar="NAME", default="safedrop-database-url",
+                         help="Prefect Secret block holding the URL (default: %(default)s)")
+    restore.add_argument("--no-owner", action="store_true",
+                         help="do not restore object ownership (the restoring role owns what it creates)")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="check the archive and the database, list what would be restored; "
+                         "change nothing")
+    restore.add_argument("--json", action="store_true", help="print the restore report as JSON on stdout")
+    restore.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
     demo = sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)")
     demo.add_argument("--json", action="store_true", help="print the run reports as JSON")
     demo.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
@@ -182,6 +217,7 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         code_exclude=args.code_exclude,
         allow_cascade=args.allow_cascade,
         allow_nonempty=args.allow_nonempty,
+        rehearse=args.rehearse,
         dry_run=dry_run,
         database_secret_block=None if url else args.secret_block,
     )
@@ -193,6 +229,10 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         fields["lock_timeout_ms"] = parse_duration_ms(args.lock_timeout)
         fields["max_lock_timeout_ms"] = parse_duration_ms(args.max_lock_timeout)
         fields["lock_wait_budget_s"] = parse_duration_ms(args.lock_wait_budget) / 1000
+    if getattr(args, "backup_scope", None):
+        fields.update(backup_scope=args.backup_scope, backup_format=args.backup_format,
+                      backup_jobs=args.backup_jobs, backup_compression=args.compression,
+                      verify_restore=args.verify_restore)
     fields["approval"] = "skip"  # at the terminal, running the command is the approval
     try:
         params = DropParameters(**fields)
@@ -212,10 +252,13 @@ def run_flow(params: Any):
 
     state = drop_deprecated_tables(params, return_state=True)
     result = state.result(raise_on_failure=False)
+    from safedrop.errors import SafedropError
     from safedrop.report import RunReport
 
     if isinstance(result, RunReport):
         return result
+    if isinstance(result, SafedropError) and isinstance(result.report, RunReport):
+        return result.report
     # the flow crashed (a bug, not an expected failure): say so in one line
     return RunReport(
         status="failed",
@@ -241,6 +284,55 @@ def _usage_report(message: str, migration: str, dry_run: bool) -> Any:
     return RunReport(status="failed", reasons=[message], migration=migration, dry_run=dry_run)
 
 
+def restore_main(args: argparse.Namespace) -> int:
+    """`safedrop restore`: the restore-dropped-tables flow in this process; exit 0/3/1, 2 for bad input."""
+    from pydantic import ValidationError
+
+    from safedrop.database import database_from_url
+    from safedrop.errors import UsageError
+    from safedrop.parameters import RestoreParameters
+    from safedrop.report import RestoreReport
+
+    try:
+        url = args.database_url or os.environ.get("DATABASE_URL")
+        if url:
+            database_from_url(url)
+            os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
+        if not Path(args.backup).expanduser().exists():
+            raise UsageError(f"backup {args.backup} does not exist; pass the archive a run wrote")
+        try:
+            params = RestoreParameters(backup_path=str(Path(args.backup).expanduser().absolute()),
+                                       database_secret_block=None if url else args.secret_block,
+                                       no_owner=args.no_owner, dry_run=args.dry_run)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except UsageError as exc:
+        if args.json:
+            print_report(RestoreReport(status="failed", reasons=[str(exc)], backup=args.backup), as_json=True)
+        print(f"safedrop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from flows.restore_dropped_tables import restore_dropped_tables
+
+    try:
+        state = restore_dropped_tables(params, return_state=True)
+        report = state.result(raise_on_failure=False)
+        if not isinstance(report, RestoreReport):  # the flow crashed: a bug, said in one line
+            report = RestoreReport(status="failed", backup=args.backup,
+                                   reasons=[f"the flow run ended {state.name}: {state.message}"])
+    except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        report = RestoreReport(status="failed", backup=args.backup,
+                               reasons=[f"Prefect could not run the flow ({type(exc).__name__}: {first})"])
+    if args.json:
+        print_report(report, as_json=True)
+    else:
+        from tasks.restore import render_text
+
+        sys.stdout.write(render_text(report))
+    return report.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -255,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         except SafedropError as exc:
             print(f"safedrop: {exc}", file=sys.stderr)
             return exc.exit_code
+    if args.command in ("run", "restore") and sys.stderr.isatty():
+        os.environ.setdefault("SAFEDROP_PROGRESS_BAR", "1")  # pg_dump/pg_restore progress on stderr
+    if args.command == "restore":
+        return restore_main(args)
     dry_run = args.command == "plan"
     try:
         params = parameters_from_args(args, dry_run=dry_run)
@@ -263,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
             print_report(_usage_report(str(exc), args.migration, dry_run), as_json=True)
         print(f"safedrop: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    report = run_flow(params)
+    try:
+        report = run_flow(params)
+    except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        message = f"Prefect could not run the flow ({type(exc).__name__}: {first})"
+        if args.json:
+            print_report(_usage_report(message, args.migration, dry_run), as_json=True)
+        print(f"safedrop: {message}", file=sys.stderr)
+        return EXIT_FAILED
     print_report(report, as_json=args.json)
     return report.exit_code
 

@@ -103,6 +103,7 @@ class DependencyResult(StepResult):
     untracked: list[UntrackedReference] = Field(default_factory=list)
     removed_total: int = 0  # every object the drop removes, the targets' own parts included
     digest: str = ""  # sha256 of the exact removal set, rechecked inside the drop transaction
+    addresses: list[tuple[int, int, int]] = Field(default_factory=list, exclude=True)  # the removal set
 
 
 class CodeReference(BaseModel):
@@ -121,6 +122,67 @@ class CodeScanResult(StepResult):
     files_scanned: int | None = None
 
 
+class TableChecksum(BaseModel):
+    """A target's contents at backup time (in the dump's own snapshot), compared after a restore."""
+
+    name: str  # schema-qualified, as the report prints it
+    schema_name: str
+    table_name: str
+    relkind: str = "r"  # 'p' for a partitioned table (its rows live in its partitions)
+    rows: int
+    checksum: str  # sum of the first 64 bits of md5(row::text) over every row (order-independent)
+    below: list[str] = Field(default_factory=list)  # partitions / inheritance children, any depth
+
+
+class SequenceState(BaseModel):
+    name: str  # schema-qualified
+    last_value: int
+    is_called: bool
+
+
+class RemovedObject(BaseModel):
+    """One catalog object the drop removes (the targets' own parts included), as of the backup."""
+
+    classid: int
+    objid: int
+    objsubid: int = 0
+    description: str  # pg_describe_object(), the wording of the server's own notices
+    type: str  # pg_identify_object_as_address(): how a restore asks whether it exists again
+    names: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+
+
+class BackupManifest(BaseModel):
+    """``<archive>.manifest.json``: the proof of what an archive holds, and what a restore puts back."""
+
+    manifest_version: int = 1
+    archive: str  # file (custom) or directory (directory format) name, beside the manifest
+    archive_format: Literal["custom", "directory"]
+    bytes: int
+    sha256: str  # custom: of the file; directory: of its sha256sum-style listing (see files)
+    files: dict[str, str] = Field(default_factory=dict)  # directory format: sha256 of each file
+    database: str
+    server: str  # user@host:port/dbname, no password
+    server_version: str
+    server_version_num: int
+    pg_dump_version: str
+    pg_dump_version_num: int
+    scope: Literal["database", "targets"]
+    compression: int
+    jobs: int = 1
+    snapshot: str  # the exported snapshot pg_dump and the checksums shared
+    migration: str | None = None
+    created_at: str
+    duration_s: float
+    flow_run_id: str | None = None
+    targets: list[TableChecksum]
+    sequences: list[SequenceState] = Field(default_factory=list)
+    removed: list[RemovedObject] = Field(default_factory=list)
+    cascade: list[CascadeObject] = Field(default_factory=list)
+    checksum_method: str = ""
+    verified_by_restore: bool = False
+
+
 class BackupResult(StepResult):
     path: str
     bytes: int
@@ -128,6 +190,12 @@ class BackupResult(StepResult):
     pg_dump_version: str
     duration_s: float
     tables_in_archive: list[str]
+    manifest_path: str = ""  # <archive>.manifest.json: what a restore checks and puts back
+    scope: Literal["database", "targets"] = "database"
+    archive_format: Literal["custom", "directory"] = "custom"
+    compression: int = 1
+    targets: list[TableChecksum] = Field(default_factory=list)  # rows and checksum, in the dump's snapshot
+    verified_by_restore: bool = False  # restored into a scratch database and compared
 
 
 class DropResult(StepResult):
@@ -186,3 +254,62 @@ class RunReport(BaseModel):
     @property
     def exit_code(self) -> int:
         return {"ready": 0, "succeeded": 0, "already-applied": 0, "stopped": 3, "failed": 1}[self.status]
+
+
+# --------------------------------------------------------------------------------------------------
+# Restore
+# --------------------------------------------------------------------------------------------------
+
+RestoreStatus = Literal["restored", "already-restored", "ready", "refused", "failed"]
+
+
+class RestoreCheck(StepResult):
+    """The restore precheck: the archive matches its manifest, and nothing to restore exists yet."""
+
+    archive: str
+    manifest: str
+    scope: str
+    backup_created_at: str
+    targets: list[str]
+    entries: list[str]  # the TOC entries that will be restored ("DESC schema tag")
+    not_restorable: list[str] = Field(default_factory=list)  # removed, but the archive cannot bring back
+    present: list[str] = Field(default_factory=list)  # of the objects to restore, those that exist now
+    pg_restore_version: str = ""
+
+
+class RestoreResult(StepResult):
+    entries: int
+    duration_s: float
+
+
+class RestoredTable(BaseModel):
+    name: str
+    rows_expected: int
+    rows_found: int | None
+    checksum_matches: bool
+
+
+class RestoreVerification(StepResult):
+    tables: list[RestoredTable]
+    sequences: list[str] = Field(default_factory=list)  # "name = last_value (is_called)", as found
+    objects_back: int = 0
+
+
+class RestoreReport(BaseModel):
+    """A restore run, as `safedrop restore … --json` prints it."""
+
+    status: RestoreStatus
+    reasons: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    backup: str
+    database: str | None = None
+    dry_run: bool = False
+    check: RestoreCheck | None = None
+    restore: RestoreResult | None = None
+    verification: RestoreVerification | None = None
+    flow_run_id: str | None = None
+    duration_s: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return {"restored": 0, "already-restored": 0, "ready": 0, "refused": 3, "failed": 1}[self.status]

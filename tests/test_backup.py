@@ -8,6 +8,7 @@ test lets go (or kills it).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -25,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from safedrop.database import database_from_url
-from safedrop.errors import BackupFailed
+from safedrop.errors import BackupFailed, UsageError
 from safedrop.migration import TableName
 from safedrop.pgserver import free_port, wait_until
 from tasks.backup import (
@@ -35,6 +36,7 @@ from tasks.backup import (
     find_pg_dump,
     installed_tools,
     is_transient,
+    manifest_path,
     reserve_backup_file,
     run_pg_dump,
     sha256_file,
@@ -169,7 +171,10 @@ def test_backup_writes_a_verified_private_archive(guide_db, server_version_num, 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(backup_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700  # parents we made too
-    assert files_in(backup_dir) == [path.name]  # no .partial left
+    manifest_file = manifest_path(path)
+    assert files_in(backup_dir) == [path.name, manifest_file.name]  # no .partial left
+    assert stat.S_IMODE(manifest_file.stat().st_mode) == 0o600
+    assert result.manifest_path == str(manifest_file)
     assert result.bytes == path.stat().st_size > 0
     assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == sha256_file(path)
     assert result.tables_in_archive == QUALIFIED
@@ -201,7 +206,9 @@ def test_a_second_backup_gets_its_own_file_and_an_existing_dir_keeps_its_mode(
     second = take_backup(guide_db.db, TARGETS, backup_dir, server_version_num=server_version_num)
 
     assert first.path != second.path
-    assert files_in(backup_dir) == sorted([Path(first.path).name, Path(second.path).name])
+    assert files_in(backup_dir) == sorted(
+        n for r in (first, second) for n in (Path(r.path).name, manifest_path(Path(r.path)).name)
+    )
     assert stat.S_IMODE(backup_dir.stat().st_mode) == 0o755  # not ours: left alone …
     assert first.warnings == [
         f"backup directory {backup_dir} is accessible to other users (mode 0755); "
@@ -393,14 +400,15 @@ def test_the_password_is_never_in_any_argv(guide_db, server_version_num, tmp_pat
     assert pid in everyone
     # Only format options and the output file: host, user and database come from the environment.
     assert argv[1:4] == ["--format=custom", "--compress=1", "--no-password"]
-    assert len(argv) == 5 and argv[4].startswith(f"--file={tmp_path}/") and argv[4].endswith(".dump.partial")
+    assert re.fullmatch(r"--snapshot=[0-9A-F]+-[0-9A-F]+-\d+", argv[4]) and argv[5] == "--verbose"
+    assert len(argv) == 7 and argv[6].startswith(f"--file={tmp_path}/") and argv[6].endswith(".dump.partial")
     assert f"PGPASSWORD={password}".encode() in environ
     assert {e.split(b"=", 1)[0] for e in environ if e} <= {
         b"PATH", b"LANG", b"LC_ALL", b"PGHOST", b"PGPORT", b"PGUSER", b"PGPASSWORD", b"PGDATABASE",
         b"PGAPPNAME", b"PGCONNECT_TIMEOUT",
     }
     assert job.error is None, job.error
-    assert files_in(tmp_path) == [Path(job.result.path).name]
+    assert files_in(tmp_path) == [Path(job.result.path).name, Path(job.result.manifest_path).name]
 
 
 def test_pg_dump_killed_mid_dump_leaves_nothing(guide_db, server_version_num, tmp_path):
@@ -491,6 +499,9 @@ def test_backup_task_publishes_an_artifact(prefect_harness, guide_db, server_ver
     assert result.sha256 in text and result.path in text and f"{result.bytes:,} bytes" in text
     assert "public.credit_allocations" in text and result.pg_dump_version in text
     assert db.password not in text and db.display in text
+    assert result.manifest_path in text and "scope | database" in text
+    (progress,) = read_artifact(f"{prefix}-backup-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
 
 
 def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, server_version_num, tmp_path):
@@ -517,3 +528,201 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
     assert refused.run_count == 3  # the first try and both retries
     assert refused.state.is_failed() and too_new.state.is_failed()
     assert too_new.run_count == 1  # a version mismatch is not retried
+
+
+# ------------------------------------------------------------------------------------------------
+# the manifest, scopes, formats, partitions, verify_restore, a full disk
+# ------------------------------------------------------------------------------------------------
+
+
+def checksums_now(guide_db, tables) -> dict[str, tuple[int, str]]:
+    from tasks.backup import pin_text_settings, table_checksums
+
+    engine = guide_db.engine()
+    try:
+        with engine.connect() as conn, conn.begin():
+            pin_text_settings(conn)
+            return {t.qualified: v for t, v in table_checksums(conn, tables).items()}
+    finally:
+        engine.dispose()
+
+
+def archive_rows(path: Path, table: str, tools: PgTools) -> list[str]:
+    """The rows of ``table`` in an archive (its COPY block), straight from pg_restore."""
+    script = subprocess.run([str(tools.pg_restore), "--data-only", f"--table={table}", "-f", "-", str(path)],
+                            check=True, capture_output=True, text=True).stdout
+    block = script.split(f"COPY public.{table} ", 1)[1].split("\\.\n", 1)[0]
+    return block.splitlines()[1:]
+
+
+def test_the_manifest_counts_and_checksums_the_dumps_own_snapshot(guide_db, server_version_num, tmp_path):
+    seed_targets(guide_db)
+    tools = find_pg_dump(server_version_num)
+    expected = checksums_now(guide_db, TARGETS)
+    with table_locked(guide_db):  # pg_dump waits for credits, its snapshot already taken …
+        job, _, _ = start_blocked_backup(guide_db, tmp_path, server_version_num)
+        # … while a row arrives and commits: neither the archive nor the manifest may see it
+        guide_db.execute("INSERT INTO credit_allocation_transactions (allocation_id, amount) VALUES (1, 9.99)")
+    job.join()
+    assert job.error is None, job.error
+    result = job.result
+    assert guide_db.count("credit_allocation_transactions") == 3
+    manifest = json.loads(Path(result.manifest_path).read_text())
+    assert {t["name"]: (t["rows"], t["checksum"]) for t in manifest["targets"]} == expected
+    assert len(archive_rows(Path(result.path), "credit_allocation_transactions", tools)) == 2
+    assert manifest["sha256"] == sha256_file(Path(result.path)) and manifest["bytes"] == result.bytes
+    assert manifest["archive"] == Path(result.path).name and manifest["archive_format"] == "custom"
+    assert manifest["database"] == guide_db.name and manifest["server"] == guide_db.db.display
+    assert manifest["server_version_num"] == server_version_num
+    assert manifest["pg_dump_version"] == tools.version_line and manifest["scope"] == "database"
+    assert manifest["compression"] == 1 and manifest["snapshot"] and manifest["created_at"]
+    assert {s["name"]: s["last_value"] for s in manifest["sequences"]} == {
+        "public.credit_allocation_transactions_id_seq": 2, "public.credit_allocations_id_seq": 2}
+    removed = {o["description"] for o in manifest["removed"]}
+    assert {"index credit_allocations_tenant_id_idx", "constraint credit_allocations_pkey on table "
+            "credit_allocations", "sequence credit_allocations_id_seq", "table credit_allocations"} <= removed
+    assert guide_db.db.password not in Path(result.manifest_path).read_text()
+    # the restored-data checksum is reproducible: remove the late row and the numbers agree again
+    guide_db.execute("DELETE FROM credit_allocation_transactions WHERE amount = 9.99")
+    assert checksums_now(guide_db, TARGETS) == expected
+
+
+def test_targets_scope_keeps_every_definition_but_only_the_targets_rows(guide_db, server_version_num, tmp_path):
+    seed_targets(guide_db)
+    guide_db.execute("CREATE VIEW allocation_totals AS SELECT tenant_id, sum(amount) FROM credit_allocations "
+                     "GROUP BY 1; CREATE SCHEMA other; CREATE TABLE other.t (x int); INSERT INTO other.t VALUES (1)")
+    tools = find_pg_dump(server_version_num)
+    full = take_backup(guide_db.db, TARGETS, tmp_path / "full", server_version_num=server_version_num)
+    before = guide_db.snapshot()
+
+    result = take_backup(guide_db.db, TARGETS, tmp_path / "t", server_version_num=server_version_num,
+                         scope="targets", verify_restore=True)
+
+    listing = toc(Path(result.path), tools)
+    data = sorted(re.findall(r"TABLE DATA (\S+ \S+) ", listing))
+    assert data == ["public credit_allocation_transactions", "public credit_allocations"]
+    for definition in ("TABLE public credits ", "TABLE other t ", "VIEW public allocation_totals ",
+                       "FK CONSTRAINT public credit_allocations credit_allocations_tenant_id_fkey "):
+        assert definition in listing
+    assert result.bytes < full.bytes and result.scope == "targets" and result.verified_by_restore
+    assert [(t.name, t.rows) for t in result.targets] == [(QUALIFIED[0], 2), (QUALIFIED[1], 2)]
+    # the scratch database is gone, and nothing else changed
+    assert guide_db.server.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'safedrop_verify_%'").strip() == "0"
+    assert guide_db.snapshot() == before
+
+
+def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(guide_db, server_version_num, tmp_path):
+    guide_db.execute(
+        "CREATE TABLE allocation_events (id int, at date, note text) PARTITION BY RANGE (at);"
+        "CREATE TABLE allocation_events_2023 PARTITION OF allocation_events "
+        "FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');"
+        "CREATE TABLE allocation_events_2024 PARTITION OF allocation_events "
+        "FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY LIST (id);"
+        "CREATE TABLE allocation_events_2024_odd PARTITION OF allocation_events_2024 FOR VALUES IN (1, 3);"
+        "INSERT INTO allocation_events VALUES (1, '2023-05-01', 'a'), (3, '2024-05-01', 'b'), (1, '2024-06-01', 'c')"
+    )
+    target = [TableName("public", "allocation_events")]
+    tools = find_pg_dump(server_version_num)
+    for scope in ("targets", "database"):
+        result = take_backup(guide_db.db, target, tmp_path / scope, server_version_num=server_version_num,
+                             scope=scope)
+        assert result.tables_in_archive == ["public.allocation_events"]
+        listing = toc(Path(result.path), tools)
+        assert "TABLE DATA public allocation_events_2023 " in listing
+        assert "TABLE DATA public allocation_events_2024_odd " in listing
+        (entry,) = result.targets
+        assert (entry.relkind, entry.rows) == ("p", 3)
+        assert entry.below == ["public.allocation_events_2023", "public.allocation_events_2024",
+                               "public.allocation_events_2024_odd"]
+    # verification names a leaf partition whose rows are missing (data left out on purpose here)
+    layout = {target[0]: ("p", [TableName("public", "allocation_events_2023"), TableName("public", "nope")])}
+    with pytest.raises(BackupFailed, match=r"lacks public.nope \(partition of public.allocation_events; "
+                       r"no TABLE or TABLE DATA entry\)"):
+        verify_archive(Path(result.path), target, tools, layout=layout)
+
+
+def test_directory_format_with_parallel_jobs(guide_db, server_version_num, tmp_path):
+    from tasks.backup import archive_digest
+
+    seed_targets(guide_db)
+    result = take_backup(guide_db.db, TARGETS, tmp_path, server_version_num=server_version_num,
+                         archive_format="directory", jobs=2, compression=0)
+    path = Path(result.path)
+    assert path.is_dir() and path.name.endswith(".dumpdir") and stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in path.iterdir())
+    assert files_in(tmp_path) == [path.name, manifest_path(path).name]
+    manifest = json.loads(manifest_path(path).read_text())
+    size, digest, files = archive_digest(path)
+    assert (manifest["bytes"], manifest["sha256"], manifest["files"]) == (size, digest, files) == (
+        result.bytes, result.sha256, files)
+    assert files == {f.name: sha256_file(f) for f in path.iterdir()} and "toc.dat" in files
+    assert manifest["jobs"] == 2 and result.tables_in_archive == QUALIFIED
+    with pytest.raises(UsageError, match="parallel dumps \\(jobs > 1\\) need the directory format"):
+        take_backup(guide_db.db, TARGETS, tmp_path, server_version_num=server_version_num, jobs=2)
+
+
+def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_version_num, tmp_path):
+    seed_targets(guide_db)
+    role, password = f"dumper_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    guide_db.execute(f"CREATE ROLE {role} LOGIN BYPASSRLS PASSWORD '{password}';"
+                     f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
+                     f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};")
+    try:
+        limited = database_from_url(guide_db.server.url(guide_db.name, user=role, password=password))
+        with pytest.raises(BackupFailed) as caught:
+            take_backup(limited, TARGETS, tmp_path, server_version_num=server_version_num, verify_restore=True)
+        assert str(caught.value) == (
+            f"verify_restore needs a role that may create a scratch database: role {role} has no CREATEDB; "
+            f"grant it (ALTER ROLE {role} CREATEDB) or turn verify_restore off; the drop did not run")
+        assert files_in(tmp_path) == []
+    finally:
+        guide_db.execute(f"DROP OWNED BY {role}; DROP ROLE {role};")
+
+
+@contextmanager
+def tiny_filesystem(path: Path, size: str = "16k") -> Iterator[bool]:
+    """A tmpfs of ``size`` at ``path`` if this host lets us mount one (yields whether it did)."""
+    path.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_or_size_limit_stops_the_backup_and_leaves_nothing(guide_db, server_version_num, tmp_path):
+    seed_targets(guide_db)
+    guide_db.execute("INSERT INTO credit_allocation_transactions (allocation_id, amount) "
+                     "SELECT 1, g FROM generate_series(1, 5000) g")
+    before = guide_db.snapshot()
+    # RLIMIT_FSIZE on pg_dump: its writes fail past the limit, as on a full disk
+    with pytest.raises(BackupFailed) as caught:
+        take_backup(guide_db.db, TARGETS, tmp_path / "cap", server_version_num=server_version_num,
+                    max_bytes=8192)
+    message = str(caught.value)
+    assert message.startswith("pg_dump failed: could not write to output file: File too large")
+    assert "free space there or choose another backup_dir); the drop did not run" in message
+    assert files_in(tmp_path / "cap") == [] and not is_transient(caught.value)
+
+    with tiny_filesystem(tmp_path / "tiny") as mounted:
+        if mounted:  # the real thing: ENOSPC
+            with pytest.raises(BackupFailed, match=r"^pg_dump failed: could not write to output file: "
+                               r"No space left on device \(the backup directory's file system is full"):
+                take_backup(guide_db.db, TARGETS, tmp_path / "tiny", server_version_num=server_version_num)
+            assert files_in(tmp_path / "tiny") == []
+    assert guide_db.snapshot() == before
+
+
+def test_the_exported_snapshot_does_not_see_later_commits(guide_db):
+    from tasks.backup import exported_snapshot
+
+    with exported_snapshot(guide_db.db) as (conn, snapshot):
+        assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", snapshot)
+        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "repeatable read"
+        before = conn.exec_driver_sql("SELECT count(*) FROM credit_allocations").scalar()
+        seed_targets(guide_db)  # commits in another session
+        assert conn.exec_driver_sql("SELECT count(*) FROM credit_allocations").scalar() == before == 0
+    assert guide_db.count("credit_allocations") == 2

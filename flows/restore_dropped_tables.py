@@ -1,0 +1,118 @@
+"""The way back: restore the tables a safedrop drop removed, with everything CASCADE took, from its backup."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from safedrop.artifacts import md_list, md_table, publish_markdown
+from safedrop.database import resolve_database
+from safedrop.errors import SafedropError
+from safedrop.parameters import RestoreParameters
+from safedrop.report import RestoreCheck, RestoreReport, RestoreStatus
+from tasks.restore import restore, restore_precheck, restore_verification
+
+_HEADLINES = {
+    "restored": "Restored: the dropped tables and what CASCADE removed are back, and verified",
+    "already-restored": "Already restored: the tables are there with exactly the backup's contents",
+    "ready": "Ready: the archive checks out and nothing it would restore exists",
+    "refused": "Refused: nothing was changed",
+    "failed": "Failed",
+}
+
+
+@flow(name="restore-dropped-tables", log_prints=False, validate_parameters=True)
+def restore_dropped_tables(params: RestoreParameters) -> State:
+    """Restore the tables a drop-deprecated-tables run removed, from the backup it took before the drop.
+
+    The archive must match its manifest (size and sha256); the manifest says exactly what the drop
+    removed: the tables with their rows, sequences and values, indexes, constraints, triggers, policies,
+    grants and comments, and what CASCADE took from surviving objects (foreign keys, views). Nothing
+    to restore may exist yet. Everything goes back in ONE transaction, then every table's row count and
+    checksum and every sequence's value are compared with the manifest. The database URL comes from the
+    Secret block named in the parameters, else DATABASE_URL (environment or .env).
+    """
+    report = RestoreReport(
+        status="failed", backup=params.backup_path, dry_run=params.dry_run, flow_run_id=flow_run.get_id()
+    )
+    started = time.monotonic()
+    prefix = "restore"
+    try:
+        db = resolve_database(params.database_secret_block)
+        report.database = db.display
+
+        # 1. Precheck: the archive is what its manifest says; nothing to restore exists.
+        plan = restore_precheck(db, params.backup_path, prefix)
+        report.check = plan.check
+        report.warnings = list(plan.warnings)
+        if plan.already_restored:
+            return _finish(report, "already-restored", prefix, started)
+        if params.dry_run:
+            return _finish(report, "ready", prefix, started)
+
+        # 2. Restore, in one transaction.
+        report.restore = restore(db, plan, params.no_owner, params.timeout_s, prefix)
+
+        # 3. Verification against the manifest.
+        report.verification = restore_verification(db, plan, prefix)
+        return _finish(report, "restored", prefix, started)
+    except SafedropError as error:
+        if isinstance(error.report, RestoreCheck):
+            report.check = error.report
+        report.reasons = [str(error)]
+        status = "refused" if error.exit_code == 3 else "failed"
+        if error.exit_code == 2:  # bad input (a missing archive, a malformed URL): nothing was touched
+            status = "failed"
+        return _finish(report, status, prefix, started)
+
+
+def _finish(report: RestoreReport, status: RestoreStatus, prefix: str, started: float) -> State:
+    """4. Summary: the report as an artifact, and a state that says what happened."""
+    report.status = status
+    report.duration_s = round(time.monotonic() - started, 2)
+    publish_markdown(f"{prefix}-summary", render(report), _HEADLINES[status])
+    if status in ("refused", "failed"):
+        get_run_logger().error("%s: %s", status, "; ".join(report.reasons))
+        return Failed(name=status.capitalize(), message="; ".join(report.reasons), data=report)
+    names = {"restored": "Restored", "already-restored": "Already restored", "ready": "Ready"}
+    return Completed(name=names[status], message=f"{status}: {report.backup}", data=report)
+
+
+def render(report: RestoreReport) -> str:
+    out = [
+        f"# {_HEADLINES[report.status]}",
+        "",
+        f"Backup `{report.backup}` into `{report.database or '?'}`"
+        f"{' — dry run' if report.dry_run else ''}; {report.duration_s} s.",
+        "",
+    ]
+    if report.reasons:
+        out += ["## Why", "", md_list(report.reasons)]
+    if report.warnings:
+        out += ["## Warnings", "", md_list(report.warnings)]
+    if report.check:
+        out += [
+            f"## Entries {'restored' if report.restore else 'to restore'} ({len(report.check.entries)})",
+            "",
+            md_list(report.check.entries),
+        ]
+    if report.verification:
+        rows = [
+            {
+                "table": t.name,
+                "rows": t.rows_found,
+                "checksum": "matches" if t.checksum_matches else "DIFFERS",
+            }
+            for t in report.verification.tables
+        ]
+        out += ["## Verification", "", md_table(rows), md_list(report.verification.sequences)]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    restore_dropped_tables(RestoreParameters(backup_path=sys.argv[1]))

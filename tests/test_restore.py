@@ -1,0 +1,379 @@
+"""The way back: drop with the real flow, restore with the real flow and CLI, compare everything.
+
+Real PostgreSQL, pg_dump, pg_restore and Prefect (the test harness). Every refusal asserts its
+message and that nothing changed (``guide_db.snapshot()``). Slow moments are made deterministic
+with a lock on ``tenants`` (which no precheck reads but pg_dump dumps and pg_restore's foreign keys
+reference), never with sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+from safedrop.cli import main
+from safedrop.parameters import RestoreParameters
+from safedrop.pgserver import wait_until
+from tasks.backup import manifest_path
+from tests.helpers import artifacts_of, run
+from tests.test_backup import Background, cmdlines
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TARGETS = ["public.credit_allocation_transactions", "public.credit_allocations"]
+VIEW, FK = "public.org_credit_overview", "credit_usage_allocation_id_fkey"
+SEQUENCES = ["public.credit_allocations_id_seq", "public.credit_allocation_transactions_id_seq"]
+
+
+@pytest.fixture
+def env_url(guide_db, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    return guide_db
+
+
+def seed(db) -> None:
+    """Rows in both targets, a foreign key into one from a surviving table, a view over it."""
+    db.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "SELECT 1 + g % 25, 1 + g % 25, g * 1.25, date '2024-01-01' + g, date '2024-02-01' + g "
+        "FROM generate_series(1, 40) g;"
+        "INSERT INTO credit_allocation_transactions (allocation_id, amount) "
+        "SELECT id, id / 3.0 FROM credit_allocations;"
+        "DELETE FROM credit_allocation_transactions WHERE allocation_id = 40;"
+        "DELETE FROM credit_allocations WHERE id = 40;"  # the sequences are ahead of max(id)
+        f"ALTER TABLE credit_usage ADD COLUMN allocation_id bigint "
+        f"CONSTRAINT {FK} REFERENCES credit_allocations (id);"
+        "UPDATE credit_usage SET allocation_id = 1 + id % 30;"
+        f"CREATE VIEW {VIEW} AS SELECT tenant_id, sum(amount) AS total FROM credit_allocations GROUP BY 1;"
+        "COMMENT ON TABLE credit_allocations IS 'retired';"
+    )
+
+
+def contents(db) -> dict:
+    """What must come back, read independently of safedrop: every row (an ordered md5), sequence
+    states, the view's definition, the foreign key's definition, comments and grants."""
+    out = {}
+    for table in TARGETS:
+        out[table] = db.scalar(f"SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM {table} t")
+        out[f"{table} rows"] = db.scalar(f"SELECT count(*) FROM {table}")
+    for seq in SEQUENCES:
+        out[seq] = db.scalar(f"SELECT last_value::text || ' ' || is_called::text FROM {seq}")
+    out["view"] = db.scalar(f"SELECT pg_get_viewdef('{VIEW}'::regclass)")
+    out["fk"] = db.scalar(f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = '{FK}'")
+    out["indexes"] = db.scalar(
+        "SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes "
+        "WHERE tablename IN ('credit_allocations', 'credit_allocation_transactions')"
+    )
+    out["comment"] = db.scalar("SELECT obj_description('public.credit_allocations'::regclass)")
+    return out
+
+
+def restore(backup_path: str, **fields):
+    from flows.restore_dropped_tables import restore_dropped_tables
+
+    params = RestoreParameters(backup_path=backup_path, database_secret_block=None, **fields)
+    state = restore_dropped_tables(params, return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def drop(tmp_path, **fields) -> str:
+    return drop_run(tmp_path, **fields)[1]
+
+
+def drop_run(tmp_path, **fields):
+    state, report = run(
+        allow_nonempty=True, allow_cascade=[VIEW, FK], backup_dir=str(tmp_path / "b"), **fields
+    )
+    assert report.status == "succeeded", report.reasons
+    return state, report.backup.path
+
+
+def test_round_trip_through_the_flows_puts_everything_back(env_url, tmp_path):
+    db = env_url
+    seed(db)
+    before = contents(db)
+    next_id = db.scalar("SELECT last_value + 1 FROM credit_allocations_id_seq")
+
+    path = drop(tmp_path)
+    assert not db.exists("public.credit_allocations") and not db.exists(VIEW)
+    manifest = json.loads(manifest_path(Path(path)).read_text())
+    assert manifest["scope"] == "database" and manifest["migration"] == "drop_credit_allocation_tables"
+    assert {t["name"]: t["rows"] for t in manifest["targets"]} == {
+        "public.credit_allocation_transactions": 39,
+        "public.credit_allocations": 39,
+    }
+    assert {c["name"] for c in manifest["cascade"]} == {VIEW, FK}
+
+    state, report = restore(path)
+    assert state.is_completed() and state.name == "Restored", report.reasons
+    assert report.status == "restored" and report.exit_code == 0
+    assert contents(db) == before  # rows, sequences, view, foreign key, indexes, comment
+    assert db.scalar("SELECT nextval('credit_allocations_id_seq')") == next_id
+    assert {t.name: (t.rows_found, t.checksum_matches) for t in report.verification.tables} == {
+        "public.credit_allocation_transactions": (39, True),
+        "public.credit_allocations": (39, True),
+    }
+    # the foreign key is enforced again, and the view reads the restored rows
+    with pytest.raises(RuntimeError, match="violates foreign key constraint"):
+        db.execute("UPDATE credit_usage SET allocation_id = 999 WHERE id = 1")
+    assert db.scalar(f"SELECT count(*) FROM {VIEW}") == 25
+    keys = set(artifacts_of(str(state.state_details.flow_run_id)))
+    assert {
+        "restore-precheck",
+        "restore-restore",
+        "restore-verification",
+        "restore-summary",
+        "restore-progress",
+    } <= keys, keys
+
+    # a re-run is a success with a name, and changes nothing
+    snapshot = db.snapshot()
+    state, report = restore(path)
+    assert state.is_completed() and state.name == "Already restored" and report.status == "already-restored"
+    assert db.snapshot() == snapshot
+
+
+def test_round_trip_with_a_targets_scope_backup_through_the_cli(env_url, tmp_path, capsys):
+    db = env_url
+    seed(db)
+    before = contents(db)
+    next_id = db.scalar("SELECT last_value + 1 FROM credit_allocation_transactions_id_seq")
+    path = drop(tmp_path, backup_scope="targets")
+    manifest = json.loads(manifest_path(Path(path)).read_text())
+    assert manifest["scope"] == "targets"
+
+    code = main(["restore", "--backup", path, "--dry-run", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["status"] == "ready"
+    assert "FK CONSTRAINT public credit_usage credit_usage_allocation_id_fkey" in report["check"]["entries"]
+    assert "VIEW public org_credit_overview" in report["check"]["entries"]
+    assert not db.exists("public.credit_allocations")
+
+    code = main(["restore", "--backup", path, "--database-url", db.url])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("safedrop: RESTORED") and "verified public.credit_allocations: 39 rows" in out
+    assert contents(db) == before
+    assert db.scalar("SELECT nextval('credit_allocation_transactions_id_seq')") == next_id
+    # survivors' rows were never in this archive, and are untouched
+    assert db.count("credit_usage") == 400
+
+    code = main(["restore", "--backup", path, "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["status"] == "already-restored"
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_truncated_or_unproven_archive_is_refused_and_nothing_changes(env_url, tmp_path, capsys):
+    db = env_url
+    seed(db)
+    path = Path(drop(tmp_path))
+    manifest = manifest_path(path)
+    sha = json.loads(manifest.read_text())["sha256"]
+    size = path.stat().st_size
+    before = db.snapshot()
+    good = path.read_bytes()
+
+    flip_bytes(path)
+    state, report = restore(str(path))
+    assert state.is_failed() and state.name == "Refused" and report.status == "refused"
+    (reason,) = report.reasons
+    assert reason.startswith(f"the archive {path} does not match its manifest ({size:,} bytes, sha256 ")
+    assert f"the manifest says {size:,} bytes, sha256 {sha}): it is corrupted or truncated" in reason
+    assert reason.endswith("restore from another backup; nothing was changed")
+    assert db.snapshot() == before
+
+    path.write_bytes(good[: size // 2])
+    code = main(["restore", "--backup", str(path)])
+    err = capsys.readouterr()
+    assert code == 3 and "REFUSED" in err.out
+    assert f"({size // 2:,} bytes, sha256" in err.out and "corrupted or truncated" in err.out
+    assert db.snapshot() == before
+
+    path.write_bytes(good)
+    manifest.rename(tmp_path / "elsewhere.json")
+    state, report = restore(str(path))
+    assert report.status == "refused" and report.reasons == [
+        f"no manifest beside {path} (expected {manifest}); safedrop restores only archives whose contents it "
+        "can prove — use the manifest written with the backup; nothing was changed"
+    ]
+    assert db.snapshot() == before
+
+    code = main(["restore", "--backup", str(tmp_path / "nope.dump")])
+    assert code == 2 and "backup" in capsys.readouterr().err
+
+
+def test_a_target_that_exists_again_is_refused_and_a_failed_restore_rolls_back(env_url, tmp_path):
+    db = env_url
+    seed(db)
+    path = drop(tmp_path)
+
+    db.execute("CREATE TABLE credit_allocations (id bigint)")
+    before = db.snapshot()
+    state, report = restore(path)
+    assert report.status == "refused" and report.reasons == [
+        "public.credit_allocations already exists; restore puts back only tables that are gone — rename or "
+        "drop it first; nothing was changed"
+    ]
+    assert db.snapshot() == before
+
+    # A surviving row that the restored foreign key would reject: pg_restore fails, all of it rolls back.
+    db.execute("DROP TABLE credit_allocations; UPDATE credit_usage SET allocation_id = 999 WHERE id = 7")
+    before = db.snapshot()
+    state, report = restore(path)
+    assert state.is_failed() and report.status == "failed" and report.exit_code == 1
+    (reason,) = report.reasons
+    assert reason.startswith("pg_restore failed and its transaction was rolled back, nothing was changed: ")
+    assert f'violates foreign key constraint "{FK}"' in reason
+    assert db.snapshot() == before
+
+
+def logs_of(flow_run_id) -> str:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def tool_running(name: str, directory: Path) -> tuple[int, list[str]] | None:
+    """Our pg_dump (writing into ``directory``) or restoring pg_restore (reading from it) — not another
+    test's, and not the quick ``pg_restore --list`` the steps run to read the archive's contents."""
+    marker = "--file=" if name == "pg_dump" else "--single-transaction"
+    for pid, argv in cmdlines().items():
+        if (Path(argv[0]).name == name and any(a.startswith(marker) for a in argv)
+                and any(str(directory) + "/" in a for a in argv[1:])):
+            return pid, argv
+    return None
+
+
+def assert_no_password_in_run(flow_run_id, password: str, expect: str) -> str:
+    # logs reach the API in batches: wait (with a deadline) for the line we expect
+    def logged() -> str | None:
+        text = logs_of(flow_run_id)
+        return text if expect in text else None
+
+    text = wait_until(logged, deadline_s=20, what=f"the log line {expect!r}")
+    assert password not in text
+    artifacts = artifacts_of(str(flow_run_id))
+    assert artifacts
+    for artifact in artifacts.values():
+        assert password not in json.dumps(artifact.data, default=str), artifact.key
+    return text
+
+
+def test_no_password_in_argv_logs_or_artifacts_of_pg_dump_and_pg_restore(env_url, tmp_path):
+    from tests.test_backup import table_locked
+
+    db = env_url
+    seed(db)
+    password = db.db.password
+    assert password and len(password) > 8
+    jobs = {
+        "pg_dump": lambda: drop_run(tmp_path)[0],
+        "pg_restore": lambda: restore(str(next((tmp_path / "b").glob("*.dump"))))[0],
+    }
+    for tool, start in jobs.items():
+        with table_locked(db, "tenants"):  # pg_dump dumps it; pg_restore's foreign keys reference it
+            job = Background(start)
+            pid, argv = wait_until(
+                lambda t=tool: tool_running(t, tmp_path / "b"), deadline_s=30, what=f"{tool} to start"
+            )
+            everyone = cmdlines()  # taken while the tool runs (it waits for our lock)
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        job.join(60)
+        assert job.error is None, job.error
+        assert not any(password in " ".join(a) for a in everyone.values()), tool
+        assert f"PGPASSWORD={password}".encode() in environ
+        assert not any("127.0.0.1" in a or a.startswith(("-h", "--host", "postgresql:")) for a in argv), argv
+        state = job.result
+        assert state.is_completed(), state
+        expect = "backing up" if tool == "pg_dump" else "restored"
+        assert_no_password_in_run(state.state_details.flow_run_id, password, expect)
+        if tool == "pg_dump":
+            assert any(a.startswith("--snapshot=") for a in argv)
+        else:
+            assert "--single-transaction" in argv and any(a.startswith("--use-list=") for a in argv)
+    assert contents(db)["public.credit_allocations rows"] == 39
+
+
+def test_a_partitioned_target_comes_back_with_its_partitions(guide_db, tmp_path):
+    """The plain functions, no Prefect: back up a partitioned target, drop it, restore it."""
+    from safedrop.migration import TableName
+    from tasks.backup import take_backup
+    from tasks.restore import plan_restore, run_restore, verify_restored
+
+    db = guide_db
+    db.execute(
+        "CREATE TABLE allocation_events (id serial, at date NOT NULL, note text, PRIMARY KEY (id, at)) "
+        "PARTITION BY RANGE (at);"
+        "CREATE TABLE allocation_events_2023 PARTITION OF allocation_events "
+        "FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');"
+        "CREATE TABLE allocation_events_2024 PARTITION OF allocation_events "
+        "FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY HASH (id);"
+        "CREATE TABLE allocation_events_2024_h0 PARTITION OF allocation_events_2024 "
+        "FOR VALUES WITH (MODULUS 2, REMAINDER 0);"
+        "CREATE TABLE allocation_events_2024_h1 PARTITION OF allocation_events_2024 "
+        "FOR VALUES WITH (MODULUS 2, REMAINDER 1);"
+        "CREATE INDEX allocation_events_note_idx ON allocation_events (note);"
+        "INSERT INTO allocation_events (at, note) SELECT date '2023-06-01' + g * 3, md5(g::text) "
+        "FROM generate_series(1, 150) g;"
+    )
+
+    def state() -> tuple:
+        rows = db.scalar("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM allocation_events t")
+        bounds = db.scalar(
+            "SELECT string_agg(c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid), '; ' ORDER BY c.relname) "
+            "FROM pg_class c WHERE c.relname LIKE 'allocation_events_%' AND c.relispartition")
+        indexes = db.scalar("SELECT count(*) FROM pg_indexes WHERE tablename LIKE 'allocation_events%'")
+        return rows, bounds, indexes, db.scalar("SELECT last_value FROM allocation_events_id_seq")
+
+    before = state()
+    result = take_backup(db.db, [TableName("public", "allocation_events")], tmp_path, scope="targets",
+                         server_version_num=int(db.server.psql("SHOW server_version_num")))
+    db.execute("DROP TABLE allocation_events CASCADE")
+
+    plan = plan_restore(db.db, result.path)
+    assert {"TABLE public allocation_events_2024_h1", "TABLE ATTACH public allocation_events_2024_h1",
+            "TABLE DATA public allocation_events_2023", "INDEX ATTACH public allocation_events_2024_h0_note_idx",
+            "SEQUENCE SET public allocation_events_id_seq"} <= set(plan.check.entries)
+    run_restore(db.db, plan)
+    verification = verify_restored(db.db, plan)
+    assert [(t.name, t.rows_found, t.checksum_matches) for t in verification.tables] == [
+        ("public.allocation_events", 150, True)]
+    assert state() == before
+    assert plan_restore(db.db, result.path).already_restored
+
+
+def test_a_drop_that_stopped_after_removing_foreign_keys_is_repaired(env_url, tmp_path):
+    """The drop removes foreign keys first, each in its own transaction; if it then gives up, the tables
+    are intact but their foreign keys are gone. Restore puts back exactly those."""
+    from safedrop.migration import TableName
+    from tasks.backup import take_backup
+
+    db = env_url
+    seed(db)
+    before = contents(db)
+    targets = [TableName("public", "credit_allocation_transactions"), TableName("public", "credit_allocations")]
+    result = take_backup(db.db, targets, tmp_path, server_version_num=int(db.server.psql("SHOW server_version_num")),
+                         allow_cascade=[VIEW, FK])
+    db.execute(f"ALTER TABLE credit_usage DROP CONSTRAINT {FK};"
+               "ALTER TABLE credit_allocations DROP CONSTRAINT credit_allocations_tenant_id_fkey;"
+               "SELECT nextval('credit_allocations_id_seq')")  # the live sequence moved on: left alone
+
+    state, report = restore(result.path)
+    assert report.status == "restored", report.reasons
+    assert sorted(report.check.entries) == [
+        "FK CONSTRAINT public credit_allocations credit_allocations_tenant_id_fkey",
+        f"FK CONSTRAINT public credit_usage {FK}"]
+    assert any("putting back only what is missing" in w for w in report.warnings)
+    after = contents(db)
+    assert after.pop("public.credit_allocations_id_seq") != before.pop("public.credit_allocations_id_seq")
+    assert after == before
