@@ -132,7 +132,9 @@ def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | 
         get_run_logger().warning("not ready: %s", message)
         return Completed(name="Not ready", message=message, data=report)
     if status in ("stopped", "failed"):
-        get_run_logger().error("%s: %s", status, message)
+        # a stop is an expected outcome (the report says why); a failure is an error
+        log = get_run_logger().info if status == "stopped" else get_run_logger().error
+        log("%s: %s", status, message)
         return Failed(
             name=status.capitalize(), message=message, data=RunEnded(message, report=report, status=status)
         )
