@@ -25,6 +25,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Schedule
 
 from flows.drop_deprecated_tables import drop_deprecated_tables
+from flows.restore_dropped_tables import restore_dropped_tables
 from safedrop import ROOT
 
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -33,6 +34,7 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 # it only adds a deployment entry to prefect.yaml.
 FLOWS: dict[str, Flow[..., Any]] = {
     "flows/drop_deprecated_tables.py:drop_deprecated_tables": drop_deprecated_tables,
+    "flows/restore_dropped_tables.py:restore_dropped_tables": restore_dropped_tables,
 }
 
 

@@ -89,7 +89,19 @@ def test_prefect_yaml_declares_both_deployments_on_the_safedrop_pool():
         assert (ROOT / s["entrypoint"].split(":")[0]).is_file(), s["entrypoint"]
 
 
-@pytest.mark.parametrize("name", [s["name"] for s in specs()])
+RESTORE = "restore-dropped-tables"
+
+
+def test_restore_deployment_loads_and_is_manual_only():
+    s = spec(RESTORE)
+    path, func = s["entrypoint"].split(":")
+    flow = load_flow_from_entrypoint(f"{ROOT / path}:{func}", use_placeholder_flow=False)
+    assert flow.name == "restore-dropped-tables"
+    assert not s.get("schedules")
+    assert "://" not in json.dumps(s.get("parameters") or {})
+
+
+@pytest.mark.parametrize("name", [s["name"] for s in specs() if s["name"] != RESTORE])
 def test_entrypoint_loads_and_parameters_validate(name):
     s = spec(name)
     path, func = s["entrypoint"].split(":")
@@ -148,7 +160,10 @@ def test_readiness_deployment_is_a_nightly_active_dry_run():
 def test_serve_builds_the_prefect_yaml_deployments_without_serving():
     built = {d.name: d for d in load_serve().build_deployments()}
     assert [n for n in built if n.startswith("credit-allocations")] == [MANUAL, SCHEDULED, READINESS]
+    assert built[RESTORE].flow_name == "restore-dropped-tables" and built[RESTORE].schedules == []
     for name, d in built.items():
+        if name == RESTORE:
+            continue
         s = spec(name)
         assert d.flow_name == FLOW_NAME
         assert d.entrypoint == s["entrypoint"]
