@@ -13,8 +13,9 @@ Refusals (nothing changed, exit code 3): no manifest beside the archive; the arc
 differs from the manifest (corrupted or truncated); the installed pg_restore cannot read the archive;
 a target, or anything else to restore, already exists. Two exceptions, both when every target is
 there with exactly the manifest's rows: if everything else is there too, it is "already restored"
-(nothing to do); if only objects the drop removes first are missing (the foreign keys it drops in
-their own transactions before a table drop that then gave up), only those go back. Afterwards each
+(nothing to do); if only some other removed objects are missing (say foreign keys dropped by hand, or
+by a drop that committed them separately before its table drop gave up), only those go back.
+Afterwards each
 target's row count and
 content checksum, each sequence's value and each restored object's presence are compared with the
 manifest; a difference raises.
@@ -61,6 +62,7 @@ from tasks.backup import (
     _version_key,
     _wait,
     archive_digest,
+    checksum_methods,
     find_pg_dump,
     human_bytes,
     manifest_path,
@@ -285,7 +287,7 @@ class RestorePlan:
 
 
 def _compare_tables(conn: Connection, manifest: BackupManifest) -> list[RestoredTable]:
-    found = table_checksums(conn, _targets(manifest))
+    found = table_checksums(conn, _targets(manifest), methods=checksum_methods(manifest.targets))
     out = []
     for t in manifest.targets:
         rows, checksum = found.get(TableName(t.schema_name, t.table_name), (None, None))
@@ -366,7 +368,7 @@ def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
         return plan
     if all_match:
         # The tables are there with exactly the backup's rows, but some of what the drop removes is
-        # gone — a drop that stopped after removing foreign keys first. Put back only what is missing.
+        # gone (foreign keys dropped by hand, or committed before a table drop gave up): put back only that.
         missing = [o for o in objects if o not in present]
         plan.entries = only_entries_for(entries, missing)
         plan.objects, plan.repair = missing, True
