@@ -306,6 +306,15 @@ def _oids_of(conn: Connection, tables: list[TableName]) -> list[int]:
     return [r["oid"] for r in table_status(conn, tables) if r["oid"]] if tables else []
 
 
+def _stop_if_changed(changes: list[str]) -> None:
+    """Anything not approved appeared since the prechecks: stop with nothing dropped."""
+    if changes:
+        raise DropFailed(
+            f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
+            "re-run so the checks and the backup see it"
+        )
+
+
 def drop_targets(
     db: Database,
     migration: Migration,
@@ -338,11 +347,7 @@ def drop_targets(
             )
             # once a parent is held, waits for more locks end before anyone's deadlock check
             short_wait_s = _deadlock_timeout_s(conn) / 2
-        if changes:
-            raise DropFailed(
-                f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
-                "re-run so the checks and the backup see it"
-            )
+        _stop_if_changed(changes)
 
         rounds = 0
 
@@ -356,11 +361,7 @@ def drop_targets(
             now, changes = recheck(
                 conn, migration, oids, allow_cascade, approved, preflight, preflight_fingerprint
             )
-            if changes:
-                raise DropFailed(
-                    f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
-                    "re-run so the checks and the backup see it"
-                )
+            _stop_if_changed(changes)
             rows_now = count_rows(conn, present)
             changed = {t: (expected_rows.get(t), n) for t, n in rows_now.items() if expected_rows.get(t) != n}
             if changed:
