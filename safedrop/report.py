@@ -79,6 +79,7 @@ class CascadeObject(BaseModel):
     restorable: bool = True  # False: an archive cannot bring it back
     allowed: bool = False
     why: str = ""
+    needs_cascade: bool = False  # the server announces it: DROP … RESTRICT would refuse to remove it
 
 
 class UntrackedReference(BaseModel):
@@ -205,6 +206,9 @@ class DropResult(StepResult):
     lock_timeout_ms: int  # the first attempt's; later attempts grow
     attempts: int = 1
     lock_timeouts: int = 0
+    writes_blocked_ms: float | None = None  # the targets held EXCLUSIVE (reads go on): lock granted → commit
+    all_blocked_ms: float | None = None  # the targets held ACCESS EXCLUSIVE: lock granted → commit
+    guard: str = ""  # what proved, under ACCESS EXCLUSIVE, that nothing new depended on the targets
 
 
 class SurvivorCheck(BaseModel):
@@ -246,6 +250,7 @@ class RunReport(BaseModel):
     code_references: list[CodeReference] = Field(default_factory=list)
     backup: BackupSummary | None = None
     dropped: list[str] = Field(default_factory=list)
+    drop: DropResult | None = None  # how the drop went: attempts, how long the targets were locked
     verification: VerificationResult | None = None
     flow_run_id: str | None = None
     started_at: str | None = None

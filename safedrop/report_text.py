@@ -56,6 +56,11 @@ def render_text(report: RunReport) -> str:
         )
     if report.dropped:
         lines.append(f"  dropped: {', '.join(report.dropped)}")
+    if report.drop and report.drop.all_blocked_ms is not None:
+        lines.append(
+            f"    locked {report.drop.all_blocked_ms:.1f} ms against every query, "
+            f"{report.drop.writes_blocked_ms:.1f} ms against writes; {report.drop.attempts} attempt(s)"
+        )
     if report.verification and not report.verification.reasons:
         lines.append("  verification: passed")
     if report.duration_s is not None:

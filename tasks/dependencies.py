@@ -303,6 +303,7 @@ def classify(
                 restorable=restorable,
                 allowed=allowed,
                 why=_why(kind, loses_data, restorable, allowed),
+                needs_cascade=announced,
             )
         )
     listed.sort(key=lambda o: (o.owner_table or "", o.kind, o.name))
@@ -471,7 +472,28 @@ def depend_fingerprint(conn: Connection, addresses: Sequence[Address]) -> str:
     )["fingerprint"]
 
 
-def recheck(
+def recheck_functions(
+    conn: Connection,
+    migration: Migration,
+    oids: dict[TableName, int],
+    allow: Sequence[str],
+    approved: DependencyResult,
+    preflight: DependencyResult,
+) -> list[str]:
+    """Function bodies (which pg_depend does not track) searched again: what now mentions a target unapproved.
+
+    Creating a function takes no lock on the tables it mentions, so no lock makes this search any
+    surer: the drop runs it before taking its locks.
+    """
+    functions = {a[1] for a in preflight.addresses if a[0] == PG_PROC}
+    present = [t for t in migration.targets if t in oids]
+    untracked = find_untracked(conn, present, functions, set(oids.values()))
+    for ref in untracked:
+        ref.allowed = any(a.strip() in ref.names for a in allow)
+    return unapproved_changes(approved, preflight.model_copy(update={"untracked": untracked}))
+
+
+def recheck_edges(
     conn: Connection,
     migration: Migration,
     oids: dict[TableName, int],
@@ -479,25 +501,17 @@ def recheck(
     approved: DependencyResult,
     preflight: DependencyResult,
     preflight_fingerprint: str,
-) -> tuple[DependencyResult, list[str]]:
-    """What changed against the approval, cheaply when nothing did.
+) -> tuple[DependencyResult, list[str], str]:
+    """What DROP … CASCADE would remove now, against the approval, cheaply when nothing changed.
 
     If the dependency edges around the removal set are as they were at the preflight (whose full
-    analysis already matched the approval), the walk would find the same set: only function bodies,
-    which pg_depend does not track, are searched again. Otherwise the full analysis runs.
+    analysis already matched the approval), the walk would find the same set. Otherwise the full
+    analysis runs. Returns (the removal set now, what is new in it, its edges' fingerprint).
     """
     if depend_fingerprint(conn, preflight.addresses) == preflight_fingerprint:
-        target_oids = set(oids.values())
-        functions = {a[1] for a in preflight.addresses if a[0] == PG_PROC}
-        untracked = find_untracked(conn, [t for t in migration.targets if t in oids], functions, target_oids)
-        for ref in untracked:
-            ref.allowed = any(a.strip() in ref.names for a in allow)
-        now = preflight.model_copy(update={"untracked": untracked})
-        if any(not ref.allowed for ref in untracked):
-            now = analyse(conn, migration, oids, allow)
-    else:
-        now = analyse(conn, migration, oids, allow)
-    return now, unapproved_changes(approved, now)
+        return preflight, [], preflight_fingerprint
+    now = analyse(conn, migration, oids, allow)
+    return now, unapproved_changes(approved, now), depend_fingerprint(conn, now.addresses)
 
 
 def unapproved_changes(approved: DependencyResult, now: DependencyResult) -> list[str]:

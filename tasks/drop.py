@@ -1,29 +1,41 @@
-"""Drop: lock-safe, all-or-nothing, rechecked under the lock.
+"""Drop: lock-safe, all-or-nothing, rechecked under the lock, ACCESS EXCLUSIVE held as briefly as a DROP.
 
 A DROP waiting for a lock makes every later query on that table queue behind it — the classic
-outage. So every statement that needs a lock runs in its own transaction with a short
-``lock_timeout``; on SQLSTATE 55P03 it rolls back (holding nothing) and retries with a longer
-timeout, backoff and jitter, until a total time budget is spent. The schedule grows past
-``deadlock_timeout`` so a running autovacuum, which yields only after it, cannot win forever.
+outage. So every attempt runs with a short ``lock_timeout``; on SQLSTATE 55P03 it rolls back (holding
+nothing) and retries with a longer timeout, backoff and jitter, until a total time budget is spent.
+The schedule grows past ``deadlock_timeout`` so a running autovacuum, which yields only after it,
+cannot win forever.
 
-A ``DROP TABLE`` also locks the parent of each of the targets' own foreign keys (credits, tenants, …)
-and every table owning something CASCADE removes. So each attempt is ONE transaction that first takes
-ACCESS EXCLUSIVE on the targets alone — while it waits for them it holds nothing on any other table,
-so readers of the hot parents never queue behind it — then, holding them so nothing can change
-underneath, recomputes the CASCADE set and the targets' row counts and stops if anything appeared
-that was not approved; then drops those foreign keys (the targets' outbound ones and the inbound ones
-the operator allowed) one parent lock at a time, runs the migration's DROP statements in file order,
-and records each dropped table in safedrop's own ledger. Every lock after the first waits only for
-what is left of the attempt's lock_timeout, so no query ever queues behind an attempt for longer than
-that timeout. Nothing commits unless everything does: a run that cannot get its locks drops nothing,
-not even a foreign key.
+Each attempt is ONE transaction, in three steps:
 
-Holding one parent while waiting for another could close a cycle with an application transaction
-that locks them the other way round (an INSERT into credit_usage checks tenants, then credits), and
-the deadlock detector would cancel the application's statement. So only the first parent lock of an
-attempt may wait long (long enough for an autovacuum to yield); once a parent is held, every further
-wait ends within half of ``deadlock_timeout`` — before anyone's deadlock check — and the attempt is
-retried. The order of the parents rotates from attempt to attempt, so each gets its long wait.
+1. ``LOCK`` the targets ``IN EXCLUSIVE MODE``: writers of the targets wait, readers do not (EXCLUSIVE
+   conflicts with every mode but ACCESS SHARE, and a waiting EXCLUSIVE request queues no reader).
+   Holding it, no row can change and no index, trigger, foreign key or policy can be added, so the
+   recheck runs here — the dependency edges around the removal set (the full analysis if they
+   moved) and the targets' row counts — and the ledger entries are written. Function bodies, which
+   no lock protects, are searched just before, and the ledger created if it is missing.
+2. ``LOCK`` the targets ``IN ACCESS EXCLUSIVE MODE`` (the upgrade: it waits for readers only). From
+   here every query on a target waits, so the rest is one round trip: each foreign key to or from
+   another table (the targets' own ones to credits, tenants, …, and the inbound ones the operator
+   allowed), then the DROP. Between step 1 and the upgrade only statements that take ACCESS SHARE on
+   a target — a new view, a ``BEGIN ATOMIC`` function, a sequence ``OWNED BY`` a target column —
+   could have added a dependant. When nothing beyond those foreign keys needs CASCADE (the usual
+   case) the targets go in one ``DROP TABLE … RESTRICT``, and the server itself refuses any new
+   dependant (a newly owned sequence, which RESTRICT drops silently, is the one exception). Otherwise
+   the edges' fingerprint is compared once more and the migration's own CASCADE statements run.
+3. ``COMMIT``.
+
+A ``DROP TABLE`` also locks the parent of each of the targets' own foreign keys and every table owning
+something CASCADE removes. Those locks are taken in step 2, after the targets are held, so while an
+attempt waits for a target it holds nothing on any other table. Holding one parent while waiting for
+another could close a cycle with an application transaction that locks them the other way round (an
+INSERT into credit_usage checks tenants, then credits), and the deadlock detector would cancel the
+application's statement. So only the first parent lock of an attempt may wait long (long enough for
+an autovacuum to yield); the later ones together wait at most half of ``deadlock_timeout`` — less
+than anyone's deadlock check — and the attempt is retried. The order of the parents rotates from
+attempt to attempt, so each gets its long wait. All waits of an attempt together stay within its
+lock_timeout, so no query queues behind an attempt for longer than that. Nothing commits unless
+everything does: a run that cannot get its locks drops nothing, not even a foreign key.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import sqlalchemy as sa
 from prefect import get_run_logger, task
@@ -49,11 +62,18 @@ from safedrop.migration import DropStatement, Migration, TableName
 from safedrop.report import DependencyResult, DropResult
 from tasks.cleanup import count_rows
 from tasks.connection import table_status
-from tasks.dependencies import analyse, depend_fingerprint, recheck, unapproved_changes
+from tasks.dependencies import (
+    analyse,
+    depend_fingerprint,
+    recheck_edges,
+    recheck_functions,
+    unapproved_changes,
+)
 
 LOCK_NOT_AVAILABLE = "55P03"
 DEADLOCK_DETECTED = "40P01"  # we lost a lock cycle (rolled back, holding nothing): as retryable as a timeout
 QUERY_CANCELED = "57014"
+DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"  # DROP … RESTRICT refused: something new depends on a target
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,20 +194,24 @@ class Attempts:
     lock_timeouts: int = 0
 
 
+T = TypeVar("T")
+
+
 def lock_safe(
     db: Database,
     schedule: LockSchedule,
     statement_timeout_s: int,
-    work: Callable[[Connection, float], None],
+    work: Callable[[Connection, float], T],
     *,
     what: str,
     lock_oids: list[int],
     tally: Attempts,
-) -> None:
+) -> tuple[T, float]:
     """Run ``work(conn, deadline)`` in one transaction per attempt, retrying lock timeouts within the budget.
 
     ``deadline`` (time.monotonic()) ends the attempt's lock waits: ``work`` takes further locks with
     ``_lock_wait_until`` so that all its waits together stay within the attempt's lock_timeout.
+    Returns what ``work`` returned and the moment the transaction had committed.
     """
     pid = None
     logger = _logger()
@@ -198,8 +222,8 @@ def lock_safe(
                 with conn.begin():
                     pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
                     _set_timeouts(conn, timeout_ms, statement_timeout_s)
-                    work(conn, time.monotonic() + timeout_ms / 1000)
-            return
+                    value = work(conn, time.monotonic() + timeout_ms / 1000)
+                return value, time.monotonic()
         except sa.exc.DBAPIError as exc:
             if not _is_lock_timeout(exc):
                 raise
@@ -224,10 +248,25 @@ def _logger():
         return None
 
 
+def _remaining_ms(deadline: float) -> int:
+    return max(1, int((deadline - time.monotonic()) * 1000))
+
+
 def _lock_wait_until(conn: Connection, deadline: float, statement_timeout_s: int) -> None:
     """Let the next statement wait for locks only as long as the attempt has left (at least 1 ms)."""
-    remaining_ms = int((deadline - time.monotonic()) * 1000)
-    _set_timeouts(conn, max(1, remaining_ms), statement_timeout_s)
+    _set_timeouts(conn, _remaining_ms(deadline), statement_timeout_s)
+
+
+def lock_waits(remaining_ms: int, steps: int, short_ms: int) -> list[int]:
+    """lock_timeouts for ``steps`` lock-taking statements sent in one round trip.
+
+    Together they wait at most ``remaining_ms``. The first may wait long (for an autovacuum to yield);
+    every later one runs holding the first's lock, so together they wait at most ``short_ms``.
+    """
+    if steps <= 1:
+        return [max(1, remaining_ms)]
+    later = max(1, min(short_ms // (steps - 1), remaining_ms // (2 * (steps - 1))))
+    return [max(1, remaining_ms - later * (steps - 1)), *[later] * (steps - 1)]
 
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")*"|[^".]+)\.("(?:[^"]|"")*"|[^".]+)$')
@@ -283,16 +322,31 @@ def foreign_keys_to_drop(
     return out
 
 
-def _in_lock_order(fk_drops: list[ForeignKeyDrop], rotation: int) -> list[ForeignKeyDrop]:
+def parent_groups(fk_drops: list[ForeignKeyDrop], rotation: int) -> list[list[ForeignKeyDrop]]:
     """The foreign-key drops grouped by the other table they lock; the groups rotated by ``rotation``."""
     groups: dict[TableName | None, list[ForeignKeyDrop]] = {}
     for fk in fk_drops:
         groups.setdefault(fk.other_table, []).append(fk)
-    keys = list(groups)
-    if keys:
-        k = rotation % len(keys)
-        keys = keys[k:] + keys[:k]
-    return [fk for key in keys for fk in groups[key]]
+    ordered = list(groups.values())
+    if ordered:
+        k = rotation % len(ordered)
+        ordered = ordered[k:] + ordered[:k]
+    return ordered
+
+
+def drop_batch(steps: list[list[sql.Composable]], waits: list[int]) -> sql.Composed:
+    """One round trip: each step's statements, each step after its own ``SET LOCAL lock_timeout``."""
+    parts: list[sql.Composable] = []
+    for wait_ms, statements in zip(waits, steps, strict=True):
+        parts.append(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_ms}ms")))
+        parts.extend(statements)
+    return sql.SQL("; ").join(parts)
+
+
+def needs_no_cascade(now: DependencyResult, fk_drops: list[ForeignKeyDrop]) -> bool:
+    """Whether, once the foreign keys are gone, ``DROP TABLE … RESTRICT`` removes exactly the approved set."""
+    inbound = {fk.constraint_name for fk in fk_drops if fk.direction == "inbound"}
+    return all(o.kind == "foreign key" and o.name in inbound for o in now.cascade if o.needs_cascade)
 
 
 def _deadlock_timeout_s(conn: Connection) -> float:
@@ -313,6 +367,40 @@ def _stop_if_changed(changes: list[str]) -> None:
             f"the database changed since the prechecks ({'; '.join(changes)}); nothing was dropped — "
             "re-run so the checks and the backup see it"
         )
+
+
+def _changed_while_waiting(detail: str) -> DropFailed:
+    return DropFailed(
+        f"the database changed while the drop waited for its lock ({detail}); nothing was dropped — "
+        "re-run so the checks and the backup see it"
+    )
+
+
+def _ensure_ledger(conn: Connection) -> None:
+    """safedrop's ledger, created on first use (in the drop's transaction: gone again if it rolls back)."""
+    if not queries.one(conn, "ledger_status")["ledger_exists"]:
+        conn.exec_driver_sql(queries.load("ledger_setup").text)
+
+
+def _record_in_ledger(conn: Connection, tables: list[TableName], **entry) -> None:
+    """One ledger row per dropped table, in the drop's own transaction."""
+    for table in tables:
+        queries.rows(
+            conn,
+            "ledger_record",
+            schema_name=table.schema,
+            table_name=table.name,
+            **{**entry, "row_count": entry["row_count"].get(table.qualified, 0)},
+        )
+
+
+@dataclass
+class Held:
+    """When the attempt got the targets (time.monotonic()): EXCLUSIVE, then ACCESS EXCLUSIVE."""
+
+    exclusive_at: float | None = None
+    access_exclusive_at: float | None = None
+    guard: str = ""
 
 
 def drop_targets(
@@ -346,19 +434,25 @@ def drop_targets(
                 conn, sorted({fk.other_table for fk in fk_drops if fk.other_table})
             )
             # once a parent is held, waits for more locks end before anyone's deadlock check
-            short_wait_s = _deadlock_timeout_s(conn) / 2
+            short_wait_ms = int(_deadlock_timeout_s(conn) * 1000 / 2)
         _stop_if_changed(changes)
 
         rounds = 0
 
-        def drop_in_one_transaction(conn: Connection, deadline: float) -> None:
+        def drop_in_one_transaction(conn: Connection, deadline: float) -> Held:
             nonlocal rounds
             rounds += 1
-            # The targets first, and only them: waiting here holds no lock on any other table.
+            held = Held()
+            # Before any lock: function bodies (no lock protects them) and the ledger's DDL.
+            _stop_if_changed(recheck_functions(conn, migration, oids, allow_cascade, approved, preflight))
+            if record_in_ledger and present:
+                _ensure_ledger(conn)
+
+            # 1. The targets, and only them, IN EXCLUSIVE MODE: their readers go on, nothing changes.
             if present:
-                _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
-            # Holding the targets, nothing can change underneath: what goes is what was approved.
-            now, changes = recheck(
+                _execute(conn, sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_tables(present)))
+                held.exclusive_at = time.monotonic()
+            now, changes, fingerprint = recheck_edges(
                 conn, migration, oids, allow_cascade, approved, preflight, preflight_fingerprint
             )
             _stop_if_changed(changes)
@@ -370,45 +464,45 @@ def drop_targets(
                     f"rows changed since the prechecks ({detail}); nothing was dropped — re-run so the "
                     "backup and checks see them"
                 )
-            # Then each foreign key to or from another table (credits, tenants, …): one parent lock at
-            # a time, each waiting only for what is left of this attempt's lock_timeout — and, once a
-            # parent is held, only briefly (see the module docstring).
-            held_since: float | None = None
-
-            def wait_limit() -> float:
-                return deadline if held_since is None else min(deadline, held_since + short_wait_s)
-
-            for fk in _in_lock_order(fk_drops, rounds - 1):
-                _lock_wait_until(conn, wait_limit(), statement_timeout_s)
-                _execute(conn, fk.statement)
-                if held_since is None:
-                    held_since = time.monotonic()
             inbound = {fk.constraint_name for fk in fk_drops if fk.direction == "inbound"}
             removed_by_cascade[:] = [fk.label for fk in fk_drops] + [
                 f"{o.kind} {o.name}"
                 for o in now.cascade
                 if not (o.kind == "foreign key" and o.name in inbound)
             ]
-            _lock_wait_until(conn, wait_limit(), statement_timeout_s)
-            for statement in migration.statements:
-                _execute(conn, render_drop(statement))
             if record_in_ledger and present:
-                conn.exec_driver_sql(queries.load("ledger_setup").text)
-                for table in present:
-                    queries.rows(
-                        conn,
-                        "ledger_record",
-                        schema_name=table.schema,
-                        table_name=table.name,
-                        row_count=expected_rows.get(table.qualified, 0),
-                        migration=migration.name,
-                        removed_by_cascade=json.dumps(removed_by_cascade),
-                        backup_path=backup_path,
-                        backup_sha256=backup_sha256,
-                        flow_run_id=flow_run_id,
-                    )
+                _record_in_ledger(
+                    conn,
+                    present,
+                    row_count=expected_rows,
+                    migration=migration.name,
+                    removed_by_cascade=json.dumps(removed_by_cascade),
+                    backup_path=backup_path,
+                    backup_sha256=backup_sha256,
+                    flow_run_id=flow_run_id,
+                )
+            restrict = bool(present) and needs_no_cascade(now, fk_drops)
 
-        lock_safe(
+            # 2. ACCESS EXCLUSIVE (it waits for the targets' readers only), then one round trip.
+            if present:
+                _lock_wait_until(conn, deadline, statement_timeout_s)
+                _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
+                held.access_exclusive_at = time.monotonic()
+            if restrict:
+                held.guard = "DROP TABLE … RESTRICT"
+                drops: list[sql.Composable] = [sql.SQL("DROP TABLE {} RESTRICT").format(_tables(present))]
+            else:
+                if present and depend_fingerprint(conn, now.addresses) != fingerprint:
+                    raise _changed_while_waiting("the dependencies of the targets moved")
+                held.guard = "dependency fingerprint"
+                drops = [render_drop(statement) for statement in migration.statements]
+            groups = parent_groups(fk_drops, rounds - 1)
+            steps = [[fk.statement for fk in group] for group in groups] + [drops]
+            waits = lock_waits(_remaining_ms(deadline), len(steps), short_wait_ms)
+            _execute(conn, drop_batch(steps, waits))
+            return held
+
+        held, committed = lock_safe(
             db,
             schedule,
             statement_timeout_s,
@@ -425,7 +519,15 @@ def drop_targets(
                 "no table was dropped"
             ) from None
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        if code == DEPENDENT_OBJECTS_STILL_EXIST:
+            detail = (getattr(getattr(exc.orig, "diag", None), "message_detail", None) or "").splitlines()
+            refusal = first.removeprefix("ERROR:").strip()
+            raise _changed_while_waiting(f"{refusal}: {detail[0]}" if detail else refusal) from None
         raise DropFailed(f"the drop failed and was rolled back, no table was dropped: {first}") from None
+
+    def held_ms(since: float | None) -> float | None:
+        return round((committed - since) * 1000, 2) if since is not None else None
+
     return DropResult(
         dropped=[t.qualified for t in present],
         removed_by_cascade=removed_by_cascade,
@@ -433,6 +535,9 @@ def drop_targets(
         lock_timeout_ms=schedule.first_timeout_ms,
         attempts=tally.count,
         lock_timeouts=tally.lock_timeouts,
+        writes_blocked_ms=held_ms(held.exclusive_at),
+        all_blocked_ms=held_ms(held.access_exclusive_at),
+        guard=held.guard,
     )
 
 
@@ -444,6 +549,12 @@ def render(result: DropResult) -> str:
     )
     if result.removed_by_cascade:
         text += f"\nAlso removed, as approved:\n\n{md_list(result.removed_by_cascade)}"
+    if result.all_blocked_ms is not None:
+        text += (
+            f"\nThe targets were locked for {result.all_blocked_ms:.1f} ms against every query and for "
+            f"{result.writes_blocked_ms:.1f} ms against writes (reads went on while the recheck ran); "
+            f"nothing new depended on them, proved by {result.guard}.\n"
+        )
     return text
 
 

@@ -111,6 +111,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         if record.backup
         else None,
         dropped=record.drop.dropped if record.drop else [],
+        drop=record.drop,
         verification=record.verification,
         flow_run_id=record.flow_run_id,
         started_at=record.started_at,

@@ -29,7 +29,7 @@ from safedrop.pgserver import wait_until
 from safedrop.runlock import one_run_at_a_time
 from tasks.connection import table_status
 from tasks.dependencies import scan_dependencies
-from tasks.drop import LockSchedule, drop_targets
+from tasks.drop import LockSchedule, drop_targets, lock_waits
 from tests.conftest import ROOT, SURVIVORS, TARGETS
 from tests.helpers import artifacts_of, run
 
@@ -324,6 +324,112 @@ def test_holding_one_parent_it_never_waits_long_enough_to_deadlock_the_applicati
     assert seen_waiting == ["waiting"]  # the cycle really formed
     assert result.dropped == [f"public.{t}" for t in TARGETS]
     assert result.lock_timeouts >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# the two steps: EXCLUSIVE for the recheck (readers go on), ACCESS EXCLUSIVE only for the drop itself
+# --------------------------------------------------------------------------------------------------
+
+
+def _drop(tdb, migration, oids, approved, allow: list[str] | None = None, lock_timeout_ms: int = 10_000):
+    return drop_targets(
+        tdb.db,
+        migration,
+        oids,
+        approved=approved,
+        expected_rows={f"public.{t}": 0 for t in TARGETS},
+        allow_cascade=allow or [],
+        schedule=LockSchedule(first_timeout_ms=lock_timeout_ms, max_timeout_ms=lock_timeout_ms, budget_ms=30_000),
+        statement_timeout_s=30,
+        record_in_ledger=True,
+    )
+
+
+def test_while_it_rechecks_it_blocks_writers_of_the_targets_but_no_reader(guide_db):
+    """A reader of a target in an open transaction: safedrop holds both targets IN EXCLUSIVE MODE (its
+    recheck done) and waits for ACCESS EXCLUSIVE. Meanwhile the other target can still be read but not
+    written; once the reader ends, the drop goes."""
+    migration, oids, approved = credit_plan(guide_db)
+    observer = session(guide_db, "lock-test-observer", autocommit=True)
+    other = session(guide_db, "lock-test-reader", autocommit=True)
+    try:
+        with holding(guide_db, "SELECT * FROM credit_allocation_transactions LIMIT 1"):
+            job = Background(lambda: _drop(guide_db, migration, oids, approved))
+            waiting = wait_until(
+                lambda: next(iter(waiting_safedrop(observer).values()), None),
+                deadline_s=30, interval_s=0.01, what="the drop to wait for its upgrade",
+            )
+            assert waiting["waits_for"] == "credit_allocation_transactions", waiting
+            assert set(TARGETS) <= waiting["holds"] and not waiting["holds"] & {*HOT, *SURVIVORS}, waiting
+            with observer.cursor() as cur:
+                cur.execute("SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE a.application_name = 'safedrop' "
+                            "AND l.granted AND l.mode <> 'AccessShareLock' AND c.relname = ANY (%s) ORDER BY 1", (TARGETS,))
+                assert cur.fetchall() == [(t, "ExclusiveLock") for t in sorted(TARGETS)]
+            assert read_quickly(other, "credit_allocations", "100ms") == 0
+            with pytest.raises(psycopg2.errors.LockNotAvailable), other.cursor() as cur:
+                cur.execute("SET lock_timeout = '100ms'; DELETE FROM credit_allocations")
+        result = job.join()
+    finally:
+        other.close()
+        observer.close()
+    assert result.dropped == [f"public.{t}" for t in TARGETS]
+    assert result.guard == "DROP TABLE … RESTRICT"
+    assert 0 < result.all_blocked_ms < result.writes_blocked_ms
+
+
+LATE_VIEW = "late_allocations"
+
+
+@pytest.mark.parametrize("allowed_view", [False, True], ids=["restrict", "cascade"])
+def test_a_dependant_committed_while_it_waits_for_the_upgrade_stops_the_drop(guide_db, allowed_view):
+    """A view created (uncommitted, so the recheck cannot see it) before the drop, committed while the drop
+    waits for ACCESS EXCLUSIVE: DROP … RESTRICT refuses it, or with an allowed view (so the migration's
+    CASCADE runs) the fingerprint taken under ACCESS EXCLUSIVE differs. Nothing is dropped either way."""
+    if allowed_view:
+        guide_db.execute("CREATE VIEW org_overview AS SELECT tenant_id FROM credit_allocations")
+    migration, oids, approved = credit_plan(guide_db)
+    allow = ["public.org_overview"] if allowed_view else []
+    if allowed_view:
+        approved = scan_dependencies(guide_db.db, migration, oids, allow)
+    before = guide_db.snapshot()
+    observer = session(guide_db, "lock-test-observer", autocommit=True)
+    creator = session(guide_db, "lock-test-ddl")
+    try:
+        with creator.cursor() as cur:
+            cur.execute(f"CREATE VIEW {LATE_VIEW} AS SELECT id FROM credit_allocations")
+        job = Background(lambda: _drop(guide_db, migration, oids, approved, allow))
+        wait_until(
+            lambda: any(w["waits_for"] == "credit_allocations" for w in waiting_safedrop(observer).values()),
+            deadline_s=30, interval_s=0.01, what="the drop to wait for ACCESS EXCLUSIVE",
+        )
+        creator.commit()
+        with pytest.raises(DropFailed) as caught:
+            job.join()
+    finally:
+        creator.close()
+        observer.close()
+    message = str(caught.value)
+    assert message.startswith("the database changed while the drop waited for its lock ("), message
+    if allowed_view:
+        assert "(the dependencies of the targets moved)" in message, message
+    else:
+        assert f"view {LATE_VIEW} depends on table credit_allocations" in message, message
+    assert message.endswith("nothing was dropped — re-run so the checks and the backup see it")
+    assert guide_db.exists(LATE_VIEW) and all(guide_db.exists(t) for t in TARGETS)
+    guide_db.execute(f"DROP VIEW {LATE_VIEW}")
+    assert guide_db.snapshot() == before  # foreign keys, allowed view, no ledger: all as they were
+
+
+def test_lock_waits_share_the_attempt_and_keep_later_waits_short():
+    assert lock_waits(800, 1, 500) == [800]
+    assert lock_waits(800, 3, 500) == [400, 200, 200]  # the later ones together: half of what is left…
+    assert lock_waits(3000, 3, 500) == [2500, 250, 250]  # …and within half of deadlock_timeout
+    assert lock_waits(0, 3, 500) == [1, 1, 1]  # never 0, which would mean "wait forever"
+    for remaining, steps in ((1, 2), (10, 4), (5000, 6), (120, 2)):
+        waits = lock_waits(remaining, steps, 500)
+        assert len(waits) == steps and sum(waits[1:]) <= 500 and all(w >= 1 for w in waits)
+        assert sum(waits) <= max(remaining, steps)
 
 
 # --------------------------------------------------------------------------------------------------
