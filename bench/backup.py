@@ -180,7 +180,7 @@ def main() -> None:
             db = database_from_url(pg.url(DB))
             version = int(pg.psql("SHOW server_version_num"))
             tools = find_pg_dump(version)
-            env = {**os.environ, **db.libpq_env()}
+            env = {**os.environ, **db.libpq_env("pg_dump")}
             out = work / "raw"
             out.mkdir()
 

@@ -55,10 +55,13 @@ class Database:
     def engine(self, **kwargs) -> Engine:
         return make_engine(self.url, **kwargs)
 
-    def libpq_env(self) -> dict[str, str]:
-        """Environment for a libpq client (pg_dump, pg_restore, psql): the password never in argv."""
+    def libpq_env(self, tool: str) -> dict[str, str]:
+        """Environment for a libpq client (pg_dump, pg_restore, psql): the password never in argv.
+
+        Its sessions show up in pg_stat_activity as ``safedrop <tool>``.
+        """
         url = self.url
-        env = {"PGAPPNAME": APPLICATION_NAME, "PGCONNECT_TIMEOUT": "10"}
+        env = {"PGAPPNAME": f"{APPLICATION_NAME} {tool}", "PGCONNECT_TIMEOUT": "10"}
         if url.host:
             env["PGHOST"] = url.host
         if url.port:

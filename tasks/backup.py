@@ -757,7 +757,7 @@ def run_pg_dump(
     format options and the output file. ``timeout_s`` kills the child (a Prefect timeout would not);
     ``max_bytes`` caps each file it writes (the dump fails rather than fill the disk).
     """
-    env = {**_tool_env(), **db.libpq_env()}
+    env = {**_tool_env(), **db.libpq_env("pg_dump")}
     args = pg_dump_args(
         output,
         archive_format=archive_format,
@@ -1315,7 +1315,7 @@ def verify_by_restore(
     reporter = Progress("verify_restore", progress_key)
     kept = f"the archive {archive} is kept for inspection but did not restore faithfully; {DID_NOT_RUN}"
     with scratch_database(db) as scratch, tempfile.TemporaryDirectory(prefix="safedrop-verify-") as tmp:
-        env = {**_tool_env(), **scratch.libpq_env()}
+        env = {**_tool_env(), **scratch.libpq_env("pg_restore")}
         target = _dbname_arg(scratch.url.database or "")
         listing = Path(tmp) / "data.list"
         listing.write_text("".join(e.line + "\n" for e in chosen))
@@ -1449,7 +1449,7 @@ def take_backup(
                 no_blobs=scope == "targets",
                 verbose=True,
             )
-            env = {**_tool_env(), **db.libpq_env()}
+            env = {**_tool_env(), **db.libpq_env("pg_dump")}
             try:
                 running = _start(
                     tools.pg_dump,

@@ -67,7 +67,7 @@ def rehearse_on_copy(db: Database, migration: Migration, server_version_num: int
     try:
         with tempfile.TemporaryDirectory(prefix="safedrop-rehearsal-") as tmp:
             schema = Path(tmp) / "schema.dump"
-            env = {**_tool_env(), **db.libpq_env()}
+            env = {**_tool_env(), **db.libpq_env("rehearsal")}
             try:
                 sh.Command(str(tools.pg_dump))(
                     "--schema-only",

@@ -453,7 +453,7 @@ def run_restore(
         if no_owner:
             args.append("--no-owner")
         args += [_dbname_arg(db.url.database or ""), str(plan.archive)]
-        env = {**_tool_env(), **db.libpq_env()}
+        env = {**_tool_env(), **db.libpq_env("pg_restore")}
         try:
             running = _start(plan.tools.pg_restore, args, env=env, timeout_s=timeout_s, on_line=progress.line)
             _wait(running, on_tick=progress.tick)

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import psycopg2
 import pytest
 import yaml
 from prefect.blocks.system import Secret
@@ -38,6 +39,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.input.actions import read_flow_run_input
 from prefect.input.run_input import keyset_from_paused_state
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelling
 from prefect.utilities.schema_tools import validate
 
 from safedrop.parameters import DropParameters
@@ -302,11 +304,14 @@ def _pool_ready(client) -> bool:
     return client.read_work_pool(POOL).status.value == "READY"
 
 
-def _paused_run(client):
-    """The manual deployment's flow run once it is paused, else None (fails fast if it ended)."""
+def _paused_run(client, earlier: set):
+    """The manual deployment's flow run (not one of ``earlier``) once it is paused, else None (fails fast
+    if it ended)."""
     deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
     only_this = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
     for run in client.read_flow_runs(deployment_filter=only_this):
+        if run.id in earlier:
+            continue
         if run.state and run.state.is_final():
             raise AssertionError(f"the run ended {run.state.name} before any approval: {run.state.message}")
         if run.state and run.state.is_paused():
@@ -321,8 +326,72 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _processes_mentioning(text: str) -> dict[int, str]:
+    """Every live process whose command line mentions ``text`` (pid → command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if text in cmdline and state != "Z":
+                found[int(entry.name)] = cmdline
+    return found
+
+
+def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path):
+    """Start a manual run, cancel it while pg_dump waits for a lock; returns the cancelled run's id."""
+    before = guide_db.snapshot()
+    params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
+    params["params"]["backup_dir"] = str(backup_dir)
+    blocker = psycopg2.connect(guide_db.url, application_name="e2e-lock-holder")
+    try:
+        with blocker.cursor() as cur:  # pg_dump locks every table it dumps before reading any
+            cur.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")  # no precheck reads it
+        with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
+            flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=params)
+            dump_pid = _wait_until(
+                stack, "pg_dump to start and wait for its lock",
+                lambda: _dumping(guide_db, backup_dir), 120, process="worker",
+            )
+            client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the e2e test"))
+            ended = _wait_until(
+                stack, "the run to be cancelled",
+                lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r, 60, process="worker",
+            )
+        assert ended.state.is_cancelled(), stack.explain(f"run ended {ended.state.name}: {ended.state.message}")
+        _wait_until(stack, f"pg_dump {dump_pid} to go", lambda: not _processes_mentioning(str(backup_dir)), 30)
+        _wait_until(stack, "pg_dump's session to end", lambda: not _pg_dump_sessions(guide_db), 30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert guide_db.snapshot() == before, stack.explain("the database changed")
+    leftovers = [p.name for p in backup_dir.rglob("*") if p.is_file()] if backup_dir.exists() else []
+    assert leftovers == [], stack.explain(f"the cancelled backup left {leftovers}")
+    return flow_run.id
+
+
+def _pg_dump_sessions(guide_db) -> int:
+    return guide_db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' AND datname = current_database()"
+    )
+
+
+def _dumping(guide_db, backup_dir: Path) -> int | None:
+    """pid of the pg_dump writing into ``backup_dir`` once its session waits for a lock, else None."""
+    dumps = [pid for pid, cmd in _processes_mentioning(str(backup_dir)).items() if "pg_dump" in cmd.split()[0]]
+    waiting = guide_db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
+        "AND datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return dumps[0] if dumps and waiting else None
+
+
 @pytest.mark.e2e
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, guide_db, tmp_path):
     api = stack.env["PREFECT_API_URL"]
     password = guide_db.server.password
@@ -383,14 +452,19 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     guide_db.execute("DROP VIEW org_credit_overview")
     mark("readiness")
 
-    # 6. Run the manual deployment; only backup_dir changes (into tmp_path), the rest is prefect.yaml's.
+    # 6. Cancelled mid-backup, as from the UI's Cancel button: the worker ends the run's process, and
+    #    pg_dump — held at its first lock by a session of ours — must not outlive it.
+    cancelled = _cancel_mid_backup(stack, api, guide_db, tmp_path / "cancelled")
+    mark("cancelled mid-backup")
+
+    # 7. Run the manual deployment; only backup_dir changes (into tmp_path), the rest is prefect.yaml's.
     #    `--watch` waits through the approval pause; the test approves as an operator would in the UI.
     params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
     params["params"]["backup_dir"] = str(tmp_path / "backups")
     run_args = ["deployment", "run", f"{FLOW_NAME}/{MANUAL}", "--params", json.dumps(params)]
     watch = stack.start("run", *run_args, "--watch", "--watch-timeout", "120")
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        paused = _wait_until(stack, "the run to pause", lambda: _paused_run(client), 90, process="run")
+        paused = _wait_until(stack, "the run to pause", lambda: _paused_run(client, {cancelled}), 90, process="run")
         mark("paused for approval")
         # Nothing dropped before the approval; the backup is already taken.
         assert all(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("dropped before approval")
@@ -408,19 +482,23 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     watched = " ".join(stack.log("run").split())
     assert "finished successfully in 'Completed'" in watched, stack.explain("run did not complete")
 
-    # 6. The database: targets gone, survivors there with their rows; a backup in tmp_path.
+    # 8. The database: targets gone, survivors there with their rows; a backup in tmp_path.
     assert not any(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("targets still exist")
     assert {t: guide_db.count(t) for t in SURVIVORS} == before, stack.explain("survivors changed")
     assert list((tmp_path / "backups").glob("*.dump")), stack.explain("no backup in backup_dir")
     assert not list((ROOT / "backups").glob(f"{guide_db.name}-*")), "backup written into the checkout"
 
-    # 7. What the server holds: the run, parameters without the URL, the scheduled deployment inactive.
+    # 9. What the server holds: the run, parameters without the URL, the scheduled deployment inactive.
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         manual = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
         scheduled = client.read_deployment_by_name(f"{FLOW_NAME}/{SCHEDULED}")
-        (run,) = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[manual.id]))
-        )
+        (run,) = [
+            r
+            for r in client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[manual.id]))
+            )
+            if r.id != cancelled
+        ]
         scheduled_runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[scheduled.id]))
         )
@@ -439,7 +517,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     assert [s.active for s in scheduled.schedules] == [False]
     assert scheduled_runs == [], stack.explain(f"the inactive schedule produced runs: {scheduled_runs}")
 
-    # 8. The password never reached a log, an argv or a parameter.
+    # 10. The password never reached a log, an argv or a parameter.
     outputs = {f"{name} log": stack.log(name) for name in stack.processes}
     outputs["command output"] = "\n".join(stack.transcript)
     for where, text in outputs.items():

@@ -1,11 +1,16 @@
 """Faults in the middle of a run: the drop's backend killed while it holds the targets, pg_dump killed.
 
 The backend is really terminated (pg_terminate_backend) while it provably holds the targets and waits
-for a lock we hold; pg_dump really dies by SIGKILL halfway through writing its archive. Afterwards the
+for a lock we hold; the real pg_dump dies by SIGKILL while it waits for a lock we hold. Afterwards the
 targets are all there or all gone, the run says what happened in one line, and a re-run finishes.
+(tests/test_deployments.py cancels a deployment run mid-backup through a real worker.)
 """
 
 from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -85,33 +90,40 @@ def test_the_drop_backend_killed_while_holding_the_targets_drops_nothing_and_a_r
     assert {t: db.count(t) for t in SURVIVORS} == counts
 
 
-KILLED_PG_DUMP = """#!/bin/sh
-# pg_dump that answers --version like the real one, then dies by SIGKILL halfway through a dump
-case "$1" in --version) exec "{real}" "$@";; esac
-for arg in "$@"; do case "$arg" in --file=*) printf 'PGDMP half an archive' > "${{arg#--file=}}";; esac; done
-kill -KILL $$
-"""
-
-
-def test_pg_dump_killed_mid_backup_stops_before_the_drop_and_leaves_no_file(env_url, tmp_path, monkeypatch):
-    """Flow level (tests/test_backup.py kills a real pg_dump inside take_backup): the run stops, no file."""
-    from safedrop.pgserver import find_server_bin
-
+def test_pg_dump_killed_mid_backup_stops_before_the_drop_and_leaves_no_file(env_url, tmp_path):
+    """The real pg_dump, held at its first lock (a session of ours holds tenants), dies by SIGKILL: the run
+    stops before the drop, names the signal, and leaves no file behind."""
     db = env_url
-    real = find_server_bin()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "pg_dump").write_text(KILLED_PG_DUMP.format(real=real / "pg_dump"))
-    (bindir / "pg_dump").chmod(0o755)
-    (bindir / "pg_restore").symlink_to(real / "pg_restore")
-    monkeypatch.setenv("SAFEDROP_PG_BIN", str(bindir))
     before = db.snapshot()
     backups = tmp_path / "b"
-    state, report = run(backup_dir=str(backups))
+    with holding(db, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"):  # no precheck reads tenants
+        job = Background(lambda: run(backup_dir=str(backups)))
+        pid = wait_until(lambda: _pg_dump_waiting(db, backups), deadline_s=60, what="pg_dump to wait for tenants")
+        os.kill(pid, signal.SIGKILL)
+        state, report = job.join()
     assert state.is_failed() and report.status == "stopped", report.reasons
     [reason] = report.reasons
     assert reason.startswith("pg_dump was killed by signal SIGKILL before it finished"), reason
     assert reason.endswith("the drop did not run")
-    assert not backups.exists() or list(backups.iterdir()) == []
+    assert not backups.exists() or [p for p in backups.rglob("*") if p.is_file()] == []
     assert report.backup is None and report.dropped == []
     assert db.snapshot() == before
+
+
+def _pg_dump_waiting(db, backups) -> int | None:
+    """pid of the real pg_dump writing into ``backups``, once its session waits for a lock."""
+    waiting = db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
+        "AND datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    if not waiting:
+        return None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if Path(argv[0].decode()).name == "pg_dump" and any(str(backups).encode() in a for a in argv):
+                return int(entry.name)
+    return None
