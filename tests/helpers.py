@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg2
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from safedrop.database import connect
+from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.report import RunReport
+from tasks.connection import table_status
+from tasks.dependencies import scan_dependencies
+
+BLOCKER_APP = "lock-test-blocker"
 
 
 def run(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Any, RunReport]:
@@ -35,3 +45,60 @@ def artifacts_of(flow_run_id: str) -> dict[str, Any]:
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     return {a.key: a for a in found}
+
+
+class Background:
+    """Run a call in a thread; keep its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+    def wait(self, timeout: float = 60) -> None:
+        """Wait for the call to return (its result or exception is kept)."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the background call did not return"
+
+    def join(self, timeout: float = 60) -> Any:
+        """Wait for the call; return its result or raise its exception."""
+        self.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def session(tdb, app: str, *, autocommit: bool = False):
+    """A plain psycopg2 session on the test database, named so the report can name it."""
+    conn = psycopg2.connect(tdb.url, application_name=app)
+    conn.autocommit = autocommit
+    return conn
+
+
+@contextmanager
+def holding(tdb, sql: str, app: str = BLOCKER_APP) -> Iterator[Any]:
+    """An open transaction that ran ``sql`` and keeps its locks until the block ends (rolled back)."""
+    conn = session(tdb, app)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def credit_plan(tdb, allow: list[str] | None = None):
+    """What the flow hands the drop step: the migration, the targets' oids, the approved dependency scan."""
+    migration = load_migration("drop_credit_allocation_tables")
+    with connect(tdb.db) as conn:
+        rows = table_status(conn, migration.targets)
+    oids = {t: r["oid"] for t, r in zip(migration.targets, rows, strict=True) if r["oid"]}
+    return migration, oids, scan_dependencies(tdb.db, migration, oids, allow or [])

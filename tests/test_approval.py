@@ -21,7 +21,7 @@ from prefect.input.run_input import keyset_from_paused_state
 from safedrop.parameters import DropParameters
 from safedrop.pgserver import wait_until
 from tests.conftest import TARGETS
-from tests.test_lock_safety import Background
+from tests.helpers import Background
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -17,10 +17,9 @@ import stat
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -43,6 +42,7 @@ from tasks.backup import (
     take_backup,
     verify_archive,
 )
+from tests.helpers import Background
 
 TARGETS = [TableName("public", "credit_allocation_transactions"), TableName("public", "credit_allocations")]
 QUALIFIED = ["public.credit_allocation_transactions", "public.credit_allocations"]
@@ -100,7 +100,7 @@ def pg_dump_is_waiting(guide_db) -> bool:
     """True once our pg_dump's session waits for a lock in the test database."""
     out = guide_db.server.psql(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-        f"WHERE NOT l.granted AND a.application_name = 'safedrop' AND a.datname = '{guide_db.name}'"
+        f"WHERE NOT l.granted AND a.application_name = 'safedrop pg_dump' AND a.datname = '{guide_db.name}'"
     )
     return out.strip() != "0"
 
@@ -117,26 +117,6 @@ def table_locked(guide_db, table: str = "credits") -> Iterator[None]:
         conn.rollback()
         conn.close()
         engine.dispose()
-
-
-class Background:
-    """Run a call in a thread and keep its result or exception."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            self.error = exc
-
-    def join(self, timeout: float = 30) -> None:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "take_backup did not return"
 
 
 def start_blocked_backup(guide_db, backup_dir: Path, version: int, **kwargs) -> tuple[Background, int, list]:
@@ -394,7 +374,7 @@ def test_the_password_is_never_in_any_argv(guide_db, server_version_num, tmp_pat
         job, pid, argv = start_blocked_backup(guide_db, tmp_path, server_version_num)
         everyone = cmdlines()  # taken while pg_dump is surely running (it waits for our lock)
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    job.join()  # the lock is gone: pg_dump finishes
+    job.wait()  # the lock is gone: pg_dump finishes
 
     assert not any(password in " ".join(args) for args in everyone.values())
     assert pid in everyone
@@ -416,7 +396,7 @@ def test_pg_dump_killed_mid_dump_leaves_nothing(guide_db, server_version_num, tm
         job, pid, _ = start_blocked_backup(guide_db, tmp_path, server_version_num)
         assert any(name.endswith(".dump.partial") for name in files_in(tmp_path))
         os.kill(pid, signal.SIGKILL)
-        job.join()
+        job.wait()
     assert isinstance(job.error, BackupFailed)
     assert str(job.error).startswith("pg_dump was killed by signal SIGKILL before it finished")
     assert not is_transient(job.error)
@@ -428,9 +408,9 @@ def test_a_closed_connection_mid_dump_is_transient_and_leaves_nothing(guide_db, 
         job, _, _ = start_blocked_backup(guide_db, tmp_path, server_version_num)
         guide_db.server.psql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE application_name = 'safedrop' AND datname = '{guide_db.name}'"
+            f"WHERE application_name = 'safedrop pg_dump' AND datname = '{guide_db.name}'"
         )
-        job.join()
+        job.wait()
     assert isinstance(job.error, TransientBackupFailure), job.error
     assert str(job.error).startswith("pg_dump failed: query failed: FATAL: terminating connection")
     assert files_in(tmp_path) == []
@@ -439,7 +419,7 @@ def test_a_closed_connection_mid_dump_is_transient_and_leaves_nothing(guide_db, 
 def test_a_dump_over_its_timeout_is_stopped_and_leaves_nothing(guide_db, server_version_num, tmp_path):
     with table_locked(guide_db):
         job, pid, _ = start_blocked_backup(guide_db, tmp_path, server_version_num, timeout_s=1)
-        job.join()  # pg_dump is stuck on our lock: only the timeout can end it
+        job.wait()  # pg_dump is stuck on our lock: only the timeout can end it
         assert pid not in cmdlines()
     assert str(job.error) == (
         "pg_dump did not finish within 1 s and was stopped; raise timeout_s, or check for locks held on "

@@ -24,7 +24,7 @@ from safedrop.cli import main
 from safedrop.pgserver import LocalPostgres, free_port, wait_until
 from tasks.drop import LockSchedule, drop_targets
 from tests.conftest import TARGETS
-from tests.test_lock_safety import credit_plan
+from tests.helpers import credit_plan
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

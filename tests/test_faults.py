@@ -16,8 +16,7 @@ import pytest
 
 from safedrop.pgserver import wait_until
 from tests.conftest import SURVIVORS, TARGETS
-from tests.helpers import run
-from tests.test_lock_safety import Background, holding, session
+from tests.helpers import Background, holding, run, session
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

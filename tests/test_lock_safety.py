@@ -13,78 +13,28 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
 import pytest
 
-from safedrop.database import connect
 from safedrop.errors import DropFailed
-from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.pgserver import wait_until
 from safedrop.runlock import one_run_at_a_time
-from tasks.connection import table_status
-from tasks.dependencies import scan_dependencies
 from tasks.drop import LockSchedule, drop_targets, lock_waits
 from tests.conftest import ROOT, SURVIVORS, TARGETS
-from tests.helpers import artifacts_of, run
+from tests.helpers import BLOCKER_APP, Background, artifacts_of, credit_plan, holding, run, session
 
-BLOCKER_APP = "lock-test-blocker"
 HOT = ["credits", "tenants"]  # the targets' foreign-key parents: every request touches them
 DEFAULTS = DropParameters(migration="drop_credit_allocation_tables")
 FAST = dict(lock_timeout_ms=100, max_lock_timeout_ms=400)  # the largest timeout any query can wait: 400 ms
+TEN_SECONDS = LockSchedule(first_timeout_ms=10_000, max_timeout_ms=10_000, budget_ms=30_000)
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers (also used by the other lock, fault and secret tests)
 # --------------------------------------------------------------------------------------------------
-
-
-class Background:
-    """Run a call in a thread; keep its result or exception."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            self.error = exc
-
-    def join(self, timeout: float = 60) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the background call did not return"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def session(tdb, app: str, *, autocommit: bool = False):
-    """A plain psycopg2 session on the test database, named so the report can name it."""
-    conn = psycopg2.connect(tdb.url, application_name=app)
-    conn.autocommit = autocommit
-    return conn
-
-
-@contextmanager
-def holding(tdb, sql: str, app: str = BLOCKER_APP) -> Iterator[Any]:
-    """An open transaction that ran ``sql`` and keeps its locks until the block ends (rolled back)."""
-    conn = session(tdb, app)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-        yield conn
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def waiting_safedrop(observer) -> dict[int, dict[str, Any]]:
@@ -117,13 +67,20 @@ def read_quickly(conn, table: str, lock_timeout: str) -> int:
         return cur.fetchone()[0]
 
 
-def credit_plan(tdb):
-    """What the flow hands the drop step: the migration, the targets' oids, the approved dependency scan."""
-    migration = load_migration("drop_credit_allocation_tables")
-    with connect(tdb.db) as conn:
-        rows = table_status(conn, migration.targets)
-    oids = {t: r["oid"] for t, r in zip(migration.targets, rows, strict=True) if r["oid"]}
-    return migration, oids, scan_dependencies(tdb.db, migration, oids)
+def drop_now(tdb, plan, schedule: LockSchedule, *, allow: list[str] | None = None, ledger: bool = False):
+    """``drop_targets`` as the flow calls it, on the guide's empty targets, with the given lock schedule."""
+    migration, oids, approved = plan
+    return drop_targets(
+        tdb.db,
+        migration,
+        oids,
+        approved=approved,
+        expected_rows={f"public.{t}": 0 for t in TARGETS},
+        allow_cascade=allow or [],
+        schedule=schedule,
+        statement_timeout_s=60,
+        record_in_ledger=ledger,
+    )
 
 
 @pytest.fixture
@@ -216,17 +173,7 @@ def test_drop_targets_counts_attempts_and_lock_timeouts(guide_db):
     try:
         with holding(guide_db, "LOCK TABLE credit_allocation_transactions IN ROW EXCLUSIVE MODE"):
             job = Background(
-                lambda: drop_targets(
-                    guide_db.db,
-                    migration,
-                    oids,
-                    approved=approved,
-                    expected_rows={f"public.{t}": 0 for t in TARGETS},
-                    allow_cascade=[],
-                    schedule=LockSchedule(first_timeout_ms=100, max_timeout_ms=400, budget_ms=30_000),
-                    statement_timeout_s=30,
-                    record_in_ledger=False,
-                )
+                lambda: drop_now(guide_db, (migration, oids, approved), LockSchedule(first_timeout_ms=100, max_timeout_ms=400, budget_ms=30_000))
             )
 
             def waited(n: int) -> bool:
@@ -249,17 +196,7 @@ def test_a_held_hot_parent_is_named_too(guide_db):
     with holding(guide_db, "SELECT * FROM credits LIMIT 1") as blocker:
         pid = blocker.get_backend_pid()
         with pytest.raises(DropFailed) as caught:
-            drop_targets(
-                guide_db.db,
-                migration,
-                oids,
-                approved=approved,
-                expected_rows={f"public.{t}": 0 for t in TARGETS},
-                allow_cascade=[],
-                schedule=LockSchedule(first_timeout_ms=100, max_timeout_ms=200, budget_ms=1_000),
-                statement_timeout_s=30,
-                record_in_ledger=False,
-            )
+            drop_now(guide_db, (migration, oids, approved), LockSchedule(first_timeout_ms=100, max_timeout_ms=200, budget_ms=1_000))
     message = str(caught.value)
     assert f"blocked by: pid {pid} ({BLOCKER_APP}, idle in transaction" in message, message
     assert "holds AccessShareLock on public.credits" in message
@@ -281,17 +218,7 @@ def test_holding_one_parent_it_never_waits_long_enough_to_deadlock_the_applicati
         with app.cursor() as cur:
             cur.execute("SELECT 1 FROM tenants WHERE id = 1 FOR KEY SHARE")  # an FK check of the insert
         job = Background(
-            lambda: drop_targets(
-                guide_db.db,
-                migration,
-                oids,
-                approved=approved,
-                expected_rows={f"public.{t}": 0 for t in TARGETS},
-                allow_cascade=[],
-                schedule=LockSchedule(first_timeout_ms=5_000, max_timeout_ms=5_000, budget_ms=30_000),
-                statement_timeout_s=30,
-                record_in_ledger=False,
-            )
+            lambda: drop_now(guide_db, (migration, oids, approved), LockSchedule(first_timeout_ms=5_000, max_timeout_ms=5_000, budget_ms=30_000))
         )
         wait_until(
             lambda: any(w["waits_for"] == "tenants" and "credits" in w["holds"]
@@ -331,20 +258,6 @@ def test_holding_one_parent_it_never_waits_long_enough_to_deadlock_the_applicati
 # --------------------------------------------------------------------------------------------------
 
 
-def _drop(tdb, migration, oids, approved, allow: list[str] | None = None, lock_timeout_ms: int = 10_000):
-    return drop_targets(
-        tdb.db,
-        migration,
-        oids,
-        approved=approved,
-        expected_rows={f"public.{t}": 0 for t in TARGETS},
-        allow_cascade=allow or [],
-        schedule=LockSchedule(first_timeout_ms=lock_timeout_ms, max_timeout_ms=lock_timeout_ms, budget_ms=30_000),
-        statement_timeout_s=30,
-        record_in_ledger=True,
-    )
-
-
 def test_while_it_rechecks_it_blocks_writers_of_the_targets_but_no_reader(guide_db):
     """A reader of a target in an open transaction: safedrop holds both targets IN EXCLUSIVE MODE (its
     recheck done) and waits for ACCESS EXCLUSIVE. Meanwhile the other target can still be read but not
@@ -354,7 +267,7 @@ def test_while_it_rechecks_it_blocks_writers_of_the_targets_but_no_reader(guide_
     other = session(guide_db, "lock-test-reader", autocommit=True)
     try:
         with holding(guide_db, "SELECT * FROM credit_allocation_transactions LIMIT 1"):
-            job = Background(lambda: _drop(guide_db, migration, oids, approved))
+            job = Background(lambda: drop_now(guide_db, (migration, oids, approved), TEN_SECONDS, ledger=True))
             waiting = wait_until(
                 lambda: next(iter(waiting_safedrop(observer).values()), None),
                 deadline_s=30, interval_s=0.01, what="the drop to wait for its upgrade",
@@ -388,17 +301,15 @@ def test_a_dependant_committed_while_it_waits_for_the_upgrade_stops_the_drop(gui
     CASCADE runs) the fingerprint taken under ACCESS EXCLUSIVE differs. Nothing is dropped either way."""
     if allowed_view:
         guide_db.execute("CREATE VIEW org_overview AS SELECT tenant_id FROM credit_allocations")
-    migration, oids, approved = credit_plan(guide_db)
     allow = ["public.org_overview"] if allowed_view else []
-    if allowed_view:
-        approved = scan_dependencies(guide_db.db, migration, oids, allow)
+    plan = credit_plan(guide_db, allow)
     before = guide_db.snapshot()
     observer = session(guide_db, "lock-test-observer", autocommit=True)
     creator = session(guide_db, "lock-test-ddl")
     try:
         with creator.cursor() as cur:
             cur.execute(f"CREATE VIEW {LATE_VIEW} AS SELECT id FROM credit_allocations")
-        job = Background(lambda: _drop(guide_db, migration, oids, approved, allow))
+        job = Background(lambda: drop_now(guide_db, plan, TEN_SECONDS, allow=allow, ledger=True))
         wait_until(
             lambda: any(w["waits_for"] == "credit_allocations" for w in waiting_safedrop(observer).values()),
             deadline_s=30, interval_s=0.01, what="the drop to wait for ACCESS EXCLUSIVE",
@@ -491,17 +402,7 @@ def test_a_running_autovacuum_on_a_target_does_not_fail_the_drop(pg, guide_db):
     migration, oids, approved = credit_plan(db)
     try:
         assert autovacuum_running()  # still crawling: the drop has to make it yield
-        result = drop_targets(
-            db.db,
-            migration,
-            oids,
-            approved=approved,
-            expected_rows={f"public.{t}": 0 for t in TARGETS},
-            allow_cascade=[],
-            schedule=LockSchedule.from_parameters(DEFAULTS),
-            statement_timeout_s=60,
-            record_in_ledger=False,
-        )
+        result = drop_now(db, (migration, oids, approved), LockSchedule.from_parameters(DEFAULTS))
     finally:
         observer.close()
     assert result.dropped == [f"public.{t}" for t in TARGETS]

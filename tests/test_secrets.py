@@ -25,8 +25,7 @@ from prefect.logging.handlers import APILogHandler
 
 from safedrop.pgserver import find_server_bin, free_port, wait_until
 from tests.conftest import TARGETS
-from tests.helpers import artifacts_of, run
-from tests.test_lock_safety import Background
+from tests.helpers import Background, artifacts_of, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
