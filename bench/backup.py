@@ -77,7 +77,9 @@ W = f"({WORDS})[1 + floor(random() * 33)::int]"
 
 # One batch of rows per table, server-side; the share says how much of the database each table gets.
 BATCHES = {
-    "customers": (0.08, f"""
+    "customers": (
+        0.08,
+        f"""
         INSERT INTO customers (uid, name, email, country, created_at, profile)
         SELECT gen_random_uuid(), initcap({W}) || ' ' || initcap({W}) || ' ' || substr(md5(random()::text), 1, 6),
                lower({W}) || '.' || substr(md5(random()::text), 1, 10) || '@example.' || {W},
@@ -85,8 +87,11 @@ BATCHES = {
                now() - random() * interval '900 days',
                jsonb_build_object('plan', {W}, 'seats', floor(random() * 500)::int,
                                   'tags', jsonb_build_array({W}, {W}), 'ref', md5(random()::text))
-        FROM generate_series(1, __ROWS__)"""),
-    "orders": (0.25, f"""
+        FROM generate_series(1, __ROWS__)""",
+    ),
+    "orders": (
+        0.25,
+        f"""
         INSERT INTO orders (customer_id, amount, status, created_at, items, note)
         SELECT 1 + floor(random() * 100000)::bigint, round((random() * 5000)::numeric, 2),
                (ARRAY['paid','open','void','refunded'])[1 + floor(random() * 4)::int],
@@ -97,8 +102,11 @@ BATCHES = {
                                  jsonb_build_object('sku', upper(substr(md5(random()::text), 1, 8)),
                                                     'qty', floor(random() * 9)::int + 1)),
                CASE WHEN random() < 0.4 THEN {W} || ' ' || {W} || ' ' || {W} || ' ' || md5(random()::text) END
-        FROM generate_series(1, __ROWS__)"""),
-    "events": (0.55, f"""
+        FROM generate_series(1, __ROWS__)""",
+    ),
+    "events": (
+        0.55,
+        f"""
         INSERT INTO events (occurred_at, kind, session, score, tags, payload)
         SELECT now() - random() * interval '400 days', {W} || '.' || {W}, gen_random_uuid(), random() * 1000,
                ARRAY[{W}, {W}],
@@ -107,19 +115,26 @@ BATCHES = {
                                   'ip', (floor(random() * 255)::int)::text || '.' || (floor(random() * 255)::int)::text
                                         || '.' || (floor(random() * 255)::int)::text || '.1',
                                   'trace', md5(random()::text))
-        FROM generate_series(1, __ROWS__)"""),
-    "legacy_events": (0.08, f"""
+        FROM generate_series(1, __ROWS__)""",
+    ),
+    "legacy_events": (
+        0.08,
+        f"""
         INSERT INTO legacy_events (customer_id, occurred_at, kind, payload, note)
         SELECT 1 + floor(random() * 100000)::bigint, now() - random() * interval '2000 days', {W},
                jsonb_build_object('v', floor(random() * 1e6)::int, 'src', {W}, 'h', md5(random()::text)),
                CASE WHEN random() < 0.5 THEN {W} || ' ' || md5(random()::text) END
-        FROM generate_series(1, __ROWS__)"""),
-    "legacy_event_items": (0.04, f"""
+        FROM generate_series(1, __ROWS__)""",
+    ),
+    "legacy_event_items": (
+        0.04,
+        f"""
         INSERT INTO legacy_event_items (event_id, sku, qty, price, attrs)
         SELECT 1 + floor(random() * (SELECT max(id) FROM legacy_events))::bigint,
                upper(substr(md5(random()::text), 1, 10)), floor(random() * 20)::int + 1,
                round((random() * 999)::numeric, 2), jsonb_build_object('c', {W}, 'w', round(random()::numeric, 3))
-        FROM generate_series(1, __ROWS__)"""),
+        FROM generate_series(1, __ROWS__)""",
+    ),
 }
 
 
@@ -187,8 +202,11 @@ def main() -> None:
             def raw_dump(*extra: str) -> int:
                 target = out / "raw.dump"
                 target.unlink(missing_ok=True)
-                subprocess.run([str(tools.pg_dump), "--format=custom", *extra, "--no-password",
-                                f"--file={target}"], env=env, check=True)
+                subprocess.run(
+                    [str(tools.pg_dump), "--format=custom", *extra, "--no-password", f"--file={target}"],
+                    env=env,
+                    check=True,
+                )
                 return target.stat().st_size
 
             def backup(scope: str, **kw) -> object:
@@ -202,8 +220,11 @@ def main() -> None:
             # interleaved, so drift in the machine's load hits all three alike
             samples: dict[str, list[float]] = {"raw1": [], "sd": [], "rawd": []}
             for _ in range(args.repeat):
-                for key, fn in (("raw1", lambda: raw_dump("--compress=1")), ("sd", lambda: backup("database")),
-                                ("rawd", lambda: raw_dump())):
+                for key, fn in (
+                    ("raw1", lambda: raw_dump("--compress=1")),
+                    ("sd", lambda: backup("database")),
+                    ("rawd", lambda: raw_dump()),
+                ):
                     seconds, value = timed(fn, 1)
                     samples[key].append(seconds)
                     if key == "raw1":
@@ -213,11 +234,19 @@ def main() -> None:
                     else:
                         size_rawd = value
             t_raw1, t_sd, t_rawd = (statistics.median(samples[k]) for k in ("raw1", "sd", "rawd"))
-            record("raw pg_dump -Fc -Z1", t_raw1, f"{size_raw1 / 1024**2:.0f} MiB  runs {runs(samples['raw1'])}")
-            record("safedrop backup, scope database (defaults: -Fc -Z1)", t_sd,
-                   f"{full.bytes / 1024**2:.0f} MiB  runs {runs(samples['sd'])}")
-            record("raw pg_dump -Fc (pg_dump's default compression)", t_rawd,
-                   f"{size_rawd / 1024**2:.0f} MiB  runs {runs(samples['rawd'])}")
+            record(
+                "raw pg_dump -Fc -Z1", t_raw1, f"{size_raw1 / 1024**2:.0f} MiB  runs {runs(samples['raw1'])}"
+            )
+            record(
+                "safedrop backup, scope database (defaults: -Fc -Z1)",
+                t_sd,
+                f"{full.bytes / 1024**2:.0f} MiB  runs {runs(samples['sd'])}",
+            )
+            record(
+                "raw pg_dump -Fc (pg_dump's default compression)",
+                t_rawd,
+                f"{size_rawd / 1024**2:.0f} MiB  runs {runs(samples['rawd'])}",
+            )
             t_dir, _ = timed(lambda: backup("database", archive_format="directory", jobs=2), args.repeat)
             record("safedrop backup, database, directory format, 2 jobs", t_dir)
             t_tg, targets = timed(lambda: backup("targets"), args.repeat)
@@ -242,8 +271,12 @@ def main() -> None:
                 record(f"restore verification: counts, checksums ({label})", t_ver)
 
             print("\nratios:")
-            print(f"  safedrop backup / raw pg_dump -Z1 (same settings)   {t_sd / t_raw1:5.2f}x   (goal <= 1.05)")
-            print(f"  safedrop defaults / pg_dump's defaults               {t_sd / t_rawd:5.2f}x   (goal <= 0.5)")
+            print(
+                f"  safedrop backup / raw pg_dump -Z1 (same settings)   {t_sd / t_raw1:5.2f}x   (goal <= 1.05)"
+            )
+            print(
+                f"  safedrop defaults / pg_dump's defaults               {t_sd / t_rawd:5.2f}x   (goal <= 0.5)"
+            )
             print(f"  archive size, -Z1 / pg_dump default                  {size_raw1 / size_rawd:5.2f}x")
             print(f"  scope targets / scope database                       {t_tg / t_sd:5.3f}x")
             print(f"  directory format 2 jobs / custom                     {t_dir / t_sd:5.2f}x")

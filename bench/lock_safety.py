@@ -142,8 +142,11 @@ class Traffic:
                     elif kind == "tenants read":
                         cur.execute("SELECT name FROM tenants WHERE id = %s", (key,))
                     elif kind == "credit_usage insert":
-                        cur.execute("INSERT INTO credit_usage (tenant_id, credit_id, feature, amount) "
-                                    "VALUES (%s, %s, 'api', 1)", (key, key))
+                        cur.execute(
+                            "INSERT INTO credit_usage (tenant_id, credit_id, feature, amount) "
+                            "VALUES (%s, %s, 'api', 1)",
+                            (key, key),
+                        )
                     else:
                         cur.execute("SELECT id FROM credit_allocations WHERE id = %s", (key,))
                 except psycopg2.Error as exc:
@@ -171,9 +174,17 @@ def plan(url: str):
 
 def safedrop_drop(url: str) -> None:
     db, migration, oids, approved, expected = plan(url)
-    drop_targets(db, migration, oids, approved=approved, expected_rows=expected, allow_cascade=[],
-                 schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
-                 statement_timeout_s=120, record_in_ledger=False)
+    drop_targets(
+        db,
+        migration,
+        oids,
+        approved=approved,
+        expected_rows=expected,
+        allow_cascade=[],
+        schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
+        statement_timeout_s=120,
+        record_in_ledger=False,
+    )
 
 
 def plain_drop(url: str) -> None:
@@ -225,17 +236,25 @@ def scenario(pg: LocalPostgres, held: str, method: str, hold_s: float, clients: 
     for kind in OPS:
         mine = [o for o in during if o.kind == kind]
         ok = [o.seconds for o in mine]
-        stats[kind] = (len(mine), max(ok, default=0.0), percentile(ok, 0.99),
-                       sum(1 for o in mine if o.error and o.error != "UndefinedTable"))  # gone ≠ error
+        stats[kind] = (
+            len(mine),
+            max(ok, default=0.0),
+            percentile(ok, 0.99),
+            sum(1 for o in mine if o.error and o.error != "UndefinedTable"),
+        )  # gone ≠ error
     return {"drop_s": ended - started, "outcome": outcome, "stats": stats}
 
 
 def print_scenarios(results: dict) -> None:
     for held, by_method in results.items():
-        print(f"\nscenario: a transaction holds {held} (ACCESS SHARE) for the hold time; the drop starts 0.5 s in")
+        print(
+            f"\nscenario: a transaction holds {held} (ACCESS SHARE) for the hold time; the drop starts 0.5 s in"
+        )
         for method, r in by_method.items():
             print(f"  {method:<9} drop {r['outcome']} after {r['drop_s']:.2f} s")
-        print(f"  {'op (started during the drop)':<30} {'method':<9} {'ops':>6} {'worst ms':>9} {'p99 ms':>8} {'errors':>6}")
+        print(
+            f"  {'op (started during the drop)':<30} {'method':<9} {'ops':>6} {'worst ms':>9} {'p99 ms':>8} {'errors':>6}"
+        )
         for kind in OPS:
             for method, r in by_method.items():
                 n, worst, p99, errors = r["stats"][kind]
@@ -303,14 +322,20 @@ def print_hold_times(holds: dict, rows: int, reps: int) -> None:
         writes = statistics.median(h[1] for h in holds[(template, "safedrop")])
         print(f"  {label}:")
         print(f"    bare DROP, ACCESS EXCLUSIVE              {bare * 1000:7.2f} ms")
-        print(f"    safedrop, ACCESS EXCLUSIVE (all queries) {every * 1000:7.2f} ms   "
-              f"ratio {every / bare:5.2f}x (goal <= 1.1x)")
-        print(f"    safedrop, EXCLUSIVE (writes only)        {writes * 1000:7.2f} ms   "
-              f"ratio {writes / bare:5.2f}x (the recheck, reads go on)")
+        print(
+            f"    safedrop, ACCESS EXCLUSIVE (all queries) {every * 1000:7.2f} ms   "
+            f"ratio {every / bare:5.2f}x (goal <= 1.1x)"
+        )
+        print(
+            f"    safedrop, EXCLUSIVE (writes only)        {writes * 1000:7.2f} ms   "
+            f"ratio {writes / bare:5.2f}x (the recheck, reads go on)"
+        )
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hold", type=float, default=5.0, help="seconds the long transaction stays open")
     parser.add_argument("--rows", type=int, default=200_000, help="rows in each target (the full variant)")
     parser.add_argument("--clients", type=int, default=2, help="traffic threads per kind of op")
@@ -320,9 +345,11 @@ def main(argv: list[str]) -> int:
     schedule = LockSchedule.from_parameters(DropParameters(migration=MIGRATION))
     with LocalPostgres() as pg:
         build_templates(pg, args.rows)
-        print(f"PostgreSQL on port {pg.port}; targets of {args.rows:,} rows each; {args.clients} clients per op; "
-              f"hold {args.hold:g} s; safedrop schedule: first lock_timeout {schedule.first_timeout_ms} ms, "
-              f"up to {schedule.largest_timeout_ms} ms, budget {schedule.budget_ms / 1000:g} s")
+        print(
+            f"PostgreSQL on port {pg.port}; targets of {args.rows:,} rows each; {args.clients} clients per op; "
+            f"hold {args.hold:g} s; safedrop schedule: first lock_timeout {schedule.first_timeout_ms} ms, "
+            f"up to {schedule.largest_timeout_ms} ms, budget {schedule.budget_ms / 1000:g} s"
+        )
         results: dict = {}
         for held in ("credit_allocations", "credits"):
             results[held] = {m: scenario(pg, held, m, args.hold, args.clients) for m in ("plain", "safedrop")}

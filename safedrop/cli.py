@@ -99,8 +99,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="consent to dropping targets that hold rows (the backup keeps them)",
     )
-    p.add_argument("--rehearse", action="store_true",
-                   help="prove the CASCADE prediction on a scratch copy of the schema (needs a superuser)")
+    p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="prove the CASCADE prediction on a scratch copy of the schema (needs a superuser)",
+    )
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
 
@@ -143,32 +146,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="total time to keep retrying for the locks before giving up with nothing dropped "
         "(default: %(default)s)",
     )
-    run.add_argument("--backup-scope", choices=["database", "targets"], default="database",
-                     help="back up the whole database, or every definition but only the targets' rows "
-                     "(default: %(default)s)")
-    run.add_argument("--backup-format", choices=["custom", "directory"], default="custom",
-                     help="pg_dump archive format (default: %(default)s)")
-    run.add_argument("--backup-jobs", metavar="N", type=int, default=1,
-                     help="parallel pg_dump workers, directory format only (default: %(default)s)")
-    run.add_argument("--compression", metavar="0-9", type=int, default=1,
-                     help="gzip level of the archive (default: %(default)s, measured fastest for its size)")
-    run.add_argument("--verify-restore", action="store_true",
-                     help="restore the targets into a scratch database and compare before dropping "
-                     "(needs CREATEDB)")
-    restore = sub.add_parser("restore", help="restore the tables a run dropped, from its backup "
-                             "(exit 0 restored, 3 refused with nothing changed, 1 failed)")
-    restore.add_argument("--backup", metavar="PATH", required=True,
-                         help="the archive a run wrote (its .manifest.json must be beside it)")
-    restore.add_argument("--database-url", metavar="URL",
-                         help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the "
-                         "Secret block)")
-    restore.add_argument("--secret-block", metavar="NAME", default="safedrop-database-url",
-                         help="Prefect Secret block holding the URL (default: %(default)s)")
-    restore.add_argument("--no-owner", action="store_true",
-                         help="do not restore object ownership (the restoring role owns what it creates)")
-    restore.add_argument("--dry-run", action="store_true",
-                         help="check the archive and the database, list what would be restored; "
-                         "change nothing")
+    run.add_argument(
+        "--backup-scope",
+        choices=["database", "targets"],
+        default="database",
+        help="back up the whole database, or every definition but only the targets' rows "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--backup-format",
+        choices=["custom", "directory"],
+        default="custom",
+        help="pg_dump archive format (default: %(default)s)",
+    )
+    run.add_argument(
+        "--backup-jobs",
+        metavar="N",
+        type=int,
+        default=1,
+        help="parallel pg_dump workers, directory format only (default: %(default)s)",
+    )
+    run.add_argument(
+        "--compression",
+        metavar="0-9",
+        type=int,
+        default=1,
+        help="gzip level of the archive (default: %(default)s, measured fastest for its size)",
+    )
+    run.add_argument(
+        "--verify-restore",
+        action="store_true",
+        help="restore the targets into a scratch database and compare before dropping (needs CREATEDB)",
+    )
+    restore = sub.add_parser(
+        "restore",
+        help="restore the tables a run dropped, from its backup "
+        "(exit 0 restored, 3 refused with nothing changed, 1 failed)",
+    )
+    restore.add_argument(
+        "--backup",
+        metavar="PATH",
+        required=True,
+        help="the archive a run wrote (its .manifest.json must be beside it)",
+    )
+    restore.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the Secret block)",
+    )
+    restore.add_argument(
+        "--secret-block",
+        metavar="NAME",
+        default="safedrop-database-url",
+        help="Prefect Secret block holding the URL (default: %(default)s)",
+    )
+    restore.add_argument(
+        "--no-owner",
+        action="store_true",
+        help="do not restore object ownership (the restoring role owns what it creates)",
+    )
+    restore.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the archive and the database, list what would be restored; change nothing",
+    )
     restore.add_argument("--json", action="store_true", help="print the restore report as JSON on stdout")
     restore.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
     demo = sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)")
@@ -230,9 +271,13 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         fields["max_lock_timeout_ms"] = parse_duration_ms(args.max_lock_timeout)
         fields["lock_wait_budget_s"] = parse_duration_ms(args.lock_wait_budget) / 1000
     if getattr(args, "backup_scope", None):
-        fields.update(backup_scope=args.backup_scope, backup_format=args.backup_format,
-                      backup_jobs=args.backup_jobs, backup_compression=args.compression,
-                      verify_restore=args.verify_restore)
+        fields.update(
+            backup_scope=args.backup_scope,
+            backup_format=args.backup_format,
+            backup_jobs=args.backup_jobs,
+            backup_compression=args.compression,
+            verify_restore=args.verify_restore,
+        )
     fields["approval"] = "skip"  # at the terminal, running the command is the approval
     try:
         params = DropParameters(**fields)
@@ -301,9 +346,12 @@ def restore_main(args: argparse.Namespace) -> int:
         if not Path(args.backup).expanduser().exists():
             raise UsageError(f"backup {args.backup} does not exist; pass the archive a run wrote")
         try:
-            params = RestoreParameters(backup_path=str(Path(args.backup).expanduser().absolute()),
-                                       database_secret_block=None if url else args.secret_block,
-                                       no_owner=args.no_owner, dry_run=args.dry_run)
+            params = RestoreParameters(
+                backup_path=str(Path(args.backup).expanduser().absolute()),
+                database_secret_block=None if url else args.secret_block,
+                no_owner=args.no_owner,
+                dry_run=args.dry_run,
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -318,12 +366,18 @@ def restore_main(args: argparse.Namespace) -> int:
         state = restore_dropped_tables(params, return_state=True)
         report = state.result(raise_on_failure=False)
         if not isinstance(report, RestoreReport):  # the flow crashed: a bug, said in one line
-            report = RestoreReport(status="failed", backup=args.backup,
-                                   reasons=[f"the flow run ended {state.name}: {state.message}"])
+            report = RestoreReport(
+                status="failed",
+                backup=args.backup,
+                reasons=[f"the flow run ended {state.name}: {state.message}"],
+            )
     except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        report = RestoreReport(status="failed", backup=args.backup,
-                               reasons=[f"Prefect could not run the flow ({type(exc).__name__}: {first})"])
+        report = RestoreReport(
+            status="failed",
+            backup=args.backup,
+            reasons=[f"Prefect could not run the flow ({type(exc).__name__}: {first})"],
+        )
     if args.json:
         print_report(report, as_json=True)
     else:

@@ -22,8 +22,14 @@ from safedrop.errors import ConfigurationError, ConnectionFailed
 
 APPLICATION_NAME = "safedrop"
 # connection errors that trying again cannot fix
-_PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
-              "could not translate host name", "invalid", "SSL")
+_PERMANENT = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "could not translate host name",
+    "invalid",
+    "SSL",
+)
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg2"}
 
 

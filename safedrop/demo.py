@@ -62,9 +62,11 @@ def run_demo(*, as_json: bool = False) -> int:
             app = write_demo_app(work / "credits-api")
             backups = Path("backups") / "demo"
             os.environ["DATABASE_URL"] = pg.url(DEMO_DATABASE)
-            print(f"safedrop demo: PostgreSQL on 127.0.0.1:{pg.port}, database {DEMO_DATABASE} seeded; "
-                  "running `safedrop plan` then `safedrop run` (Prefect embedded mode, ~10 s each) …",
-                  file=sys.stderr)
+            print(
+                f"safedrop demo: PostgreSQL on 127.0.0.1:{pg.port}, database {DEMO_DATABASE} seeded; "
+                "running `safedrop plan` then `safedrop run` (Prefect embedded mode, ~10 s each) …",
+                file=sys.stderr,
+            )
             common = ["--code-path", str(app)] + (["--json"] if as_json else [])
             print("\n$ safedrop plan --code-path …", file=sys.stderr)
             code = main(["plan", *common])
@@ -73,8 +75,11 @@ def run_demo(*, as_json: bool = False) -> int:
             print(f"\n$ safedrop run --code-path … --backup-dir {backups}", file=sys.stderr)
             code = main(["run", *common, "--backup-dir", str(backups)])
             if code == 0:
-                print(f"\nsafedrop demo: done. The backup is in {backups.resolve()}/ ; the throwaway "
-                      "server is being stopped and removed.", file=sys.stderr)
+                print(
+                    f"\nsafedrop demo: done. The backup is in {backups.resolve()}/ ; the throwaway "
+                    "server is being stopped and removed.",
+                    file=sys.stderr,
+                )
             return code
     finally:
         os.environ.pop("DATABASE_URL", None)

@@ -142,7 +142,9 @@ class DropParameters(BaseModel):
         "scheduled deployment that explicitly says so).",
     )
     approval_timeout_s: int = Field(
-        3600, ge=10, le=7 * 24 * 3600,
+        3600,
+        ge=10,
+        le=7 * 24 * 3600,
         description="How long to wait for approval; then the run stops with nothing dropped.",
     )
     verify_row_counts: bool = Field(

@@ -140,6 +140,3 @@ def rehearsal(
         f"{artifact_prefix}-rehearsal", render(result), "CASCADE prediction vs the server's rehearsal"
     )
     return result
-
-
-

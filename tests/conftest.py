@@ -80,8 +80,17 @@ class TestDatabase:
     def snapshot(self) -> tuple[str, dict[str, int]]:
         """The whole schema (pg_dump --schema-only) and every table's row count: 'untouched' means equal."""
         assert self.server.bindir is not None
-        cmd = [str(self.server.bindir / "pg_dump"), "--schema-only", "-h", str(self.server.sockdir),
-               "-p", str(self.server.port), "-U", "postgres", self.name]
+        cmd = [
+            str(self.server.bindir / "pg_dump"),
+            "--schema-only",
+            "-h",
+            str(self.server.sockdir),
+            "-p",
+            str(self.server.port),
+            "-U",
+            "postgres",
+            self.name,
+        ]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         schema = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

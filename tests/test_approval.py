@@ -37,8 +37,13 @@ def start_run(tmp_path, **fields: Any) -> tuple[Background, str]:
     from flows.drop_deprecated_tables import drop_deprecated_tables
 
     name = f"approval-test-{uuid.uuid4().hex[:10]}"
-    params = DropParameters(migration="drop_credit_allocation_tables", database_secret_block=None,
-                            approval="required", backup_dir=str(tmp_path / "b"), **fields)
+    params = DropParameters(
+        migration="drop_credit_allocation_tables",
+        database_secret_block=None,
+        approval="required",
+        backup_dir=str(tmp_path / "b"),
+        **fields,
+    )
 
     def go():
         state = drop_deprecated_tables.with_options(flow_run_name=name)(params, return_state=True)
@@ -50,6 +55,7 @@ def start_run(tmp_path, **fields: Any) -> tuple[Background, str]:
 
 def paused_run(name: str):
     """The flow run, once it is Paused waiting for input."""
+
     def paused():
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
@@ -78,8 +84,9 @@ def test_an_approved_run_drops_the_tables(env_url, tmp_path):
     assert all(env_url.exists(t) for t in TARGETS)  # paused: nothing dropped yet
     plan = shown_plan(flow_run)
     assert "# Approve the drop?" in plan and "public.credit_allocations" in plan and "sha256" in plan
-    resume_flow_run(flow_run.id, run_input={"approve": True, "evidence_digest": digest_in(plan),
-                                            "approver": "test"})
+    resume_flow_run(
+        flow_run.id, run_input={"approve": True, "evidence_digest": digest_in(plan), "approver": "test"}
+    )
     state, report = job.join()
     assert state.is_completed() and report.status == "succeeded", report.reasons
     assert not any(env_url.exists(t) for t in TARGETS)
@@ -88,11 +95,15 @@ def test_an_approved_run_drops_the_tables(env_url, tmp_path):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ("INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
-         "VALUES (1, 1, 10, '2024-01-01', '2024-02-01')",
-         "rows changed since the prechecks (public.credit_allocations had 0 rows, now 1); nothing was dropped"),
-        ("CREATE VIEW late_view AS SELECT * FROM credit_allocation_transactions",
-         "the database changed since the prechecks (new: view public.late_view"),
+        (
+            "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+            "VALUES (1, 1, 10, '2024-01-01', '2024-02-01')",
+            "rows changed since the prechecks (public.credit_allocations had 0 rows, now 1); nothing was dropped",
+        ),
+        (
+            "CREATE VIEW late_view AS SELECT * FROM credit_allocation_transactions",
+            "the database changed since the prechecks (new: view public.late_view",
+        ),
     ],
     ids=["new-row", "new-view"],
 )
@@ -125,10 +136,14 @@ def test_no_answer_within_the_timeout_stops_the_run(env_url, tmp_path):
 @pytest.mark.parametrize(
     ("answer", "fragment"),
     [
-        ({"approve": False, "approver": "test", "comment": "not today"},
-         "the drop was not approved by test: not today; nothing was dropped"),
-        ({"approve": True, "approver": "test", "evidence_digest": "0" * 64},
-         "the approval names evidence digest 000000000000…, not this run's "),
+        (
+            {"approve": False, "approver": "test", "comment": "not today"},
+            "the drop was not approved by test: not today; nothing was dropped",
+        ),
+        (
+            {"approve": True, "approver": "test", "evidence_digest": "0" * 64},
+            "the approval names evidence digest 000000000000…, not this run's ",
+        ),
     ],
     ids=["rejected", "another-digest"],
 )

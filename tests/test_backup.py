@@ -129,8 +129,9 @@ def start_blocked_backup(guide_db, backup_dir: Path, version: int, **kwargs) -> 
 
 
 def toc(path: Path, tools: PgTools) -> str:
-    return subprocess.run([str(tools.pg_restore), "--list", str(path)], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        [str(tools.pg_restore), "--list", str(path)], check=True, capture_output=True, text=True
+    ).stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,8 +170,12 @@ def test_backup_writes_a_verified_private_archive(guide_db, server_version_num, 
         assert re.search(rf"^\d+; \d+ \d+ TABLE DATA public {table} postgres$", listing, re.M)
     assert verify_archive(path, TARGETS, tools) == QUALIFIED
     # The rows really are in it.
-    data = subprocess.run([str(tools.pg_restore), "--data-only", "--table=credit_allocations", "-f", "-",
-                           str(path)], check=True, capture_output=True, text=True).stdout
+    data = subprocess.run(
+        [str(tools.pg_restore), "--data-only", "--table=credit_allocations", "-f", "-", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "123.45" in data and "67.89" in data
     assert guide_db.snapshot() == before
 
@@ -273,8 +278,9 @@ def test_safedrop_pg_bin_overrides_the_search(monkeypatch, tmp_path, server_vers
         find_pg_dump(server_version_num)
 
 
-def test_row_level_security_stops_a_role_that_would_dump_a_partial_table(guide_db, server_version_num,
-                                                                         tmp_path):
+def test_row_level_security_stops_a_role_that_would_dump_a_partial_table(
+    guide_db, server_version_num, tmp_path
+):
     seed_targets(guide_db)
     role, password = f"dumper_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     guide_db.execute(
@@ -303,8 +309,10 @@ def test_row_level_security_stops_a_role_that_would_dump_a_partial_table(guide_d
         assert password not in str(direct.value) and not is_transient(direct.value)
 
         # FORCE ROW LEVEL SECURITY catches the owner too; BYPASSRLS lets the same role through.
-        guide_db.execute(f"ALTER TABLE credit_allocations OWNER TO {role};"
-                         "ALTER TABLE credit_allocations FORCE ROW LEVEL SECURITY;")
+        guide_db.execute(
+            f"ALTER TABLE credit_allocations OWNER TO {role};"
+            "ALTER TABLE credit_allocations FORCE ROW LEVEL SECURITY;"
+        )
         with pytest.raises(BackupFailed, match=r"FORCE ROW LEVEL SECURITY applies to its owner too"):
             take_backup(limited, TARGETS, backup_dir, server_version_num=server_version_num)
         guide_db.execute(f"ALTER ROLE {role} BYPASSRLS")
@@ -384,8 +392,16 @@ def test_the_password_is_never_in_any_argv(guide_db, server_version_num, tmp_pat
     assert len(argv) == 7 and argv[6].startswith(f"--file={tmp_path}/") and argv[6].endswith(".dump.partial")
     assert f"PGPASSWORD={password}".encode() in environ
     assert {e.split(b"=", 1)[0] for e in environ if e} <= {
-        b"PATH", b"LANG", b"LC_ALL", b"PGHOST", b"PGPORT", b"PGUSER", b"PGPASSWORD", b"PGDATABASE",
-        b"PGAPPNAME", b"PGCONNECT_TIMEOUT",
+        b"PATH",
+        b"LANG",
+        b"LC_ALL",
+        b"PGHOST",
+        b"PGPORT",
+        b"PGUSER",
+        b"PGPASSWORD",
+        b"PGDATABASE",
+        b"PGAPPNAME",
+        b"PGCONNECT_TIMEOUT",
     }
     assert job.error is None, job.error
     assert files_in(tmp_path) == [Path(job.result.path).name, Path(job.result.manifest_path).name]
@@ -489,8 +505,10 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
     from prefect.client.orchestration import get_client
 
     cases = {  # looked up inside the flow: a Database is never a flow parameter
-        "refused": (database_from_url(f"postgresql://postgres:pw@127.0.0.1:{free_port()}/{guide_db.name}"),
-                    server_version_num),
+        "refused": (
+            database_from_url(f"postgresql://postgres:pw@127.0.0.1:{free_port()}/{guide_db.name}"),
+            server_version_num,
+        ),
         "too-new": (guide_db.db, 990000),
     }
     quick = backup.with_options(retry_delay_seconds=0)
@@ -498,8 +516,9 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
     @flow(name="backup-retry-test")
     def attempt(case: str):
         db, version = cases[case]
-        state = quick(db, TARGETS, tmp_path, server_version_num=version, artifact_prefix="retry-test",
-                      return_state=True)
+        state = quick(
+            db, TARGETS, tmp_path, server_version_num=version, artifact_prefix="retry-test", return_state=True
+        )
         return state.state_details.task_run_id
 
     with get_client(sync_client=True) as client:
@@ -529,8 +548,12 @@ def checksums_now(guide_db, tables) -> dict[str, tuple[int, str]]:
 
 def archive_rows(path: Path, table: str, tools: PgTools) -> list[str]:
     """The rows of ``table`` in an archive (its COPY block), straight from pg_restore."""
-    script = subprocess.run([str(tools.pg_restore), "--data-only", f"--table={table}", "-f", "-", str(path)],
-                            check=True, capture_output=True, text=True).stdout
+    script = subprocess.run(
+        [str(tools.pg_restore), "--data-only", f"--table={table}", "-f", "-", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     block = script.split(f"COPY public.{table} ", 1)[1].split("\\.\n", 1)[0]
     return block.splitlines()[1:]
 
@@ -542,7 +565,9 @@ def test_the_manifest_counts_and_checksums_the_dumps_own_snapshot(guide_db, serv
     with table_locked(guide_db):  # pg_dump waits for credits, its snapshot already taken …
         job, _, _ = start_blocked_backup(guide_db, tmp_path, server_version_num)
         # … while a row arrives and commits: neither the archive nor the manifest may see it
-        guide_db.execute("INSERT INTO credit_allocation_transactions (allocation_id, amount) VALUES (1, 9.99)")
+        guide_db.execute(
+            "INSERT INTO credit_allocation_transactions (allocation_id, amount) VALUES (1, 9.99)"
+        )
     job.join()
     assert job.error is None, job.error
     result = job.result
@@ -557,10 +582,16 @@ def test_the_manifest_counts_and_checksums_the_dumps_own_snapshot(guide_db, serv
     assert manifest["pg_dump_version"] == tools.version_line and manifest["scope"] == "database"
     assert manifest["compression"] == 1 and manifest["snapshot"] and manifest["created_at"]
     assert {s["name"]: s["last_value"] for s in manifest["sequences"]} == {
-        "public.credit_allocation_transactions_id_seq": 2, "public.credit_allocations_id_seq": 2}
+        "public.credit_allocation_transactions_id_seq": 2,
+        "public.credit_allocations_id_seq": 2,
+    }
     removed = {o["description"] for o in manifest["removed"]}
-    assert {"index credit_allocations_tenant_id_idx", "constraint credit_allocations_pkey on table "
-            "credit_allocations", "sequence credit_allocations_id_seq", "table credit_allocations"} <= removed
+    assert {
+        "index credit_allocations_tenant_id_idx",
+        "constraint credit_allocations_pkey on table credit_allocations",
+        "sequence credit_allocations_id_seq",
+        "table credit_allocations",
+    } <= removed
     assert guide_db.db.password not in Path(result.manifest_path).read_text()
     assert all(t["checksum"].startswith("hash:") for t in manifest["targets"])  # PostgreSQL 14+: no text
     # the restored-data checksum is reproducible: remove the late row and the numbers agree again
@@ -568,31 +599,52 @@ def test_the_manifest_counts_and_checksums_the_dumps_own_snapshot(guide_db, serv
     assert checksums_now(guide_db, TARGETS) == expected
 
 
-def test_targets_scope_keeps_every_definition_but_only_the_targets_rows(guide_db, server_version_num, tmp_path):
+def test_targets_scope_keeps_every_definition_but_only_the_targets_rows(
+    guide_db, server_version_num, tmp_path
+):
     seed_targets(guide_db)
-    guide_db.execute("CREATE VIEW allocation_totals AS SELECT tenant_id, sum(amount) FROM credit_allocations "
-                     "GROUP BY 1; CREATE SCHEMA other; CREATE TABLE other.t (x int); INSERT INTO other.t VALUES (1)")
+    guide_db.execute(
+        "CREATE VIEW allocation_totals AS SELECT tenant_id, sum(amount) FROM credit_allocations "
+        "GROUP BY 1; CREATE SCHEMA other; CREATE TABLE other.t (x int); INSERT INTO other.t VALUES (1)"
+    )
     tools = find_pg_dump(server_version_num)
     full = take_backup(guide_db.db, TARGETS, tmp_path / "full", server_version_num=server_version_num)
     before = guide_db.snapshot()
 
-    result = take_backup(guide_db.db, TARGETS, tmp_path / "t", server_version_num=server_version_num,
-                         scope="targets", verify_restore=True)
+    result = take_backup(
+        guide_db.db,
+        TARGETS,
+        tmp_path / "t",
+        server_version_num=server_version_num,
+        scope="targets",
+        verify_restore=True,
+    )
 
     listing = toc(Path(result.path), tools)
     data = sorted(re.findall(r"TABLE DATA (\S+ \S+) ", listing))
     assert data == ["public credit_allocation_transactions", "public credit_allocations"]
-    for definition in ("TABLE public credits ", "TABLE other t ", "VIEW public allocation_totals ",
-                       "FK CONSTRAINT public credit_allocations credit_allocations_tenant_id_fkey "):
+    for definition in (
+        "TABLE public credits ",
+        "TABLE other t ",
+        "VIEW public allocation_totals ",
+        "FK CONSTRAINT public credit_allocations credit_allocations_tenant_id_fkey ",
+    ):
         assert definition in listing
     assert result.bytes < full.bytes and result.scope == "targets" and result.verified_by_restore
     assert [(t.name, t.rows) for t in result.targets] == [(QUALIFIED[0], 2), (QUALIFIED[1], 2)]
     # the scratch database is gone, and nothing else changed
-    assert guide_db.server.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'safedrop_verify_%'").strip() == "0"
+    assert (
+        guide_db.server.psql(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'safedrop_verify_%'"
+        ).strip()
+        == "0"
+    )
     assert guide_db.snapshot() == before
 
 
-def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(guide_db, server_version_num, tmp_path):
+def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(
+    guide_db, server_version_num, tmp_path
+):
     guide_db.execute(
         "CREATE TABLE allocation_events (id int, at date, note text) PARTITION BY RANGE (at);"
         "CREATE TABLE allocation_events_2023 PARTITION OF allocation_events "
@@ -605,20 +657,27 @@ def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(guide_d
     target = [TableName("public", "allocation_events")]
     tools = find_pg_dump(server_version_num)
     for scope in ("targets", "database"):
-        result = take_backup(guide_db.db, target, tmp_path / scope, server_version_num=server_version_num,
-                             scope=scope)
+        result = take_backup(
+            guide_db.db, target, tmp_path / scope, server_version_num=server_version_num, scope=scope
+        )
         assert result.tables_in_archive == ["public.allocation_events"]
         listing = toc(Path(result.path), tools)
         assert "TABLE DATA public allocation_events_2023 " in listing
         assert "TABLE DATA public allocation_events_2024_odd " in listing
         (entry,) = result.targets
         assert (entry.relkind, entry.rows) == ("p", 3)
-        assert entry.below == ["public.allocation_events_2023", "public.allocation_events_2024",
-                               "public.allocation_events_2024_odd"]
+        assert entry.below == [
+            "public.allocation_events_2023",
+            "public.allocation_events_2024",
+            "public.allocation_events_2024_odd",
+        ]
     # verification names a leaf partition whose rows are missing (data left out on purpose here)
     layout = {target[0]: ("p", [TableName("public", "allocation_events_2023"), TableName("public", "nope")])}
-    with pytest.raises(BackupFailed, match=r"lacks public.nope \(partition of public.allocation_events; "
-                       r"no TABLE or TABLE DATA entry\)"):
+    with pytest.raises(
+        BackupFailed,
+        match=r"lacks public.nope \(partition of public.allocation_events; "
+        r"no TABLE or TABLE DATA entry\)",
+    ):
         verify_archive(Path(result.path), target, tools, layout=layout)
 
 
@@ -626,16 +685,26 @@ def test_directory_format_with_parallel_jobs(guide_db, server_version_num, tmp_p
     from tasks.backup import archive_digest
 
     seed_targets(guide_db)
-    result = take_backup(guide_db.db, TARGETS, tmp_path, server_version_num=server_version_num,
-                         archive_format="directory", jobs=2, compression=0)
+    result = take_backup(
+        guide_db.db,
+        TARGETS,
+        tmp_path,
+        server_version_num=server_version_num,
+        archive_format="directory",
+        jobs=2,
+        compression=0,
+    )
     path = Path(result.path)
     assert path.is_dir() and path.name.endswith(".dumpdir") and stat.S_IMODE(path.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in path.iterdir())
     assert files_in(tmp_path) == [path.name, manifest_path(path).name]
     manifest = json.loads(manifest_path(path).read_text())
     size, digest, files = archive_digest(path)
-    assert (manifest["bytes"], manifest["sha256"], manifest["files"]) == (size, digest, files) == (
-        result.bytes, result.sha256, files)
+    assert (
+        (manifest["bytes"], manifest["sha256"], manifest["files"])
+        == (size, digest, files)
+        == (result.bytes, result.sha256, files)
+    )
     assert files == {f.name: sha256_file(f) for f in path.iterdir()} and "toc.dat" in files
     assert manifest["jobs"] == 2 and result.tables_in_archive == QUALIFIED
     with pytest.raises(UsageError, match="parallel dumps \\(jobs > 1\\) need the directory format"):
@@ -645,16 +714,21 @@ def test_directory_format_with_parallel_jobs(guide_db, server_version_num, tmp_p
 def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_version_num, tmp_path):
     seed_targets(guide_db)
     role, password = f"dumper_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    guide_db.execute(f"CREATE ROLE {role} LOGIN BYPASSRLS PASSWORD '{password}';"
-                     f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
-                     f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};")
+    guide_db.execute(
+        f"CREATE ROLE {role} LOGIN BYPASSRLS PASSWORD '{password}';"
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};"
+    )
     try:
         limited = database_from_url(guide_db.server.url(guide_db.name, user=role, password=password))
         with pytest.raises(BackupFailed) as caught:
-            take_backup(limited, TARGETS, tmp_path, server_version_num=server_version_num, verify_restore=True)
+            take_backup(
+                limited, TARGETS, tmp_path, server_version_num=server_version_num, verify_restore=True
+            )
         assert str(caught.value) == (
             f"verify_restore needs a role that may create a scratch database: role {role} has no CREATEDB; "
-            f"grant it (ALTER ROLE {role} CREATEDB) or turn verify_restore off; the drop did not run")
+            f"grant it (ALTER ROLE {role} CREATEDB) or turn verify_restore off; the drop did not run"
+        )
         assert files_in(tmp_path) == []
     finally:
         guide_db.execute(f"DROP OWNED BY {role}; DROP ROLE {role};")
@@ -664,9 +738,13 @@ def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_v
 def tiny_filesystem(path: Path, size: str = "16k") -> Iterator[bool]:
     """A tmpfs of ``size`` at ``path`` if this host lets us mount one (yields whether it did)."""
     path.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], capture_output=True
-    ).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -674,15 +752,20 @@ def tiny_filesystem(path: Path, size: str = "16k") -> Iterator[bool]:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_a_full_disk_or_size_limit_stops_the_backup_and_leaves_nothing(guide_db, server_version_num, tmp_path):
+def test_a_full_disk_or_size_limit_stops_the_backup_and_leaves_nothing(
+    guide_db, server_version_num, tmp_path
+):
     seed_targets(guide_db)
-    guide_db.execute("INSERT INTO credit_allocation_transactions (allocation_id, amount) "
-                     "SELECT 1, g FROM generate_series(1, 5000) g")
+    guide_db.execute(
+        "INSERT INTO credit_allocation_transactions (allocation_id, amount) "
+        "SELECT 1, g FROM generate_series(1, 5000) g"
+    )
     before = guide_db.snapshot()
     # RLIMIT_FSIZE on pg_dump: its writes fail past the limit, as on a full disk
     with pytest.raises(BackupFailed) as caught:
-        take_backup(guide_db.db, TARGETS, tmp_path / "cap", server_version_num=server_version_num,
-                    max_bytes=8192)
+        take_backup(
+            guide_db.db, TARGETS, tmp_path / "cap", server_version_num=server_version_num, max_bytes=8192
+        )
     message = str(caught.value)
     assert message.startswith("pg_dump failed: could not write to output file: File too large")
     assert "free space there or choose another backup_dir); the drop did not run" in message
@@ -690,8 +773,11 @@ def test_a_full_disk_or_size_limit_stops_the_backup_and_leaves_nothing(guide_db,
 
     with tiny_filesystem(tmp_path / "tiny") as mounted:
         if mounted:  # the real thing: ENOSPC
-            with pytest.raises(BackupFailed, match=r"^pg_dump failed: could not write to output file: "
-                               r"No space left on device \(the backup directory's file system is full"):
+            with pytest.raises(
+                BackupFailed,
+                match=r"^pg_dump failed: could not write to output file: "
+                r"No space left on device \(the backup directory's file system is full",
+            ):
                 take_backup(guide_db.db, TARGETS, tmp_path / "tiny", server_version_num=server_version_num)
             assert files_in(tmp_path / "tiny") == []
     assert guide_db.snapshot() == before

@@ -29,7 +29,9 @@ from tests.helpers import credit_plan
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 INJECTION = "; DROP TABLE tenants; --"
-VIEW_SQL = "CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1"
+VIEW_SQL = (
+    "CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -56,27 +58,32 @@ def write_migration(tmp_path: Path, text: str) -> Path:
     ("setup", "argv", "fragment"),
     [
         pytest.param(
-            "", ["--keep", f"credits'{INJECTION}"],
-            f"public.\"credits'{INJECTION}\" must survive the drop but does not exist; check --keep",
+            "",
+            ["--keep", f"credits'{INJECTION}"],
+            f'public."credits\'{INJECTION}" must survive the drop but does not exist; check --keep',
             id="keep-single-quote",
         ),
         pytest.param(
-            "", ["--keep", f'credits"{INJECTION}'],
+            "",
+            ["--keep", f'credits"{INJECTION}'],
             f'public."credits""{INJECTION}" must survive the drop but does not exist; check --keep',
             id="keep-double-quote",
         ),
         pytest.param(
-            "", ["--schema", f"public{INJECTION}", "--keep", "public.credits"],
+            "",
+            ["--schema", f"public{INJECTION}", "--keep", "public.credits"],
             f"schema public{INJECTION} does not exist; check --schema",
             id="schema",
         ),
         pytest.param(
-            VIEW_SQL, ["--allow-cascade", f"public.org_credit_overview'{INJECTION}"],
+            VIEW_SQL,
+            ["--allow-cascade", f"public.org_credit_overview'{INJECTION}"],
             "DROP … CASCADE would also remove view public.org_credit_overview",
             id="allow-cascade",
         ),
         pytest.param(
-            "", ["--migration", "FILE"],
+            "",
+            ["--migration", "FILE"],
             f'public."credit_allocations{INJECTION}" does not exist and safedrop\'s ledger has no record',
             id="migration-file",
         ),
@@ -88,13 +95,16 @@ def test_identifiers_that_look_like_sql_are_data(guide_db, capsys, tmp_path, set
     migration = write_migration(tmp_path, f'DROP TABLE "credit_allocations{INJECTION}";\n')
     argv = [str(migration) if a == "FILE" else a for a in argv]
     before = guide_db.snapshot()
-    code, report, err = cli_json(capsys, "run", "--database-url", guide_db.url,
-                                 "--backup-dir", str(tmp_path / "b"), *argv)
+    code, report, err = cli_json(
+        capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "b"), *argv
+    )
     assert code == 3 and report["status"] == "stopped", report["reasons"]
     assert any(fragment in r for r in report["reasons"]), report["reasons"]
     assert all("\n" not in r for r in report["reasons"])
     if "--allow-cascade" in argv:  # the odd name matched nothing, and says so
-        assert f"--allow-cascade public.org_credit_overview'{INJECTION} matches nothing" in report["warnings"][0]
+        assert (
+            f"--allow-cascade public.org_credit_overview'{INJECTION} matches nothing" in report["warnings"][0]
+        )
     assert guide_db.exists("public.tenants")
     assert guide_db.snapshot() == before
     assert not (tmp_path / "b").exists()
@@ -105,8 +115,16 @@ def test_a_table_named_like_an_injection_is_dropped_and_nothing_else(guide_db, c
     odd = f"credit_allocations{INJECTION}"
     guide_db.execute(f'CREATE TABLE "{odd}" (id int)')
     migration = write_migration(tmp_path, f'DROP TABLE "{odd}";\n')
-    code, report, _ = cli_json(capsys, "run", "--database-url", guide_db.url, "--migration", str(migration),
-                               "--backup-dir", str(tmp_path / "b"))
+    code, report, _ = cli_json(
+        capsys,
+        "run",
+        "--database-url",
+        guide_db.url,
+        "--migration",
+        str(migration),
+        "--backup-dir",
+        str(tmp_path / "b"),
+    )
     assert code == 0 and report["status"] == "succeeded", report["reasons"]
     assert report["dropped"] == [f'public."{odd}"']
     assert not guide_db.scalar("SELECT to_regclass(:t) IS NOT NULL", t=f'public."{odd}"')
@@ -116,18 +134,34 @@ def test_a_table_named_like_an_injection_is_dropped_and_nothing_else(guide_db, c
 def test_already_dropped_and_never_existed_are_told_apart(guide_db, capsys, tmp_path):
     # safedrop dropped the credit targets earlier (and wrote that in its ledger) …
     migration, oids, approved = credit_plan(guide_db)
-    drop_targets(guide_db.db, migration, oids, approved=approved,
-                 expected_rows={f"public.{t}": 0 for t in TARGETS}, allow_cascade=[],
-                 schedule=LockSchedule(), statement_timeout_s=30, record_in_ledger=True,
-                 flow_run_id="earlier-run")
+    drop_targets(
+        guide_db.db,
+        migration,
+        oids,
+        approved=approved,
+        expected_rows={f"public.{t}": 0 for t in TARGETS},
+        allow_cascade=[],
+        schedule=LockSchedule(),
+        statement_timeout_s=30,
+        record_in_ledger=True,
+        flow_run_id="earlier-run",
+    )
     code, report, _ = cli_json(capsys, "plan", "--database-url", guide_db.url)
     assert code == 0 and report["status"] == "already-applied", report["reasons"]
 
     # … and a migration that also names a table that never existed stops on that one only
     typo = write_migration(tmp_path, "DROP TABLE credit_allocations;\nDROP TABLE credit_alocations;\n")
     before = guide_db.snapshot()
-    code, report, _ = cli_json(capsys, "run", "--database-url", guide_db.url, "--migration", str(typo),
-                               "--backup-dir", str(tmp_path / "b"))
+    code, report, _ = cli_json(
+        capsys,
+        "run",
+        "--database-url",
+        guide_db.url,
+        "--migration",
+        str(typo),
+        "--backup-dir",
+        str(tmp_path / "b"),
+    )
     assert code == 3 and report["status"] == "stopped"
     assert [r for r in report["reasons"] if "does not exist" in r] == [
         "public.credit_alocations does not exist and safedrop's ledger has no record of dropping it: "
@@ -136,7 +170,9 @@ def test_already_dropped_and_never_existed_are_told_apart(guide_db, capsys, tmp_
     ]
     assert not any("public.credit_allocations " in r for r in report["reasons"])
     assert [(t["name"], t["exists"]) for t in report["targets"]] == [
-        ("public.credit_allocations", False), ("public.credit_alocations", False)]
+        ("public.credit_allocations", False),
+        ("public.credit_alocations", False),
+    ]
     assert guide_db.snapshot() == before
 
 
@@ -145,8 +181,9 @@ def test_a_missing_pg_dump_stops_before_the_drop(guide_db, capsys, tmp_path, mon
     empty.mkdir()
     monkeypatch.setenv("SAFEDROP_PG_BIN", str(empty))
     before = guide_db.snapshot()
-    code, report, _ = cli_json(capsys, "run", "--database-url", guide_db.url,
-                               "--backup-dir", str(tmp_path / "b"))
+    code, report, _ = cli_json(
+        capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "b")
+    )
     assert code == 3 and report["status"] == "stopped", report["reasons"]
     assert report["reasons"] == [
         f"SAFEDROP_PG_BIN={empty} holds no working pg_dump and pg_restore; point it at a PostgreSQL bin "
@@ -180,19 +217,54 @@ def standby_of(server: LocalPostgres) -> Iterator[int]:
     port = free_port()
     started = False
     try:
-        subprocess.run(_as_postgres(server.bindir / "pg_basebackup", "-h", server.sockdir, "-p", server.port,
-                                    "-U", "postgres", "-D", data, "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run(_as_postgres(server.bindir / "pg_ctl", "-D", data, "-l", base / "log", "-w", "-t", "60",
-                                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
-                                    "start"),
-                       check=True, capture_output=True, timeout=90)
+        subprocess.run(
+            _as_postgres(
+                server.bindir / "pg_basebackup",
+                "-h",
+                server.sockdir,
+                "-p",
+                server.port,
+                "-U",
+                "postgres",
+                "-D",
+                data,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            _as_postgres(
+                server.bindir / "pg_ctl",
+                "-D",
+                data,
+                "-l",
+                base / "log",
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ),
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
         started = True
         yield port
     finally:
         if started:
-            subprocess.run(_as_postgres(server.bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                _as_postgres(server.bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"),
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -207,7 +279,9 @@ def test_a_read_only_standby_is_refused(pg, guide_db, capsys):
             except psycopg2.OperationalError:
                 return False
 
-        wait_until(accepts_connections, deadline_s=60, interval_s=0.1, what="the standby to accept connections")
+        wait_until(
+            accepts_connections, deadline_s=60, interval_s=0.1, what="the standby to accept connections"
+        )
         code, report, err = cli_json(capsys, "plan", "--database-url", url)
     assert code == 3 and report["status"] == "stopped", report["reasons"]
     assert report["reasons"] == [

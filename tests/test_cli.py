@@ -67,7 +67,10 @@ def test_plan_json_names_every_reason_and_exits_3(guide_db, capsys, tmp_path):
         {**report["cascade"][0], "kind": "view", "name": "public.org_credit_overview"}
     ]
     assert report["code_references"][0] == {
-        **report["code_references"][0], "path": "model.ts", "line": 1, "identifier": "CreditAllocation"
+        **report["code_references"][0],
+        "path": "model.ts",
+        "line": 1,
+        "identifier": "CreditAllocation",
     }
     assert guide_db.snapshot() == before
 
@@ -79,8 +82,12 @@ def test_run_drops_and_prints_a_readable_summary(guide_db, capsys, tmp_path):
     assert not any(guide_db.exists(t) for t in TARGETS)
     dump = next((tmp_path / "bk").glob("*.dump"))
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
-    toc = subprocess.run([str(find_server_bin() / "pg_restore"), "--list", str(dump)],
-                         capture_output=True, text=True, check=True).stdout
+    toc = subprocess.run(
+        [str(find_server_bin() / "pg_restore"), "--list", str(dump)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert all(f"TABLE public {t} " in toc for t in TARGETS)
     # and again: already applied, exit 0
     code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
@@ -88,8 +95,9 @@ def test_run_drops_and_prints_a_readable_summary(guide_db, capsys, tmp_path):
 
 
 def test_run_stops_with_3_and_changes_nothing_when_something_depends(guide_db, capsys, tmp_path):
-    guide_db.execute("ALTER TABLE credit_usage ADD COLUMN allocation_id bigint "
-                     "REFERENCES credit_allocations (id)")
+    guide_db.execute(
+        "ALTER TABLE credit_usage ADD COLUMN allocation_id bigint REFERENCES credit_allocations (id)"
+    )
     before = guide_db.snapshot()
     code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
     assert code == 3
@@ -124,7 +132,7 @@ def test_a_migration_that_does_not_parse_is_refused(guide_db, capsys, tmp_path):
     before = guide_db.snapshot()
     code, _, err = cli(capsys, "run", "--database-url", guide_db.url, "--migration", str(bad))
     assert code == 2
-    assert f"migration {bad} does not parse: syntax error at or near \"TABL\"" in err
+    assert f'migration {bad} does not parse: syntax error at or near "TABL"' in err
     assert guide_db.snapshot() == before
 
 
@@ -162,8 +170,14 @@ def _console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_console_script_plan_json(guide_db, tmp_path):
     """The installed `safedrop` as a user runs it: embedded Prefect, DATABASE_URL from the environment."""
     exe = Path(sys.executable).parent / "safedrop"
-    result = subprocess.run([str(exe), "plan", "--json"], capture_output=True, text=True, timeout=300,
-                            env=_console_env(tmp_path, DATABASE_URL=guide_db.url), cwd=tmp_path)
+    result = subprocess.run(
+        [str(exe), "plan", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_console_env(tmp_path, DATABASE_URL=guide_db.url),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["status"] == "ready"
     assert guide_db.server.password not in result.stdout + result.stderr
@@ -173,8 +187,14 @@ def test_console_script_plan_json(guide_db, tmp_path):
 def test_make_demo_runs_the_whole_job(tmp_path):
     """`safedrop demo` (what `make demo` runs): zero configuration, exit 0, a summary and a backup."""
     exe = Path(sys.executable).parent / "safedrop"
-    result = subprocess.run([str(exe), "demo"], capture_output=True, text=True, timeout=600,
-                            env=_console_env(tmp_path), cwd=tmp_path)
+    result = subprocess.run(
+        [str(exe), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_console_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "READY" in result.stdout and "SUCCEEDED" in result.stdout
     assert list((tmp_path / "backups" / "demo").glob("*.dump"))

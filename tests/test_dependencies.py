@@ -72,9 +72,20 @@ def test_announced_objects_equal_the_servers_notice_list(rich_db):
     removed, _, info, _ = predicted_and_truth(rich_db.db, migration)
     announced = sorted(info[a]["description"] for a, f in removed.items() if not f & (ORIGINAL | SILENT))
     server = rich_db.server
-    cmd = [str(server.bindir / "psql"), "-X", "-h", str(server.sockdir), "-p", str(server.port), "-U", "postgres",
-           "-d", rich_db.name, "-c", "BEGIN; SET client_min_messages = notice;"
-           + migration.path.read_text() + "ROLLBACK;"]
+    cmd = [
+        str(server.bindir / "psql"),
+        "-X",
+        "-h",
+        str(server.sockdir),
+        "-p",
+        str(server.port),
+        "-U",
+        "postgres",
+        "-d",
+        rich_db.name,
+        "-c",
+        "BEGIN; SET client_min_messages = notice;" + migration.path.read_text() + "ROLLBACK;",
+    ]
     import os
 
     if os.geteuid() == 0:
@@ -104,15 +115,35 @@ def test_each_dependency_kind_is_reported_with_its_owner_and_consequence(rich_db
         "public.allocation_events_2024": ("partition", None, True, True),
         "public.allocation_events_2025": ("partition", None, True, True),
         "public.credit_grants.id": ("column default", "public.credit_grants", False, False),
-        "public.credit_configurations.last_allocation": ("column", "public.credit_configurations", True, False),
-        "public.credit_configurations_last_allocation_idx": ("index", "public.credit_configurations", False, True),
-        "public.credit_allocations in publication allocation_feed": ("publication membership", None, False, True),
+        "public.credit_configurations.last_allocation": (
+            "column",
+            "public.credit_configurations",
+            True,
+            False,
+        ),
+        "public.credit_configurations_last_allocation_idx": (
+            "index",
+            "public.credit_configurations",
+            False,
+            True,
+        ),
+        "public.credit_allocations in publication allocation_feed": (
+            "publication membership",
+            None,
+            False,
+            True,
+        ),
         "citext": ("extension", None, False, True),
     }
     for name, (kind, owner, loses, restorable) in expect.items():
         assert name in by_name, f"{name} not reported; got {sorted(by_name)}"
         obj = by_name[name]
-        assert (obj.kind, obj.owner_table, obj.loses_data, obj.restorable) == (kind, owner, loses, restorable), name
+        assert (obj.kind, obj.owner_table, obj.loses_data, obj.restorable) == (
+            kind,
+            owner,
+            loses,
+            restorable,
+        ), name
     # extension members fold into the extension; a view's rule folds into the view
     assert not any("citext" in o.name and o.kind != "extension" for o in result.cascade)
     assert not any(o.kind == "rule" and o.name == "_RETURN" for o in result.cascade)
@@ -176,8 +207,9 @@ def test_a_clean_guide_database_has_nothing_beyond_the_targets(guide_db):
 
 def test_a_restrict_migration_rehearses_like_the_server(guide_db):
     guide_db.execute("CREATE VIEW v AS SELECT * FROM credit_allocations")
-    migration = parse_migration("DROP TABLE credit_allocations;", name="m", path=Path("m.sql"),
-                                default_schema="public")
+    migration = parse_migration(
+        "DROP TABLE credit_allocations;", name="m", path=Path("m.sql"), default_schema="public"
+    )
     with connect(guide_db.db) as conn:
         with pytest.raises(Exception, match="other objects depend on it"):
             rehearse(conn, migration)

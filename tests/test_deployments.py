@@ -354,16 +354,26 @@ def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path):
             deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
             flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=params)
             dump_pid = _wait_until(
-                stack, "pg_dump to start and wait for its lock",
-                lambda: _dumping(guide_db, backup_dir), 120, process="worker",
+                stack,
+                "pg_dump to start and wait for its lock",
+                lambda: _dumping(guide_db, backup_dir),
+                120,
+                process="worker",
             )
             client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the e2e test"))
             ended = _wait_until(
-                stack, "the run to be cancelled",
-                lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r, 60, process="worker",
+                stack,
+                "the run to be cancelled",
+                lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r,
+                60,
+                process="worker",
             )
-        assert ended.state.is_cancelled(), stack.explain(f"run ended {ended.state.name}: {ended.state.message}")
-        _wait_until(stack, f"pg_dump {dump_pid} to go", lambda: not _processes_mentioning(str(backup_dir)), 30)
+        assert ended.state.is_cancelled(), stack.explain(
+            f"run ended {ended.state.name}: {ended.state.message}"
+        )
+        _wait_until(
+            stack, f"pg_dump {dump_pid} to go", lambda: not _processes_mentioning(str(backup_dir)), 30
+        )
         _wait_until(stack, "pg_dump's session to end", lambda: not _pg_dump_sessions(guide_db), 30)
     finally:
         blocker.rollback()
@@ -382,7 +392,9 @@ def _pg_dump_sessions(guide_db) -> int:
 
 def _dumping(guide_db, backup_dir: Path) -> int | None:
     """pid of the pg_dump writing into ``backup_dir`` once its session waits for a lock, else None."""
-    dumps = [pid for pid, cmd in _processes_mentioning(str(backup_dir)).items() if "pg_dump" in cmd.split()[0]]
+    dumps = [
+        pid for pid, cmd in _processes_mentioning(str(backup_dir)).items() if "pg_dump" in cmd.split()[0]
+    ]
     waiting = guide_db.scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
         "AND datname = current_database() AND wait_event_type = 'Lock'"
@@ -464,7 +476,9 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     run_args = ["deployment", "run", f"{FLOW_NAME}/{MANUAL}", "--params", json.dumps(params)]
     watch = stack.start("run", *run_args, "--watch", "--watch-timeout", "120")
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        paused = _wait_until(stack, "the run to pause", lambda: _paused_run(client, {cancelled}), 90, process="run")
+        paused = _wait_until(
+            stack, "the run to pause", lambda: _paused_run(client, {cancelled}), 90, process="run"
+        )
         mark("paused for approval")
         # Nothing dropped before the approval; the backup is already taken.
         assert all(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("dropped before approval")

@@ -49,16 +49,23 @@ def test_the_drop_backend_killed_while_holding_the_targets_drops_nothing_and_a_r
     db.execute(f"CREATE VIEW {VIEW} AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1")
     before = db.snapshot()
     counts = {t: db.count(t) for t in SURVIVORS}
-    params = dict(allow_cascade=[f"public.{VIEW}"], lock_timeout_ms=10_000, max_lock_timeout_ms=10_000,
-                  lock_wait_budget_s=60)
+    params = dict(
+        allow_cascade=[f"public.{VIEW}"],
+        lock_timeout_ms=10_000,
+        max_lock_timeout_ms=10_000,
+        lock_wait_budget_s=60,
+    )
     observer = session(db, "fault-test-observer", autocommit=True)
     try:
         # COMMENT locks the view alone (SHARE UPDATE EXCLUSIVE), not the tables under it: the drop gets
         # the targets, then waits on the view that CASCADE removes.
         with holding(db, f"COMMENT ON VIEW {VIEW} IS 'held by the test'"):
             job = Background(lambda: run(backup_dir=str(tmp_path / "b1"), **params))
-            pid = wait_until(lambda: safedrop_waiting_on(observer, VIEW), deadline_s=60,
-                             what="the drop to wait on the view")
+            pid = wait_until(
+                lambda: safedrop_waiting_on(observer, VIEW),
+                deadline_s=60,
+                what="the drop to wait on the view",
+            )
             with observer.cursor() as cur:
                 cur.execute(  # it holds the targets at this moment: killed mid-drop, not before it
                     "SELECT count(*) FROM pg_locks WHERE pid = %s AND granted AND mode = 'AccessExclusiveLock' "
@@ -76,8 +83,9 @@ def test_the_drop_backend_killed_while_holding_the_targets_drops_nothing_and_a_r
     [reason] = report.reasons
     assert reason.startswith("the drop failed and was rolled back, no table was dropped: "), reason
     # libpq reports the server's FATAL or, when the socket closes first, the closed connection
-    assert reason.endswith(("terminating connection due to administrator command",
-                            "server closed the connection unexpectedly")), reason
+    assert reason.endswith(
+        ("terminating connection due to administrator command", "server closed the connection unexpectedly")
+    ), reason
     assert "\n" not in reason and "Traceback" not in state.message
     assert report.dropped == []
     assert all(db.exists(t) for t in TARGETS) and db.exists(VIEW)  # all present, view and FKs included
@@ -97,7 +105,9 @@ def test_pg_dump_killed_mid_backup_stops_before_the_drop_and_leaves_no_file(env_
     backups = tmp_path / "b"
     with holding(db, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"):  # no precheck reads tenants
         job = Background(lambda: run(backup_dir=str(backups)))
-        pid = wait_until(lambda: _pg_dump_waiting(db, backups), deadline_s=60, what="pg_dump to wait for tenants")
+        pid = wait_until(
+            lambda: _pg_dump_waiting(db, backups), deadline_s=60, what="pg_dump to wait for tenants"
+        )
         os.kill(pid, signal.SIGKILL)
         state, report = job.join()
     assert state.is_failed() and report.status == "stopped", report.reasons

@@ -44,8 +44,12 @@ def test_happy_path_drops_backs_up_and_verifies(env_url, tmp_path):
     backup = Path(report.backup.path)
     assert backup.exists() and stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert stat.S_IMODE(backup.parent.stat().st_mode) == 0o700
-    toc = subprocess.run([str(find_server_bin() / "pg_restore"), "--list", str(backup)],
-                         check=True, capture_output=True, text=True).stdout
+    toc = subprocess.run(
+        [str(find_server_bin() / "pg_restore"), "--list", str(backup)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     for t in TARGETS:
         assert f"TABLE public {t} " in toc and f"TABLE DATA public {t} " in toc
     assert report.dropped == [f"public.{t}" for t in TARGETS]
@@ -53,8 +57,17 @@ def test_happy_path_drops_backs_up_and_verifies(env_url, tmp_path):
     assert any("code-reference scan skipped" in w for w in report.warnings)
     keys = set(artifacts_of(str(state.state_details.flow_run_id)))
     prefix = "drop-credit-allocation-tables"
-    for step in ("connection", "cleanup", "dependencies", "code-references", "backup", "drop",
-                 "verification", "summary", "table-status"):
+    for step in (
+        "connection",
+        "cleanup",
+        "dependencies",
+        "code-references",
+        "backup",
+        "drop",
+        "verification",
+        "summary",
+        "table-status",
+    ):
         assert f"{prefix}-{step}" in keys, keys
     # the ledger lives in safedrop's own schema, not the application's
     assert db.scalar("SELECT count(*) FROM safedrop.dropped_tables") == 2
@@ -75,8 +88,10 @@ def test_dry_run_reports_ready_and_changes_nothing(env_url, tmp_path):
 
 
 def test_rows_in_a_target_stop_the_run(env_url, tmp_path):
-    env_url.execute("INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
-                    "VALUES (1, 1, 10, '2024-01-01', '2024-02-01'), (2, 2, 5, '2024-01-01', '2024-02-01')")
+    env_url.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "VALUES (1, 1, 10, '2024-01-01', '2024-02-01'), (2, 2, 5, '2024-01-01', '2024-02-01')"
+    )
     before = env_url.snapshot()
     state, report = run(backup_dir=str(tmp_path / "b"))
     assert_stopped(state, report, "public.credit_allocations still has 2 rows", "--allow-nonempty")
@@ -85,27 +100,39 @@ def test_rows_in_a_target_stop_the_run(env_url, tmp_path):
 
 
 def test_allow_nonempty_drops_after_a_backup_that_holds_the_rows(env_url, tmp_path):
-    env_url.execute("INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
-                    "VALUES (1, 1, 10, '2024-01-01', '2024-02-01')")
+    env_url.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "VALUES (1, 1, 10, '2024-01-01', '2024-02-01')"
+    )
     state, report = run(allow_nonempty=True, backup_dir=str(tmp_path / "b"))
     assert report.status == "succeeded", report.reasons
     assert not env_url.exists("public.credit_allocations")
-    data = subprocess.run([str(find_server_bin() / "pg_restore"), "-t", "credit_allocations", "-f", "-",
-                           report.backup.path], check=True, capture_output=True, text=True).stdout
+    data = subprocess.run(
+        [str(find_server_bin() / "pg_restore"), "-t", "credit_allocations", "-f", "-", report.backup.path],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "2024-01-01" in data
 
 
 def test_a_view_over_a_target_stops_the_run(env_url, tmp_path):
-    env_url.execute("CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1")
+    env_url.execute(
+        "CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1"
+    )
     before = env_url.snapshot()
     state, report = run(backup_dir=str(tmp_path / "b"))
-    assert_stopped(state, report, "view public.org_credit_overview", "--allow-cascade public.org_credit_overview")
+    assert_stopped(
+        state, report, "view public.org_credit_overview", "--allow-cascade public.org_credit_overview"
+    )
     assert [o.name for o in report.cascade] == ["public.org_credit_overview"]
     assert env_url.snapshot() == before
 
 
 def test_an_allowed_view_is_removed_and_reported(env_url, tmp_path):
-    env_url.execute("CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1")
+    env_url.execute(
+        "CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1"
+    )
     state, report = run(allow_cascade=["public.org_credit_overview"], backup_dir=str(tmp_path / "b"))
     assert report.status == "succeeded", report.reasons
     assert report.cascade[0].allowed and "will be removed" in report.cascade[0].why
@@ -113,13 +140,16 @@ def test_an_allowed_view_is_removed_and_reported(env_url, tmp_path):
 
 
 def test_a_foreign_key_from_a_surviving_table_stops_the_run(env_url, tmp_path):
-    env_url.execute("ALTER TABLE credit_usage ADD COLUMN allocation_id bigint "
-                    "CONSTRAINT credit_usage_allocation_id_fkey REFERENCES credit_allocations (id)")
+    env_url.execute(
+        "ALTER TABLE credit_usage ADD COLUMN allocation_id bigint "
+        "CONSTRAINT credit_usage_allocation_id_fkey REFERENCES credit_allocations (id)"
+    )
     before = env_url.snapshot()
     state, report = run(backup_dir=str(tmp_path / "b"))
     assert_stopped(state, report, "foreign key credit_usage_allocation_id_fkey on public.credit_usage")
     assert [(fk.constraint, fk.table) for fk in report.inbound_foreign_keys] == [
-        ("credit_usage_allocation_id_fkey", "public.credit_usage")]
+        ("credit_usage_allocation_id_fkey", "public.credit_usage")
+    ]
     assert env_url.snapshot() == before
 
 
@@ -139,20 +169,26 @@ def test_an_untracked_plpgsql_trigger_stops_the_run(env_url, tmp_path):
 def test_code_references_stop_the_run(env_url, tmp_path):
     app = tmp_path / "app"
     (app / "src").mkdir(parents=True)
-    (app / "src" / "allocations.js").write_text("const rows = await db.query('SELECT * FROM credit_allocations');\n")
+    (app / "src" / "allocations.js").write_text(
+        "const rows = await db.query('SELECT * FROM credit_allocations');\n"
+    )
     before = env_url.snapshot()
     state, report = run(code_paths=[str(app)], backup_dir=str(tmp_path / "b"))
     assert_stopped(state, report, "code still references")
     assert [(r.path, r.line, r.identifier) for r in report.code_references] == [
-        ("src/allocations.js", 1, "credit_allocations")]
+        ("src/allocations.js", 1, "credit_allocations")
+    ]
     assert env_url.snapshot() == before
 
 
 def test_a_role_that_may_not_drop_stops_the_run(env_url, tmp_path, monkeypatch):
-    env_url.execute("CREATE ROLE app_reader LOGIN PASSWORD 'reader-pass-123'; "
-                    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_reader")
-    monkeypatch.setenv("DATABASE_URL", env_url.server.url(env_url.name, user="app_reader",
-                                                          password="reader-pass-123"))
+    env_url.execute(
+        "CREATE ROLE app_reader LOGIN PASSWORD 'reader-pass-123'; "
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_reader"
+    )
+    monkeypatch.setenv(
+        "DATABASE_URL", env_url.server.url(env_url.name, user="app_reader", password="reader-pass-123")
+    )
     before = env_url.snapshot()
     state, report = run(backup_dir=str(tmp_path / "b"))
     assert_stopped(state, report, "role app_reader may not drop public.credit_allocations (owner postgres)")
@@ -180,7 +216,9 @@ def test_targets_that_never_existed_stop_the_run(env_url, tmp_path):
     env_url.execute("DROP TABLE credit_allocation_transactions, credit_allocations")
     before = env_url.snapshot()
     state, report = run(backup_dir=str(tmp_path / "b"))
-    assert_stopped(state, report, "public.credit_allocations does not exist and safedrop's ledger has no record")
+    assert_stopped(
+        state, report, "public.credit_allocations does not exist and safedrop's ledger has no record"
+    )
     assert env_url.snapshot() == before
 
 
@@ -197,15 +235,18 @@ def test_a_migration_with_other_statements_is_refused(env_url, tmp_path):
     before = env_url.snapshot()
     state, report = run(migration=str(bad))
     assert state.is_failed() and report.status == "failed"
-    assert report.reasons == [f"migration {bad} statement 2 is DELETE; a safedrop migration may hold only "
-                              "DROP TABLE statements"]
+    assert report.reasons == [
+        f"migration {bad} statement 2 is DELETE; a safedrop migration may hold only DROP TABLE statements"
+    ]
     assert env_url.snapshot() == before
 
 
 def test_every_reason_is_named_at_once(env_url, tmp_path):
-    env_url.execute("INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
-                    "VALUES (1, 1, 10, '2024-01-01', '2024-02-01');"
-                    "CREATE VIEW v_alloc AS SELECT * FROM credit_allocation_transactions")
+    env_url.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "VALUES (1, 1, 10, '2024-01-01', '2024-02-01');"
+        "CREATE VIEW v_alloc AS SELECT * FROM credit_allocation_transactions"
+    )
     state, report = run(keep=["credits", "nope"], backup_dir=str(tmp_path / "b"))
     assert_stopped(state, report, "still has 1 rows", "view public.v_alloc", "public.nope must survive")
 

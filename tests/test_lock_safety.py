@@ -173,7 +173,11 @@ def test_drop_targets_counts_attempts_and_lock_timeouts(guide_db):
     try:
         with holding(guide_db, "LOCK TABLE credit_allocation_transactions IN ROW EXCLUSIVE MODE"):
             job = Background(
-                lambda: drop_now(guide_db, (migration, oids, approved), LockSchedule(first_timeout_ms=100, max_timeout_ms=400, budget_ms=30_000))
+                lambda: drop_now(
+                    guide_db,
+                    (migration, oids, approved),
+                    LockSchedule(first_timeout_ms=100, max_timeout_ms=400, budget_ms=30_000),
+                )
             )
 
             def waited(n: int) -> bool:
@@ -196,7 +200,11 @@ def test_a_held_hot_parent_is_named_too(guide_db):
     with holding(guide_db, "SELECT * FROM credits LIMIT 1") as blocker:
         pid = blocker.get_backend_pid()
         with pytest.raises(DropFailed) as caught:
-            drop_now(guide_db, (migration, oids, approved), LockSchedule(first_timeout_ms=100, max_timeout_ms=200, budget_ms=1_000))
+            drop_now(
+                guide_db,
+                (migration, oids, approved),
+                LockSchedule(first_timeout_ms=100, max_timeout_ms=200, budget_ms=1_000),
+            )
     message = str(caught.value)
     assert f"blocked by: pid {pid} ({BLOCKER_APP}, idle in transaction" in message, message
     assert "holds AccessShareLock on public.credits" in message
@@ -218,18 +226,29 @@ def test_holding_one_parent_it_never_waits_long_enough_to_deadlock_the_applicati
         with app.cursor() as cur:
             cur.execute("SELECT 1 FROM tenants WHERE id = 1 FOR KEY SHARE")  # an FK check of the insert
         job = Background(
-            lambda: drop_now(guide_db, (migration, oids, approved), LockSchedule(first_timeout_ms=5_000, max_timeout_ms=5_000, budget_ms=30_000))
+            lambda: drop_now(
+                guide_db,
+                (migration, oids, approved),
+                LockSchedule(first_timeout_ms=5_000, max_timeout_ms=5_000, budget_ms=30_000),
+            )
         )
         wait_until(
-            lambda: any(w["waits_for"] == "tenants" and "credits" in w["holds"]
-                        for w in waiting_safedrop(observer).values()),
-            deadline_s=30, interval_s=0.01, what="the drop to hold credits and wait for tenants",
+            lambda: any(
+                w["waits_for"] == "tenants" and "credits" in w["holds"]
+                for w in waiting_safedrop(observer).values()
+            ),
+            deadline_s=30,
+            interval_s=0.01,
+            what="the drop to hold credits and wait for tenants",
         )
 
         def app_waits_for_credits() -> bool:
             with observer.cursor() as cur:
-                cur.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted "
-                            "AND relation = 'credits'::regclass", (app.get_backend_pid(),))
+                cur.execute(
+                    "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted "
+                    "AND relation = 'credits'::regclass",
+                    (app.get_backend_pid(),),
+                )
                 return cur.fetchone()[0] > 0
 
         def second_check() -> None:
@@ -237,10 +256,16 @@ def test_holding_one_parent_it_never_waits_long_enough_to_deadlock_the_applicati
                 cur.execute("SELECT 1 FROM credits WHERE id = 1 FOR KEY SHARE")  # the cycle closes here
 
         app_job = Background(second_check)
-        seen_waiting.append(wait_until(
-            lambda: "waiting" if app_waits_for_credits() else None if app_job.thread.is_alive() else "done",
-            deadline_s=30, interval_s=0.005, what="the application to wait",
-        ))
+        seen_waiting.append(
+            wait_until(
+                lambda: (
+                    "waiting" if app_waits_for_credits() else None if app_job.thread.is_alive() else "done"
+                ),
+                deadline_s=30,
+                interval_s=0.005,
+                what="the application to wait",
+            )
+        )
         app_job.join()  # no DeadlockDetected: the drop let go of credits first
         app.commit()
         result = job.join()
@@ -267,17 +292,24 @@ def test_while_it_rechecks_it_blocks_writers_of_the_targets_but_no_reader(guide_
     other = session(guide_db, "lock-test-reader", autocommit=True)
     try:
         with holding(guide_db, "SELECT * FROM credit_allocation_transactions LIMIT 1"):
-            job = Background(lambda: drop_now(guide_db, (migration, oids, approved), TEN_SECONDS, ledger=True))
+            job = Background(
+                lambda: drop_now(guide_db, (migration, oids, approved), TEN_SECONDS, ledger=True)
+            )
             waiting = wait_until(
                 lambda: next(iter(waiting_safedrop(observer).values()), None),
-                deadline_s=30, interval_s=0.01, what="the drop to wait for its upgrade",
+                deadline_s=30,
+                interval_s=0.01,
+                what="the drop to wait for its upgrade",
             )
             assert waiting["waits_for"] == "credit_allocation_transactions", waiting
             assert set(TARGETS) <= waiting["holds"] and not waiting["holds"] & {*HOT, *SURVIVORS}, waiting
             with observer.cursor() as cur:
-                cur.execute("SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE a.application_name = 'safedrop' "
-                            "AND l.granted AND l.mode <> 'AccessShareLock' AND c.relname = ANY (%s) ORDER BY 1", (TARGETS,))
+                cur.execute(
+                    "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE a.application_name = 'safedrop' "
+                    "AND l.granted AND l.mode <> 'AccessShareLock' AND c.relname = ANY (%s) ORDER BY 1",
+                    (TARGETS,),
+                )
                 assert cur.fetchall() == [(t, "ExclusiveLock") for t in sorted(TARGETS)]
             assert read_quickly(other, "credit_allocations", "100ms") == 0
             with pytest.raises(psycopg2.errors.LockNotAvailable), other.cursor() as cur:
@@ -312,7 +344,9 @@ def test_a_dependant_committed_while_it_waits_for_the_upgrade_stops_the_drop(gui
         job = Background(lambda: drop_now(guide_db, plan, TEN_SECONDS, allow=allow, ledger=True))
         wait_until(
             lambda: any(w["waits_for"] == "credit_allocations" for w in waiting_safedrop(observer).values()),
-            deadline_s=30, interval_s=0.01, what="the drop to wait for ACCESS EXCLUSIVE",
+            deadline_s=30,
+            interval_s=0.01,
+            what="the drop to wait for ACCESS EXCLUSIVE",
         )
         creator.commit()
         with pytest.raises(DropFailed) as caught:
@@ -388,6 +422,7 @@ def test_a_running_autovacuum_on_a_target_does_not_fail_the_drop(pg, guide_db):
     pg.psql("ALTER SYSTEM SET autovacuum_naptime = '1s'; SELECT pg_reload_conf();")
     observer = session(db, "lock-test-observer", autocommit=True)
     try:
+
         def autovacuum_running() -> bool:
             with observer.cursor() as cur:
                 cur.execute(
@@ -396,7 +431,9 @@ def test_a_running_autovacuum_on_a_target_does_not_fail_the_drop(pg, guide_db):
                 )
                 return cur.fetchone()[0] > 0
 
-        wait_until(autovacuum_running, deadline_s=30, interval_s=0.05, what="autovacuum on credit_allocations")
+        wait_until(
+            autovacuum_running, deadline_s=30, interval_s=0.05, what="autovacuum on credit_allocations"
+        )
     finally:
         pg.psql("ALTER SYSTEM RESET autovacuum_naptime; SELECT pg_reload_conf();")
     migration, oids, approved = credit_plan(db)
@@ -424,8 +461,9 @@ def test_a_second_run_stops_at_once_naming_the_first(env_url, tmp_path):
         state, report = run(backup_dir=str(tmp_path / "b"))
     assert state.is_failed() and report.status == "stopped", report.reasons
     [reason] = report.reasons
-    assert (f"another safedrop run is already working on {db.db.display}: "
-            "safedrop run run-a-1234 (pid ") in reason, reason
+    assert (
+        f"another safedrop run is already working on {db.db.display}: safedrop run run-a-1234 (pid "
+    ) in reason, reason
     assert reason.endswith("nothing was changed — wait for it to finish, then re-run")
     assert db.snapshot() == before
     assert not (tmp_path / "b").exists()
@@ -444,12 +482,15 @@ with one_run_at_a_time(database_from_url(sys.argv[1]), "crashed-run"):
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_killed_run_leaves_no_stale_lock(env_url, tmp_path):
     db = env_url
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_RUN_LOCK, db.url], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_RUN_LOCK, db.url], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        holder_backend = db.scalar("SELECT pid FROM pg_stat_activity WHERE application_name = "
-                                   "'safedrop run crashed-run' AND datname = current_database()")
+        holder_backend = db.scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = "
+            "'safedrop run crashed-run' AND datname = current_database()"
+        )
         assert holder_backend
         os.kill(holder.pid, signal.SIGKILL)  # no cleanup code runs
         holder.wait(10)
@@ -457,8 +498,11 @@ def test_a_killed_run_leaves_no_stale_lock(env_url, tmp_path):
         if holder.poll() is None:
             holder.kill()
     # The server notices the closed socket and ends the session, and with it the lock.
-    wait_until(lambda: not db.scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=holder_backend),
-               deadline_s=10, what="the killed run's session to end")
+    wait_until(
+        lambda: not db.scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=holder_backend),
+        deadline_s=10,
+        what="the killed run's session to end",
+    )
     state, report = run(backup_dir=str(tmp_path / "b"))
     assert state.is_completed() and report.status == "succeeded", report.reasons
     assert not any(db.exists(t) for t in TARGETS)

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def _scans(db, table: str) -> int:
     return db.scalar(
-        "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = to_regclass(:t)", t=table
+        "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = to_regclass(:t)",
+        t=table,
     )
 
 

@@ -248,8 +248,11 @@ def tool_running(name: str, directory: Path) -> tuple[int, list[str]] | None:
     test's, and not the quick ``pg_restore --list`` the steps run to read the archive's contents."""
     marker = "--file=" if name == "pg_dump" else "--single-transaction"
     for pid, argv in cmdlines().items():
-        if (Path(argv[0]).name == name and any(a.startswith(marker) for a in argv)
-                and any(str(directory) + "/" in a for a in argv[1:])):
+        if (
+            Path(argv[0]).name == name
+            and any(a.startswith(marker) for a in argv)
+            and any(str(directory) + "/" in a for a in argv[1:])
+        ):
             return pid, argv
     return None
 
@@ -332,25 +335,36 @@ def test_a_partitioned_target_comes_back_with_its_partitions(guide_db, tmp_path)
         rows = db.scalar("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM allocation_events t")
         bounds = db.scalar(
             "SELECT string_agg(c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid), '; ' ORDER BY c.relname) "
-            "FROM pg_class c WHERE c.relname LIKE 'allocation_events_%' AND c.relispartition")
+            "FROM pg_class c WHERE c.relname LIKE 'allocation_events_%' AND c.relispartition"
+        )
         indexes = db.scalar("SELECT count(*) FROM pg_indexes WHERE tablename LIKE 'allocation_events%'")
         return rows, bounds, indexes, db.scalar("SELECT last_value FROM allocation_events_id_seq")
 
     before = state()
-    result = take_backup(db.db, [TableName("public", "allocation_events")], tmp_path, scope="targets",
-                         server_version_num=int(db.server.psql("SHOW server_version_num")))
+    result = take_backup(
+        db.db,
+        [TableName("public", "allocation_events")],
+        tmp_path,
+        scope="targets",
+        server_version_num=int(db.server.psql("SHOW server_version_num")),
+    )
     # json has no hash function: this table's checksum is md5 over the row text (TimeZone pinned)
     assert result.targets[0].checksum.startswith("md5:")
     db.execute("DROP TABLE allocation_events CASCADE")
 
     plan = plan_restore(db.db, result.path)
-    assert {"TABLE public allocation_events_2024_h1", "TABLE ATTACH public allocation_events_2024_h1",
-            "TABLE DATA public allocation_events_2023", "INDEX ATTACH public allocation_events_2024_h0_note_idx",
-            "SEQUENCE SET public allocation_events_id_seq"} <= set(plan.check.entries)
+    assert {
+        "TABLE public allocation_events_2024_h1",
+        "TABLE ATTACH public allocation_events_2024_h1",
+        "TABLE DATA public allocation_events_2023",
+        "INDEX ATTACH public allocation_events_2024_h0_note_idx",
+        "SEQUENCE SET public allocation_events_id_seq",
+    } <= set(plan.check.entries)
     run_restore(db.db, plan)
     verification = verify_restored(db.db, plan)
     assert [(t.name, t.rows_found, t.checksum_matches) for t in verification.tables] == [
-        ("public.allocation_events", 150, True)]
+        ("public.allocation_events", 150, True)
+    ]
     assert state() == before
     assert plan_restore(db.db, result.path).already_restored
 
@@ -364,18 +378,29 @@ def test_missing_foreign_keys_on_intact_tables_are_put_back(env_url, tmp_path):
     db = env_url
     seed(db)
     before = contents(db)
-    targets = [TableName("public", "credit_allocation_transactions"), TableName("public", "credit_allocations")]
-    result = take_backup(db.db, targets, tmp_path, server_version_num=int(db.server.psql("SHOW server_version_num")),
-                         allow_cascade=[VIEW, FK])
-    db.execute(f"ALTER TABLE credit_usage DROP CONSTRAINT {FK};"
-               "ALTER TABLE credit_allocations DROP CONSTRAINT credit_allocations_tenant_id_fkey;"
-               "SELECT nextval('credit_allocations_id_seq')")  # the live sequence moved on: left alone
+    targets = [
+        TableName("public", "credit_allocation_transactions"),
+        TableName("public", "credit_allocations"),
+    ]
+    result = take_backup(
+        db.db,
+        targets,
+        tmp_path,
+        server_version_num=int(db.server.psql("SHOW server_version_num")),
+        allow_cascade=[VIEW, FK],
+    )
+    db.execute(
+        f"ALTER TABLE credit_usage DROP CONSTRAINT {FK};"
+        "ALTER TABLE credit_allocations DROP CONSTRAINT credit_allocations_tenant_id_fkey;"
+        "SELECT nextval('credit_allocations_id_seq')"
+    )  # the live sequence moved on: left alone
 
     state, report = restore(result.path)
     assert report.status == "restored", report.reasons
     assert sorted(report.check.entries) == [
         "FK CONSTRAINT public credit_allocations credit_allocations_tenant_id_fkey",
-        f"FK CONSTRAINT public credit_usage {FK}"]
+        f"FK CONSTRAINT public credit_usage {FK}",
+    ]
     assert any("putting back only what is missing" in w for w in report.warnings)
     after = contents(db)
     assert after.pop("public.credit_allocations_id_seq") != before.pop("public.credit_allocations_id_seq")

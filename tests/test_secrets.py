@@ -45,7 +45,9 @@ def cmdlines() -> dict[int, str]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                out[int(entry.name)] = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                )
             except OSError:
                 continue
     return out
@@ -66,7 +68,8 @@ def traces(flow_run_id: str) -> dict[str, str]:
         "logs": "\n".join(log.message for log in logs),
         "task runs": "\n".join(f"{t.name} {t.state.name} {t.state.message}" for t in task_runs),
         "artifacts": "\n".join(
-            f"{a.key} {a.description} {json.dumps(a.data, default=str)}" for a in artifacts_of(flow_run_id).values()
+            f"{a.key} {a.description} {json.dumps(a.data, default=str)}"
+            for a in artifacts_of(flow_run_id).values()
         ),
     }
 
@@ -87,7 +90,9 @@ def owner_role(guide_db, monkeypatch):
     return role
 
 
-def test_the_password_is_nowhere_after_a_whole_run(guide_db, owner_role, tmp_path, monkeypatch, capfd, caplog):
+def test_the_password_is_nowhere_after_a_whole_run(
+    guide_db, owner_role, tmp_path, monkeypatch, capfd, caplog
+):
     real = find_server_bin()
     bindir, gate = tmp_path / "bin", tmp_path / "gate"
     bindir.mkdir()
@@ -101,7 +106,8 @@ def test_the_password_is_nowhere_after_a_whole_run(guide_db, owner_role, tmp_pat
     try:
         pid = wait_until(
             lambda: next((p for p, c in cmdlines().items() if f"{bindir}/pg_dump --format" in c), None),
-            deadline_s=60, what="pg_dump to start",
+            deadline_s=60,
+            what="pg_dump to start",
         )
         everyone = cmdlines()  # pg_dump is running: held at its gate
     finally:
@@ -121,8 +127,11 @@ def test_the_password_is_nowhere_after_a_whole_run(guide_db, owner_role, tmp_pat
     assert found["logs"] and found["artifacts"] and found["task runs"]
     assert {where for where, text in found.items() if PASSWORD in text} == set()
     assert PASSWORD not in report.model_dump_json() + str(state.message)
-    assert not [p for p in backups.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()
-                and not p.name.endswith(".dump")]  # the archive itself holds data, not the URL
+    assert not [
+        p
+        for p in backups.rglob("*")
+        if p.is_file() and PASSWORD.encode() in p.read_bytes() and not p.name.endswith(".dump")
+    ]  # the archive itself holds data, not the URL
     stored = prefect_database_bytes()
     assert f"{owner_role}@127.0.0.1".encode() in stored  # the logs are in there, URL masked …
     assert PASSWORD.encode() not in stored  # … and the password is not, anywhere
@@ -141,8 +150,13 @@ def test_the_password_is_nowhere_after_a_failed_connection(guide_db, tmp_path, m
     flow_run_id = str(state.state_details.flow_run_id)
     found = traces(flow_run_id)
     with get_client(sync_client=True) as client:
-        [precheck] = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_run_id]))) if t.name.startswith("connection-precheck")]
+        [precheck] = [
+            t
+            for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if t.name.startswith("connection-precheck")
+        ]
     assert precheck.run_count == 4  # refused connections are retried (three times), then named
     assert {where for where, text in found.items() if PASSWORD in text} == set()
     assert PASSWORD.encode() not in prefect_database_bytes()
