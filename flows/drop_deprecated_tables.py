@@ -59,7 +59,13 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
             run.activity = activity_check(db, list(oids.values()), migration.slug, prefix)
             run.cleanup = cleanup_check(
-                db, list(oids), list(oids.values()), present_keep, params.allow_nonempty, prefix
+                db,
+                list(oids),
+                list(oids.values()),
+                present_keep,
+                params.allow_nonempty,
+                prefix,
+                lock_wait_s=params.lock_wait_budget_s,
             )
             run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
             if params.rehearse:

@@ -130,7 +130,8 @@ class DropParameters(BaseModel):
         gt=0,
         le=3600,
         description="Total time the drop may spend retrying for its locks before it gives up with "
-        "nothing dropped and names the blocking sessions.",
+        "nothing dropped and names the blocking sessions; also the longest the cleanup check waits to "
+        "count a table someone holds exclusively.",
     )
     statement_timeout_s: int = Field(
         60, ge=1, le=3600, description="statement_timeout for the drop transaction, in seconds."

@@ -7,6 +7,7 @@ foreign keys on other tables that reference a target.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
@@ -14,9 +15,11 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.database import Database, connect
-from safedrop.errors import ConnectionFailed
+from safedrop.errors import ConnectionFailed, PrecheckStop
+from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
 from safedrop.report import CleanupResult, ForeignKeyIn
+from tasks.connection import table_status
 
 
 def count_rows(conn: Connection, tables: list[TableName]) -> dict[str, int]:
@@ -36,19 +39,41 @@ def check_cleanup(
     keep: list[TableName],
     *,
     allow_nonempty: bool,
+    lock_wait_s: float = 120,
 ) -> CleanupResult:
-    with connect(db) as conn:
-        with conn.begin():
-            # one snapshot for every count
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            target_rows = count_rows(conn, targets)
-            keep_rows = count_rows(conn, keep)
-            fks = [
-                ForeignKeyIn(
-                    constraint=r["constraint_name"], table=r["referencing_table"], target=r["target"]
+    """Counts in one snapshot. A count waits at most ``lock_wait_s`` for a table someone holds
+    exclusively (a migration, a VACUUM FULL): then the run stops naming who holds it."""
+    try:
+        with connect(db) as conn:
+            with conn.begin():
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                queries.rows(
+                    conn,
+                    "set_local_timeouts",
+                    lock_timeout=f"{int(lock_wait_s * 1000)}ms",
+                    statement_timeout="0",
                 )
-                for r in queries.rows(conn, "inbound_foreign_keys", oids=target_oids)
+                target_rows = count_rows(conn, targets)
+                keep_rows = count_rows(conn, keep)
+                fks = [
+                    ForeignKeyIn(
+                        constraint=r["constraint_name"], table=r["referencing_table"], target=r["target"]
+                    )
+                    for r in queries.rows(conn, "inbound_foreign_keys", oids=target_oids)
+                ]
+    except sa.exc.DBAPIError as exc:
+        if not is_lock_timeout(exc):
+            raise
+        with connect(db) as conn:
+            oids = target_oids + [r["oid"] for r in table_status(conn, keep) if r["oid"]]
+        blockers = describe_blockers(db, oids, [])
+        raise PrecheckStop(
+            [
+                f"the cleanup check could not read the tables within the lock-wait budget {lock_wait_s:g} s; "
+                f"blocked by: {'; '.join(blockers) or 'a session that has since finished'}. Nothing was "
+                "changed — let it finish (or end it) and re-run"
             ]
+        ) from None
     reasons, warnings = [], []
     for table, n in target_rows.items():
         if n and not allow_nonempty:
@@ -97,9 +122,12 @@ def cleanup_check(
     keep: list[TableName],
     allow_nonempty: bool,
     artifact_prefix: str,
+    lock_wait_s: float = 120,
 ) -> CleanupResult:
     """Row counts of targets and survivors, and foreign keys pointing into the targets."""
-    result = check_cleanup(db, targets, target_oids, keep, allow_nonempty=allow_nonempty)
+    result = check_cleanup(
+        db, targets, target_oids, keep, allow_nonempty=allow_nonempty, lock_wait_s=lock_wait_s
+    )
     get_run_logger().info(
         "target rows: %s; inbound foreign keys: %d",
         ", ".join(f"{t}={n}" for t, n in result.target_rows.items()) or "none",

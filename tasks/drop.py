@@ -58,6 +58,7 @@ from safedrop import queries
 from safedrop.artifacts import md_list, publish_markdown
 from safedrop.database import Database, connect
 from safedrop.errors import DropFailed
+from safedrop.locks import LOCK_NOT_AVAILABLE, describe_blockers
 from safedrop.migration import DropStatement, Migration, TableName
 from safedrop.report import DependencyResult, DropResult
 from tasks.cleanup import count_rows
@@ -70,7 +71,6 @@ from tasks.dependencies import (
     unapproved_changes,
 )
 
-LOCK_NOT_AVAILABLE = "55P03"
 DEADLOCK_DETECTED = "40P01"  # we lost a lock cycle (rolled back, holding nothing): as retryable as a timeout
 QUERY_CANCELED = "57014"
 DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"  # DROP … RESTRICT refused: something new depends on a target
@@ -162,25 +162,6 @@ def _set_timeouts(conn: Connection, lock_timeout_ms: int, statement_timeout_s: i
         lock_timeout=f"{lock_timeout_ms}ms",
         statement_timeout=f"{statement_timeout_s}s",
     )
-
-
-def describe_blockers(db: Database, oids: list[int], exclude_pids: list[int]) -> list[str]:
-    """Who holds the locks we waited for: pid, application, state, transaction age, query."""
-    try:
-        with connect(db) as conn:
-            rows = queries.rows(conn, "lock_blockers", oids=oids, exclude_pids=exclude_pids)
-    except Exception:
-        return []
-    seen, out = set(), []
-    for r in rows:
-        if r["pid"] in seen or not r["granted"]:
-            continue
-        seen.add(r["pid"])
-        out.append(
-            f"pid {r['pid']} ({r['application_name'] or 'no application_name'}, {r['state']}, "
-            f"transaction open {r['xact_seconds']} s, holds {r['mode']} on {r['relation']}): {r['query']}"
-        )
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -165,6 +165,27 @@ def test_a_blocker_longer_than_the_budget_is_named_and_nothing_is_dropped(env_ur
     assert all(db.exists(t) for t in TARGETS)
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_survivor_held_exclusively_stops_the_cleanup_check_naming_the_holder(env_url, tmp_path):
+    """Counting credits (a table that must survive) waits for a session holding it exclusively only as
+    long as the lock-wait budget; then the run stops, names that session, and changes nothing."""
+    db = env_url
+    before = db.snapshot()
+    with holding(db, "LOCK TABLE credits IN ACCESS EXCLUSIVE MODE") as blocker:
+        pid = blocker.get_backend_pid()
+        state, report = run(backup_dir=str(tmp_path / "b"), lock_wait_budget_s=1)
+    assert state.is_failed() and report.status == "stopped", report.reasons
+    [reason] = report.reasons
+    assert reason.startswith(
+        "the cleanup check could not read the tables within the lock-wait budget 1 s; "
+    ), reason
+    assert f"blocked by: pid {pid} ({BLOCKER_APP}, idle in transaction" in reason, reason
+    assert "holds AccessExclusiveLock on public.credits" in reason, reason
+    assert reason.endswith("Nothing was changed — let it finish (or end it) and re-run")
+    assert db.snapshot() == before
+    assert not (tmp_path / "b").exists()
+
+
 def test_drop_targets_counts_attempts_and_lock_timeouts(guide_db):
     """The plain function, no Prefect: the DropResult says how many attempts and lock timeouts it took."""
     migration, oids, approved = credit_plan(guide_db)
