@@ -421,6 +421,7 @@ def analyse(
     allow: Sequence[str] = (),
 ) -> DependencyResult:
     """The dependency scan on an open connection (also used inside the drop transaction)."""
+    queries.rows(conn, "catalog_session")
     removed, refused = predict_removal(conn, statement_oids(migration, oids))
     info = describe(conn, list(removed))
     target_oids = set(oids.values())

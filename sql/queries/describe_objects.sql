@@ -2,10 +2,18 @@
 -- "drop cascades to" notices), its identity, and what it belongs to: the relation that owns it
 -- (an index's table, a sequence's owning table, a constraint's or trigger's table, …), a relation's
 -- kind and parent (partition or inheritance child), a constraint's type, and a composite column's type.
+-- Every lookup is by index, per object, except toast tables' owners (pg_class has no index on
+-- reltoastrelid): those are found in one pass. Correlated seq scans would also make the planner's
+-- estimate large enough to JIT-compile the query, which alone costs about a second.
 WITH obj AS (
     SELECT *
     FROM unnest(CAST(:classids AS oid[]), CAST(:objids AS oid[]), CAST(:objsubids AS int[]))
          AS o(classid, objid, objsubid)
+),
+toast_owner AS (
+    SELECT t.reltoastrelid AS toast, t.oid AS owner
+    FROM pg_class t
+    WHERE t.reltoastrelid IN (SELECT objid FROM obj WHERE classid = 'pg_class'::regclass)
 )
 SELECT o.classid, o.objid, o.objsubid,
        pg_describe_object(o.classid, o.objid, o.objsubid) AS description,
@@ -17,7 +25,7 @@ SELECT o.classid, o.objid, o.objsubid,
                CASE c.relkind
                    WHEN 'i' THEN (SELECT indrelid FROM pg_index WHERE indexrelid = o.objid)
                    WHEN 'I' THEN (SELECT indrelid FROM pg_index WHERE indexrelid = o.objid)
-                   WHEN 't' THEN (SELECT t.oid FROM pg_class t WHERE t.reltoastrelid = o.objid LIMIT 1)
+                   WHEN 't' THEN (SELECT owner FROM toast_owner WHERE toast = o.objid LIMIT 1)
                    WHEN 'S' THEN (SELECT d.refobjid FROM pg_depend d
                                   WHERE d.classid = 'pg_class'::regclass AND d.objid = o.objid
                                     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
@@ -47,5 +55,10 @@ SELECT o.classid, o.objid, o.objsubid,
                   JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
                   WHERE ad.oid = o.objid) END AS default_column
 FROM obj o
-LEFT JOIN pg_class c ON o.classid = 'pg_class'::regclass AND c.oid = o.objid
+LEFT JOIN LATERAL (
+    SELECT c.relkind, c.relispartition
+    FROM pg_class c
+    WHERE o.classid = 'pg_class'::regclass AND c.oid = o.objid
+    OFFSET 0
+) AS c ON true
 CROSS JOIN LATERAL pg_identify_object(o.classid, o.objid, o.objsubid) AS i
