@@ -58,7 +58,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--keep",
         metavar="TABLE",
         action="append",
-        help="a table that must survive (repeatable; default: the five credit tables)",
+        help="a table that must survive (repeatable, or comma-separated; default: the five credit tables)",
     )
     p.add_argument(
         "--code-path",
@@ -262,8 +262,8 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         dry_run=dry_run,
         database_secret_block=None if url else args.secret_block,
     )
-    if args.keep:
-        fields["keep"] = args.keep
+    if args.keep:  # repeatable, and each may be a comma-separated list
+        fields["keep"] = [name.strip() for value in args.keep for name in value.split(",") if name.strip()]
     if getattr(args, "backup_dir", None):
         fields["backup_dir"] = args.backup_dir
     if getattr(args, "lock_timeout", None):

@@ -46,6 +46,23 @@ def test_plan_json_on_a_clean_database_is_ready(guide_db, capsys):
     assert guide_db.server.password not in out + err
 
 
+def test_keep_takes_repeated_and_comma_separated_tables(guide_db, capsys):
+    code, out, _ = cli(
+        capsys,
+        "plan",
+        "--database-url",
+        guide_db.url,
+        "--json",
+        "--keep",
+        "credits, credit_usage",
+        "--keep",
+        "public.tenants",
+    )
+    report = json.loads(out)
+    assert code == 0, report["reasons"]
+    assert [t["name"] for t in report["keep"]] == ["public.credits", "public.credit_usage", "public.tenants"]
+
+
 def test_plan_json_names_every_reason_and_exits_3(guide_db, capsys, tmp_path):
     guide_db.execute(
         "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
