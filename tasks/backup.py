@@ -206,6 +206,17 @@ def _tool_env() -> dict[str, str]:
     }
 
 
+def _dump_session_env(db: Database, server_version_num: int) -> dict[str, str]:
+    """pg_dump's libpq environment. On PostgreSQL 14+ its session also checks every second that pg_dump
+    is still connected: a pg_dump killed while its session waits for a lock would otherwise leave that
+    session queued (holding the locks it already has, in the way of the drop) until the lock is granted.
+    """
+    env = {**_tool_env(), **db.libpq_env("pg_dump")}
+    if server_version_num >= 140000:
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c client_connection_check_interval=1000".strip()
+    return env
+
+
 def _probe(bindir: Path) -> PgTools | None:
     """PgTools for a directory holding executable pg_dump and pg_restore, else None."""
     pg_dump, pg_restore = bindir / "pg_dump", bindir / "pg_restore"
@@ -1449,7 +1460,7 @@ def take_backup(
                 no_blobs=scope == "targets",
                 verbose=True,
             )
-            env = {**_tool_env(), **db.libpq_env("pg_dump")}
+            env = _dump_session_env(db, server_version_num)
             try:
                 running = _start(
                     tools.pg_dump,

@@ -110,6 +110,8 @@ def test_pg_dump_killed_mid_backup_stops_before_the_drop_and_leaves_no_file(env_
         )
         os.kill(pid, signal.SIGKILL)
         state, report = job.join()
+        # its session, queued behind our lock, notices the dead client (client_connection_check_interval)
+        wait_until(lambda: not _pg_dump_sessions(db), deadline_s=10, what="pg_dump's session to end")
     assert state.is_failed() and report.status == "stopped", report.reasons
     [reason] = report.reasons
     assert reason.startswith("pg_dump was killed by signal SIGKILL before it finished"), reason
@@ -117,6 +119,13 @@ def test_pg_dump_killed_mid_backup_stops_before_the_drop_and_leaves_no_file(env_
     assert not backups.exists() or [p for p in backups.rglob("*") if p.is_file()] == []
     assert report.backup is None and report.dropped == []
     assert db.snapshot() == before
+
+
+def _pg_dump_sessions(db) -> int:
+    return db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
+        "AND datname = current_database()"
+    )
 
 
 def _pg_dump_waiting(db, backups) -> int | None:
