@@ -402,7 +402,9 @@ def test_the_password_is_never_in_any_argv(guide_db, server_version_num, tmp_pat
         b"PGDATABASE",
         b"PGAPPNAME",
         b"PGCONNECT_TIMEOUT",
+        b"PGOPTIONS",  # client_connection_check_interval: a killed pg_dump's session ends at once
     }
+    assert b"PGOPTIONS=-c client_connection_check_interval=1000" in environ
     assert job.error is None, job.error
     assert files_in(tmp_path) == [Path(job.result.path).name, Path(job.result.manifest_path).name]
 
