@@ -172,9 +172,10 @@ def plan(url: str):
     return db, migration, oids, scan_dependencies(db, migration, oids), expected
 
 
-def safedrop_drop(url: str) -> None:
+def safedrop_drop(url: str, record_in_ledger: bool = False):
+    """The flow's drop step with its default schedule; returns its DropResult."""
     db, migration, oids, approved, expected = plan(url)
-    drop_targets(
+    return drop_targets(
         db,
         migration,
         oids,
@@ -183,7 +184,7 @@ def safedrop_drop(url: str) -> None:
         allow_cascade=[],
         schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
         statement_timeout_s=120,
-        record_in_ledger=False,
+        record_in_ledger=record_in_ledger,
     )
 
 
@@ -269,18 +270,7 @@ def print_scenarios(results: dict) -> None:
 def safedrop_hold(url: str) -> tuple[float, float]:
     """(every query blocked, writes blocked) in seconds, as the drop itself measured them: from the
     targets' ACCESS EXCLUSIVE, and from their EXCLUSIVE lock, granted to COMMIT done."""
-    db, migration, oids, approved, expected = plan(url)
-    result = drop_targets(
-        db,
-        migration,
-        oids,
-        approved=approved,
-        expected_rows=expected,
-        allow_cascade=[],
-        schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
-        statement_timeout_s=120,
-        record_in_ledger=True,
-    )
+    result = safedrop_drop(url, record_in_ledger=True)
     return result.all_blocked_ms / 1000, result.writes_blocked_ms / 1000
 
 
