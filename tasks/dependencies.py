@@ -414,6 +414,22 @@ def statement_oids(migration: Migration, oids: dict[TableName, int]) -> list[lis
     return result
 
 
+def untracked_references(
+    conn: Connection,
+    migration: Migration,
+    oids: dict[TableName, int],
+    removed_functions: set[int],
+    allow: Sequence[str],
+) -> list[UntrackedReference]:
+    """``find_untracked`` for the present targets; each marked allowed if --allow-cascade names it."""
+    untracked = find_untracked(
+        conn, [t for t in migration.targets if t in oids], removed_functions, set(oids.values())
+    )
+    for ref in untracked:
+        ref.allowed = any(a.strip() in ref.names for a in allow)
+    return untracked
+
+
 def analyse(
     conn: Connection,
     migration: Migration,
@@ -424,14 +440,11 @@ def analyse(
     queries.rows(conn, "catalog_session")
     removed, refused = predict_removal(conn, statement_oids(migration, oids))
     info = describe(conn, list(removed))
-    target_oids = set(oids.values())
     owners = {row["owner_rel"] for row in info.values() if row["owner_rel"]}
     rel_names = {r["oid"]: r["qualified"] for r in queries.rows(conn, "relation_names", oids=sorted(owners))}
     cascade = classify(removed, info, rel_names, allow)
     functions = {a[1] for a in removed if info.get(a, {}).get("type") in ("function", "procedure")}
-    untracked = find_untracked(conn, [t for t in migration.targets if t in oids], functions, target_oids)
-    for ref in untracked:
-        ref.allowed = any(a.strip() in ref.names for a in allow)
+    untracked = untracked_references(conn, migration, oids, functions, allow)
     reasons = []
     for target, owner in refused:
         reasons.append(
@@ -487,10 +500,7 @@ def recheck_functions(
     surer: the drop runs it before taking its locks.
     """
     functions = {a[1] for a in preflight.addresses if a[0] == PG_PROC}
-    present = [t for t in migration.targets if t in oids]
-    untracked = find_untracked(conn, present, functions, set(oids.values()))
-    for ref in untracked:
-        ref.allowed = any(a.strip() in ref.names for a in allow)
+    untracked = untracked_references(conn, migration, oids, functions, allow)
     return unapproved_changes(approved, preflight.model_copy(update={"untracked": untracked}))
 
 
