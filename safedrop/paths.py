@@ -1,0 +1,26 @@
+"""Where safedrop keeps files on the machine that runs it: never inside the code checkout.
+
+A worker may run on any machine, in any directory, and its checkout (if it has one) is code, not a
+place for archives that hold every row of a production database.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BACKUP_DIR_ENV = "SAFEDROP_BACKUP_DIR"
+
+
+def default_backup_dir() -> Path:
+    """``$SAFEDROP_BACKUP_DIR``, else ``$XDG_DATA_HOME/safedrop/backups`` (``~/.local/share/…``)."""
+    configured = os.environ.get(BACKUP_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME", "").strip() or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "safedrop" / "backups"
+
+
+def backup_dir(configured: str | None) -> Path:
+    """The backup directory a run uses: the one it was given, else the machine's default."""
+    return Path(configured).expanduser() if configured else default_backup_dir()
