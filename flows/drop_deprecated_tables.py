@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from safedrop.database import resolve_database
-from safedrop.errors import PrecheckStop, RunEnded, SafedropError
+from safedrop.errors import PrecheckStop, RunEnded, SafedropError, SmokeCheckFailed, VerificationFailed
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
+from safedrop.paths import backup_dir
 from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time
 from tasks.activity import activity_check
@@ -23,8 +22,9 @@ from tasks.connection import connection_precheck, parse_table_list
 from tasks.dependencies import dependency_scan
 from tasks.drop import LockSchedule, drop
 from tasks.rehearsal import rehearsal
+from tasks.smoke_checks import smoke_checks
 from tasks.summary import RunRecord, summary
-from tasks.verification import verification
+from tasks.verification import allowed_removals, survivor_structure, verification
 
 
 @flow(name="drop-deprecated-tables", log_prints=False, validate_parameters=True)
@@ -52,9 +52,17 @@ def drop_deprecated_tables(params: DropParameters) -> State:
         # 1. Prechecks: nothing changes until every one of them passes.
         run.connection = connection_precheck(db, migration, keep, prefix)
         if run.connection.all_targets_absent and not run.connection.reasons:
-            run.verification = verification(db, migration.targets, keep, None, prefix)
+            run.verification = verification(db, migration.targets, keep, prefix)
+            run.smoke_checks = smoke_checks(
+                db,
+                params.check_sql,
+                params.check_urls,
+                backup_path=None,
+                timeout_s=params.check_timeout_s,
+                artifact_prefix=prefix,
+            )
             return _finish(run, "already-applied", prefix)
-        with one_run_at_a_time(db, run.flow_run_id, enabled=not params.dry_run):
+        with one_run_at_a_time(db, run.flow_run_id, enabled=not params.dry_run) as run_lock:
             oids = {t: s.oid for t, s in zip(migration.targets, run.connection.targets, strict=True) if s.oid}
             present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
             run.activity = activity_check(db, list(oids.values()), migration.slug, prefix)
@@ -83,17 +91,20 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             if params.dry_run:
                 return _finish(run, "ready", prefix)
 
-            # 2. Backup, verified readable and holding every target.
+            # 2. Backup, verified readable and holding every target; it records each target's rows and
+            #    content checksum in the dump's own snapshot.
             run.backup = backup(
                 db,
                 list(oids),
-                Path(params.backup_dir),
+                backup_dir(params.backup_dir),
                 server_version_num=run.connection.server_version_num,
                 artifact_prefix=prefix,
                 scope=params.backup_scope,
                 archive_format=params.backup_format,
                 jobs=params.backup_jobs,
                 compression=params.backup_compression,
+                timeout_s=params.backup_timeout_s,
+                lock_wait_s=params.lock_wait_budget_s,
                 verify_restore=params.verify_restore,
                 migration=migration,  # the manifest records what the drop removes, for the restore
                 allow_cascade=params.allow_cascade,
@@ -101,9 +112,10 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             )
 
             # 3. A human approves the plan (manual runs), then the drop: lock-safe, one transaction,
-            #    rechecked under the lock against what was checked and approved.
+            #    rechecked under the lock against what was checked, backed up and approved.
             if params.approval == "required":
                 await_approval(run.cleanup, run.dependencies, run.backup, timeout_s=params.approval_timeout_s)
+            structure_before = survivor_structure(db, present_keep)  # what verification holds them to
             run.drop = drop(
                 db,
                 migration,
@@ -114,18 +126,38 @@ def drop_deprecated_tables(params: DropParameters) -> State:
                 LockSchedule.from_parameters(params),
                 params.statement_timeout_s,
                 run.connection.ledger != "unavailable",
-                run.backup.path,
-                run.backup.sha256,
+                run.backup,
                 run.flow_run_id,
+                run_lock.pid,
                 prefix,
             )
 
-        # 4. Verification: targets gone, survivors intact.
+        # 4. Verification: targets gone, survivors whole (row counts reported, not judged); then the
+        #    operator's smoke checks.
         run.verification = verification(
-            db, migration.targets, keep, run.cleanup.keep_rows if params.verify_row_counts else None, prefix
+            db,
+            migration.targets,
+            keep,
+            prefix,
+            structure_before=structure_before,
+            rows_before=run.cleanup.keep_rows,
+            estimated_before=run.cleanup.keep_estimated,
+            removable=allowed_removals(run.dependencies.cascade),
+        )
+        run.smoke_checks = smoke_checks(
+            db,
+            params.check_sql,
+            params.check_urls,
+            backup_path=run.backup.path,
+            timeout_s=params.check_timeout_s,
+            artifact_prefix=prefix,
         )
         return _finish(run, "succeeded", prefix)
     except SafedropError as error:
+        if isinstance(error, VerificationFailed):
+            run.verification = error.report
+        if isinstance(error, SmokeCheckFailed):
+            run.smoke_checks = error.report
         return _finish(run, error.status, prefix, error)
 
 

@@ -122,8 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backup-dir",
         metavar="DIR",
-        default="backups",
-        help="directory for pg_dump archives (default: %(default)s)",
+        help="directory for pg_dump archives (default: $SAFEDROP_BACKUP_DIR, else "
+        "~/.local/share/safedrop/backups)",
+    )
+    run.add_argument(
+        "--backup-timeout",
+        metavar="DURATION",
+        default="1h",
+        help="stop pg_dump after this long; nothing is dropped (default: %(default)s)",
+    )
+    run.add_argument(
+        "--check-sql",
+        metavar="SQL",
+        action="append",
+        default=[],
+        help="after the drop, a query that must return true or no rows (repeatable; run read-only)",
+    )
+    run.add_argument(
+        "--check-url",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="after the drop, an HTTP(S) URL that must answer 2xx, e.g. the app's health check (repeatable)",
     )
     run.add_argument(
         "--lock-timeout",
@@ -266,6 +286,16 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         fields["keep"] = [name.strip() for value in args.keep for name in value.split(",") if name.strip()]
     if getattr(args, "backup_dir", None):
         fields["backup_dir"] = args.backup_dir
+    if args.command == "run":
+        from tasks.smoke_checks import check_url_syntax
+
+        for url in args.check_url:
+            check_url_syntax(url)
+        fields.update(
+            check_sql=args.check_sql,
+            check_urls=args.check_url,
+            backup_timeout_s=max(1, parse_duration_ms(args.backup_timeout) // 1000),
+        )
     if getattr(args, "lock_timeout", None):
         fields["lock_timeout_ms"] = parse_duration_ms(args.lock_timeout)
         fields["max_lock_timeout_ms"] = parse_duration_ms(args.max_lock_timeout)

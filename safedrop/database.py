@@ -202,3 +202,13 @@ def connect(db: Database) -> Iterator[Connection]:
             yield conn
     finally:
         engine.dispose()
+
+
+def execute_composed(conn: Connection, statement) -> None:
+    """Run a ``psycopg2.sql`` composition (identifiers quoted by the driver) on this connection.
+
+    The text goes to psycopg2 as a statement without parameters, so a ``%`` in it (in a quoted
+    identifier, a DO block) is escaped rather than read as a placeholder.
+    """
+    text = statement.as_string(conn.connection.dbapi_connection)
+    conn.exec_driver_sql(text.replace("%", "%%"))

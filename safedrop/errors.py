@@ -78,6 +78,17 @@ class DropFailed(SafedropError):
     """The drop transaction failed and was rolled back; nothing was dropped."""
 
 
+class ChangedSinceBackup(DropFailed):
+    """Under the drop's lock, a target no longer matched the backup: nothing was dropped, re-run."""
+
+    exit_code = 3
+    status = "stopped"
+
+
+class SmokeCheckFailed(SafedropError):
+    """After the drop, a check the operator gave (SQL or HTTP) failed: the message says how to restore."""
+
+
 class VerificationFailed(SafedropError):
     """After the drop, the database is not as expected."""
 

@@ -71,11 +71,19 @@ class DropParameters(BaseModel):
     dry_run: bool = Field(
         False, description="Run every precheck and report; take no backup and drop nothing."
     )
-    backup_dir: str = Field(
-        "backups",
-        description="Directory for pg_dump archives (created 0700; files are 0600). Relative paths are "
-        "relative to the working directory of the run.",
-        min_length=1,
+    backup_dir: str | None = Field(
+        None,
+        description="Directory for pg_dump archives (created 0700; files are 0600), on the machine that "
+        "runs the flow. Empty: $SAFEDROP_BACKUP_DIR of the worker's environment, else "
+        "~/.local/share/safedrop/backups — never inside the code checkout. For restores from another "
+        "worker, point it at storage every worker shares.",
+    )
+    backup_timeout_s: int = Field(
+        3600,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="pg_dump (and the optional scratch restore) is stopped after this long, and the run "
+        "stops with nothing dropped.",
     )
     backup_scope: Literal["database", "targets"] = Field(
         "database",
@@ -148,10 +156,18 @@ class DropParameters(BaseModel):
         le=7 * 24 * 3600,
         description="How long to wait for approval; then the run stops with nothing dropped.",
     )
-    verify_row_counts: bool = Field(
-        True,
-        description="Verification compares each surviving table's row count with the count taken "
-        "before the drop. Turn off only for survivors that take live writes during the run.",
+    check_sql: list[str] = Field(
+        default_factory=list,
+        description="Smoke checks after the drop: SQL queries that must return true, or no rows (run "
+        "read-only, with check_timeout_s). One failing ends the run Failed with the restore command.",
+    )
+    check_urls: list[str] = Field(
+        default_factory=list,
+        description="Smoke checks after the drop: HTTP(S) URLs (e.g. the application's health endpoint) "
+        "that must answer 2xx. One failing ends the run Failed with the restore command.",
+    )
+    check_timeout_s: float = Field(
+        30, gt=0, le=600, description="How long each smoke check may take before it counts as failed."
     )
 
     @model_validator(mode="after")

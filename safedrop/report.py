@@ -65,8 +65,9 @@ class ActivityResult(StepResult):
 
 
 class CleanupResult(StepResult):
-    target_rows: dict[str, int]
-    keep_rows: dict[str, int]
+    target_rows: dict[str, int]  # exact
+    keep_rows: dict[str, int]  # exact, except those in keep_estimated
+    keep_estimated: dict[str, str] = Field(default_factory=dict)  # table -> why its count is an estimate
     inbound_foreign_keys: list[ForeignKeyIn]
 
 
@@ -172,6 +173,7 @@ class BackupManifest(BaseModel):
     compression: int
     jobs: int = 1
     snapshot: str  # the exported snapshot pg_dump and the checksums shared
+    txid_snapshot: str | None = None  # the same snapshot as txid_current_snapshot() printed it
     migration: str | None = None
     created_at: str
     duration_s: float
@@ -197,6 +199,7 @@ class BackupResult(StepResult):
     compression: int = 1
     targets: list[TableChecksum] = Field(default_factory=list)  # rows and checksum, in the dump's snapshot
     verified_by_restore: bool = False  # restored into a scratch database and compared
+    txid_snapshot: str | None = None  # the dump's snapshot: rows whose xmin it does not see came later
 
 
 class DropResult(StepResult):
@@ -209,19 +212,44 @@ class DropResult(StepResult):
     writes_blocked_ms: float | None = None  # the targets held EXCLUSIVE (reads go on): lock granted → commit
     all_blocked_ms: float | None = None  # the targets held ACCESS EXCLUSIVE: lock granted → commit
     guard: str = ""  # what proved, under ACCESS EXCLUSIVE, that nothing new depended on the targets
+    content_check: str = ""  # what proved, under EXCLUSIVE, that the backup holds every row of the targets
+
+
+class TablePart(BaseModel):
+    """One column, constraint, index, trigger or policy of a table, as verification compares them."""
+
+    kind: str
+    name: str
+    detail: str  # its definition: a change in it is a change of the table
+    healthy: bool = True  # an index valid and ready, a constraint validated
 
 
 class SurvivorCheck(BaseModel):
     table: str
     exists: bool
-    rows_before: int | None
+    rows_before: int | None  # a figure, never a verdict: the table takes writes while the run works
     rows_after: int | None
+    rows_before_estimated: str = ""  # why rows_before is the planner's estimate ("" = exact count)
+    rows_after_estimated: str = ""
+    parts: int = 0  # columns, constraints, indexes, triggers and policies checked
+    problems: list[str] = Field(default_factory=list)  # lost or broken since just before the drop
+    notes: list[str] = Field(default_factory=list)  # added meanwhile, or unhealthy before the drop too
 
 
 class VerificationResult(StepResult):
     targets_gone: list[str]
     targets_present: list[str]
     survivors: list[SurvivorCheck]
+
+
+class SmokeCheck(BaseModel):
+    kind: Literal["sql", "url"]
+    check: str  # the query, or the URL without credentials or query string
+    problem: str = ""  # "" = passed
+
+
+class SmokeCheckResult(StepResult):
+    checks: list[SmokeCheck] = Field(default_factory=list)
 
 
 class BackupSummary(BaseModel):
@@ -252,6 +280,7 @@ class RunReport(BaseModel):
     dropped: list[str] = Field(default_factory=list)
     drop: DropResult | None = None  # how the drop went: attempts, how long the targets were locked
     verification: VerificationResult | None = None
+    smoke_checks: SmokeCheckResult | None = None
     flow_run_id: str | None = None
     started_at: str | None = None
     duration_s: float | None = None

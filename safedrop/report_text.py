@@ -63,6 +63,14 @@ def render_text(report: RunReport) -> str:
         )
     if report.verification and not report.verification.reasons:
         lines.append("  verification: passed")
+        for s in report.verification.survivors:
+            after = "?" if s.rows_after is None else f"{s.rows_after:,}"
+            before = "?" if s.rows_before is None else f"{s.rows_before:,}"
+            how = " (estimate)" if s.rows_after_estimated else ""
+            lines.append(f"    {s.table:<45} intact, rows {before} → {after}{how}")
+    if report.smoke_checks and report.smoke_checks.checks:
+        passed = sum(1 for c in report.smoke_checks.checks if not c.problem)
+        lines.append(f"  smoke checks: {passed} of {len(report.smoke_checks.checks)} passed")
     if report.duration_s is not None:
         lines.append(f"  took {report.duration_s} s")
     return "\n".join(lines) + "\n"

@@ -2,13 +2,16 @@
 
 The lock lives in a dedicated, idle session whose application_name names the flow run, so a second
 run can say who holds it. When the holding process dies, PostgreSQL ends the session and releases
-the lock: a crashed run never leaves a stale lock.
+the lock: a crashed run never leaves a stale lock. The session turns ``idle_session_timeout`` off
+and keeps TCP keepalives; a DBA or a network failure can still end it, so the drop checks in
+``pg_locks`` that the lock's session (``RunLock.pid``) still holds it before it changes anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -21,18 +24,29 @@ def lock_label(flow_run_id: str | None) -> str:
     return f"safedrop run {flow_run_id or 'local'}"[:63]
 
 
+@dataclass(frozen=True)
+class RunLock:
+    """The session holding the run lock (``pid`` None: no lock was taken, e.g. a dry run)."""
+
+    pid: int | None = None
+
+
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
 @contextmanager
-def one_run_at_a_time(db: Database, flow_run_id: str | None, *, enabled: bool = True) -> Iterator[None]:
+def one_run_at_a_time(db: Database, flow_run_id: str | None, *, enabled: bool = True) -> Iterator[RunLock]:
     if not enabled:
-        yield
+        yield RunLock()
         return
-    engine = db.engine(connect_args={"application_name": lock_label(flow_run_id)})
+    engine = db.engine(connect_args={"application_name": lock_label(flow_run_id), **KEEPALIVES})
     try:
         try:
             conn = engine.connect()
         except sa.exc.OperationalError as exc:
             raise ConnectionFailed(describe_connect_error(exc, db)) from None
         with conn:
+            pid = queries.one(conn, "run_lock_session")["pid"]
             taken = queries.one(conn, "advisory_lock_try")["taken"]
             conn.commit()  # idle, not idle-in-transaction, while it holds the lock
             if not taken:
@@ -52,6 +66,6 @@ def one_run_at_a_time(db: Database, flow_run_id: str | None, *, enabled: bool = 
                         "nothing was changed — wait for it to finish, then re-run"
                     ]
                 )
-            yield
+            yield RunLock(pid=pid)
     finally:
         engine.dispose()

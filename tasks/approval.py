@@ -38,11 +38,16 @@ class Approval(RunInput):
 
 
 def evidence(targets: dict[str, int], dependencies: DependencyResult, backup: BackupResult | None) -> dict:
+    """What the operator approves: the targets' rows (as the backup holds them, content checksums
+    included), what CASCADE removes, what breaks. Not the archive's own bytes: a run resumed on another
+    worker may take the backup again, and the same data is the same evidence."""
+    if backup and backup.targets:
+        targets = {t.name: t.rows for t in backup.targets}
     return {
         "targets": dict(sorted(targets.items())),
+        "checksums": sorted(f"{t.name} {t.checksum}" for t in (backup.targets if backup else [])),
         "cascade": sorted(f"{o.kind} {o.identity}" for o in dependencies.cascade),
         "untracked": sorted(f"{u.kind} {u.name}" for u in dependencies.untracked),
-        "backup_sha256": backup.sha256 if backup else None,
     }
 
 

@@ -60,6 +60,7 @@ from safedrop import queries
 from safedrop.artifacts import artifact_key, md_table, publish_markdown
 from safedrop.database import Database, connect, database_from_url
 from safedrop.errors import BackupFailed, ConnectionFailed, UsageError
+from safedrop.locks import describe_blockers
 from safedrop.migration import Migration, TableName
 from safedrop.report import (
     BackupManifest,
@@ -694,8 +695,38 @@ def _run(command: Path, args: Sequence[str], *, env: dict[str, str], timeout_s: 
     return _wait(running, on_tick=on_tick)
 
 
-def _dump_failure(exc: BaseException, db: Database, timeout_s: float) -> BackupFailed:
+_LOCK_QUERY = re.compile(r"Query was: LOCK TABLE (?P<relation>.+) IN ACCESS SHARE MODE")
+
+
+def _lock_wait_failure(stderr: str, db: Database, lock_wait_ms: int | None) -> BackupFailed | None:
+    """pg_dump gave up waiting for a table's lock (--lock-wait-timeout): name the table and who holds it."""
+    match = _LOCK_QUERY.search(stderr)
+    if not match or "timeout" not in stderr:
+        return None
+    relation = match.group("relation").strip()
+    oid = None
+    try:
+        with connect(db) as conn:
+            oid = queries.one(conn, "relation_oid", name=relation)["oid"]
+    except Exception:
+        pass
+    blockers = describe_blockers(db, [oid], []) if oid else []
+    budget = f"{lock_wait_ms / 1000:g} s" if lock_wait_ms else "its lock-wait timeout"
+    return BackupFailed(
+        f"pg_dump could not lock {relation} within the lock-wait budget {budget}; blocked by: "
+        f"{'; '.join(blockers) or 'a session that has since finished'}; {DID_NOT_RUN} — let it finish "
+        "(or end it) and re-run"
+    )
+
+
+def _dump_failure(
+    exc: BaseException, db: Database, timeout_s: float, lock_wait_ms: int | None = None
+) -> BackupFailed:
     """A pg_dump failure as one secret-free line."""
+    if isinstance(exc, sh.ErrorReturnCode):
+        locked = _lock_wait_failure((exc.stderr or b"").decode("utf-8", "replace"), db, lock_wait_ms)
+        if locked is not None:
+            return locked
     if isinstance(exc, sh.TimeoutException):
         return BackupFailed(
             f"pg_dump did not finish within {timeout_s:g} s and was stopped; raise timeout_s, or check for "
@@ -732,9 +763,16 @@ def pg_dump_args(
     exclude_data: Sequence[str] = (),
     no_blobs: bool = False,
     verbose: bool = False,
+    lock_wait_ms: int | None = None,
 ) -> list[str]:
-    """pg_dump's argv: format options, patterns and the output file; never a host, user or password."""
+    """pg_dump's argv: format options, patterns and the output file; never a host, user or password.
+
+    ``lock_wait_ms``: how long pg_dump may wait for each table's ACCESS SHARE lock before it gives up
+    (``--lock-wait-timeout``) instead of waiting behind a session that holds a table exclusively.
+    """
     args = [f"--format={archive_format}", f"--compress={compression}", "--no-password"]
+    if lock_wait_ms:
+        args.append(f"--lock-wait-timeout={int(lock_wait_ms)}ms")
     if jobs > 1:
         args.append(f"--jobs={jobs}")
     if snapshot:
@@ -1211,8 +1249,9 @@ def plan_dump(
 
 
 @contextmanager
-def exported_snapshot(db: Database) -> Iterator[tuple[Connection, str]]:
-    """A REPEATABLE READ, READ ONLY transaction and its exported snapshot id, open for the block."""
+def exported_snapshot(db: Database) -> Iterator[tuple[Connection, dict[str, str]]]:
+    """A REPEATABLE READ, READ ONLY transaction and its exported snapshot (``snapshot_id`` for pg_dump,
+    ``txid_snapshot`` to tell later writes), open for the block."""
     engine = db.engine()
     try:
         try:
@@ -1224,8 +1263,7 @@ def exported_snapshot(db: Database) -> Iterator[tuple[Connection, str]]:
         try:
             conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             pin_text_settings(conn)
-            snapshot = queries.one(conn, "export_snapshot")["snapshot_id"]
-            yield conn, snapshot
+            yield conn, queries.one(conn, "export_snapshot")
         finally:
             try:  # the session may be gone (terminated): never hide the error that got us here
                 conn.rollback()
@@ -1404,8 +1442,12 @@ def take_backup(
     flow_run_id: str | None = None,
     progress_key: str | None = None,
     max_bytes: int | None = None,
+    lock_wait_s: float | None = None,
 ) -> BackupResult:
     """Dump the database (``scope``) to a new archive in ``backup_dir``, prove it, and write its manifest.
+
+    ``lock_wait_s`` bounds pg_dump's wait for each table's lock (``--lock-wait-timeout``): a dump that
+    cannot get them stops, naming who holds the table, instead of queueing behind them.
 
     Order: choose pg_dump (refuses a too-old one) → row-level-security check → create the directory and
     the ``.partial`` file (the writability check) → open the snapshot transaction, read what the dump
@@ -1426,6 +1468,7 @@ def take_backup(
         raise UsageError(f"backup format must be 'custom' or 'directory', got {archive_format!r}")
     if jobs < 1 or (jobs > 1 and archive_format != "directory"):
         raise UsageError(f"backup jobs {jobs}: parallel dumps (jobs > 1) need the directory format")
+    lock_wait_ms = int(lock_wait_s * 1000) if lock_wait_s else None
     tools = find_pg_dump(server_version_num)
     check_row_security(db, targets)
     directory, created = prepare_backup_dir(Path(backup_dir))
@@ -1442,7 +1485,8 @@ def take_backup(
     )
     logger = run_logger()
     try:
-        with exported_snapshot(db) as (conn, snapshot):
+        with exported_snapshot(db) as (conn, exported):
+            snapshot = exported["snapshot_id"]
             info = queries.one(conn, "server_info")
             if verify_restore:
                 require_createdb(conn, info["current_user"])
@@ -1459,6 +1503,7 @@ def take_backup(
                 exclude_data=plan.exclude_data,
                 no_blobs=scope == "targets",
                 verbose=True,
+                lock_wait_ms=lock_wait_ms,
             )
             env = _dump_session_env(db, server_version_num)
             try:
@@ -1471,7 +1516,7 @@ def take_backup(
                     preexec_fn=_size_limit(max_bytes) if max_bytes else None,
                 )
             except OSError as exc:
-                raise _dump_failure(exc, db, timeout_s) from None
+                raise _dump_failure(exc, db, timeout_s, lock_wait_ms) from None
             try:
                 # Same snapshot as pg_dump's, while it runs: the numbers describe the archive's rows.
                 sums = table_checksums(conn, plan.targets)
@@ -1482,7 +1527,7 @@ def take_backup(
             try:
                 _wait(running, on_tick=progress.tick)
             except (sh.ErrorReturnCode, sh.TimeoutException) as exc:
-                raise _dump_failure(exc, db, timeout_s) from None
+                raise _dump_failure(exc, db, timeout_s, lock_wait_ms) from None
             progress.finish()
             _seal(partial)
             os.rename(partial, final)
@@ -1546,6 +1591,7 @@ def take_backup(
         compression=compression,
         jobs=jobs,
         snapshot=snapshot,
+        txid_snapshot=exported["txid_snapshot"],
         migration=migration.name if migration else None,
         created_at=created_at,
         duration_s=round(time.monotonic() - started, 3),
@@ -1573,6 +1619,7 @@ def take_backup(
         compression=compression,
         targets=checksums,
         verified_by_restore=verify_restore,
+        txid_snapshot=exported["txid_snapshot"],
     )
 
 
@@ -1644,6 +1691,7 @@ def backup(
     migration: Migration | None = None,
     allow_cascade: Sequence[str] = (),
     flow_run_id: str | None = None,
+    lock_wait_s: float | None = None,
 ) -> BackupResult:
     """Take and verify a backup with its manifest; publish `<artifact_prefix>-backup` (and progress)."""
     logger = get_run_logger()
@@ -1663,6 +1711,7 @@ def backup(
         allow_cascade=allow_cascade,
         flow_run_id=flow_run_id,
         progress_key=f"{artifact_prefix}-backup-progress",
+        lock_wait_s=lock_wait_s,
     )
     logger.info(
         "backup %s: %s, sha256 %s, %.2f s; manifest %s",

@@ -1,8 +1,9 @@
 """Cleanup check: the guide's "are they empty, and does anything still point at them?".
 
-Counts the rows of every target (any row stops the run unless the operator allowed a non-empty
-drop) and of every table that must survive (verification compares against these), and lists
-foreign keys on other tables that reference a target.
+Counts the rows of every target exactly (any row stops the run unless the operator allowed a
+non-empty drop), the rows of every table that must survive (figures for the report, bounded in time;
+the planner's estimate for a huge table), and lists foreign keys on other tables that reference a
+target.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
@@ -19,17 +19,8 @@ from safedrop.errors import ConnectionFailed, PrecheckStop
 from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
 from safedrop.report import CleanupResult, ForeignKeyIn
+from safedrop.rowcounts import count_bounded, count_rows
 from tasks.connection import table_status
-
-
-def count_rows(conn: Connection, tables: list[TableName]) -> dict[str, int]:
-    """Exact row counts, keyed by qualified name."""
-    if not tables:
-        return {}
-    rows = queries.rows(
-        conn, "row_counts", schemas=[t.schema for t in tables], names=[t.name for t in tables]
-    )
-    return {TableName(r["schema_name"], r["table_name"]).qualified: int(r["row_count"]) for r in rows}
 
 
 def check_cleanup(
@@ -54,7 +45,7 @@ def check_cleanup(
                     statement_timeout="0",
                 )
                 target_rows = count_rows(conn, targets)
-                keep_rows = count_rows(conn, keep)
+                keep_rows, keep_estimated = count_bounded(conn, keep)
                 fks = [
                     ForeignKeyIn(
                         constraint=r["constraint_name"], table=r["referencing_table"], target=r["target"]
@@ -86,6 +77,7 @@ def check_cleanup(
     return CleanupResult(
         target_rows=target_rows,
         keep_rows=keep_rows,
+        keep_estimated=keep_estimated,
         inbound_foreign_keys=fks,
         reasons=reasons,
         warnings=warnings,
@@ -94,7 +86,14 @@ def check_cleanup(
 
 def render(result: CleanupResult) -> str:
     rows = [{"table": t, "role": "target", "rows": f"{n:,}"} for t, n in result.target_rows.items()]
-    rows += [{"table": t, "role": "keep", "rows": f"{n:,}"} for t, n in result.keep_rows.items()]
+    rows += [
+        {
+            "table": t,
+            "role": "keep",
+            "rows": f"~{n:,} ({result.keep_estimated[t]})" if t in result.keep_estimated else f"{n:,}",
+        }
+        for t, n in result.keep_rows.items()
+    ]
     text = f"# Cleanup check\n\n## Row counts\n\n{md_table(rows)}\n## Foreign keys into the targets\n\n"
     if result.inbound_foreign_keys:
         text += md_table([fk.model_dump() for fk in result.inbound_foreign_keys])

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown, publish_table
-from safedrop.database import Database, connect
+from safedrop.database import Database, connect, execute_composed
 from safedrop.migration import Migration, TableName
 from safedrop.report import CascadeObject, DependencyResult, UntrackedReference
 
@@ -198,7 +198,7 @@ def rehearse(conn: Connection, migration: Migration) -> set[Address]:
     with conn.begin() as tx:
         conn.exec_driver_sql(queries.load("rehearsal_capture_setup").text)
         for statement in migration.statements:
-            conn.exec_driver_sql(render_drop(statement).as_string(conn.connection.dbapi_connection))
+            execute_composed(conn, render_drop(statement))
         rows = queries.rows(conn, "rehearsal_captured")
         tx.rollback()
     return {(r["classid"], r["objid"], r["objsubid"]) for r in rows}

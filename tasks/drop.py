@@ -28,14 +28,24 @@ Each attempt is ONE transaction, in three steps:
 A ``DROP TABLE`` also locks the parent of each of the targets' own foreign keys and every table owning
 something CASCADE removes. Those locks are taken in step 2, after the targets are held, so while an
 attempt waits for a target it holds nothing on any other table. Holding one parent while waiting for
-another could close a cycle with an application transaction that locks them the other way round (an
-INSERT into credit_usage checks tenants, then credits), and the deadlock detector would cancel the
-application's statement. So only the first parent lock of an attempt may wait long (long enough for
-an autovacuum to yield); the later ones together wait at most half of ``deadlock_timeout`` — less
-than anyone's deadlock check — and the attempt is retried. The order of the parents rotates from
-attempt to attempt, so each gets its long wait. All waits of an attempt together stay within its
+another could close a cycle with an application statement that locks them the other way round (an
+INSERT into credit_usage checks tenants, then credits), and the deadlock detector cancels whichever
+waiter's check fires first — measured: the application's INSERT, 2 of 16 runs with a long transaction
+on credits (SQLSTATE 40P01), when the later parents were taken with a short lock_timeout. So only the
+first parent lock of an attempt waits (long enough for an autovacuum to yield). Every later lock —
+the other parents, and with CASCADE the relations owning what it removes — is taken ``NOWAIT``,
+tried again every 2 ms for at most half of ``deadlock_timeout`` (``sql/queries/lock_nowait_spin.sql``):
+a drop that never waits while it holds a lock is never part of a wait cycle, so no application
+statement can lose a deadlock to it. Then the attempt is retried; the order of the parents rotates
+from attempt to attempt, so each gets its long wait. All waits of an attempt together stay within its
 lock_timeout, so no query queues behind an attempt for longer than that. Nothing commits unless
 everything does: a run that cannot get its locks drops nothing, not even a foreign key.
+
+Before the first lock the run lock (safedrop's advisory lock, held by another session of this run) is
+checked in ``pg_locks``: a run that lost it stops. Under EXCLUSIVE the targets' contents are compared
+with the checksums the backup took in the dump's own snapshot: a row written after the dump (which
+the archive does not hold) stops the drop, so no committed write is lost. If the connection is lost
+during COMMIT, the outcome is read back from the catalog and the ledger instead of being guessed.
 """
 
 from __future__ import annotations
@@ -56,11 +66,12 @@ from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_list, publish_markdown
-from safedrop.database import Database, connect
-from safedrop.errors import DropFailed
+from safedrop.database import Database, connect, execute_composed
+from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed
 from safedrop.locks import LOCK_NOT_AVAILABLE, describe_blockers
 from safedrop.migration import DropStatement, Migration, TableName
-from safedrop.report import DependencyResult, DropResult
+from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
+from tasks.backup import checksum_methods, pin_text_settings, table_checksums
 from tasks.cleanup import count_rows
 from tasks.connection import table_status
 from tasks.dependencies import (
@@ -151,10 +162,6 @@ def render_drop(statement: DropStatement) -> sql.Composed:
     )
 
 
-def _execute(conn: Connection, statement: sql.Composable) -> None:
-    conn.exec_driver_sql(statement.as_string(conn.connection.dbapi_connection))
-
-
 def _set_timeouts(conn: Connection, lock_timeout_ms: int, statement_timeout_s: int) -> None:
     queries.rows(
         conn,
@@ -175,6 +182,14 @@ class Attempts:
     lock_timeouts: int = 0
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost while COMMIT was under way: it may or may not have committed (internal)."""
+
+    def __init__(self, message: str, backend_pid: int | None) -> None:
+        super().__init__(message)
+        self.backend_pid = backend_pid
+
+
 T = TypeVar("T")
 
 
@@ -192,7 +207,8 @@ def lock_safe(
 
     ``deadline`` (time.monotonic()) ends the attempt's lock waits: ``work`` takes further locks with
     ``_lock_wait_until`` so that all its waits together stay within the attempt's lock_timeout.
-    Returns what ``work`` returned and the moment the transaction had committed.
+    Returns what ``work`` returned and the moment the transaction had committed. Raises
+    ``CommitOutcomeUnknown`` when the connection broke during the COMMIT itself.
     """
     pid = None
     logger = _logger()
@@ -200,10 +216,20 @@ def lock_safe(
         tally.count += 1
         try:
             with connect(db) as conn:
-                with conn.begin():
+                transaction = conn.begin()
+                try:
                     pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
                     _set_timeouts(conn, timeout_ms, statement_timeout_s)
                     value = work(conn, time.monotonic() + timeout_ms / 1000)
+                except BaseException:
+                    _rollback_quietly(transaction)
+                    raise
+                try:
+                    transaction.commit()
+                except sa.exc.DBAPIError as exc:
+                    if _connection_lost(exc):
+                        raise CommitOutcomeUnknown(_first_line(exc), pid) from None
+                    raise
                 return value, time.monotonic()
         except sa.exc.DBAPIError as exc:
             if not _is_lock_timeout(exc):
@@ -220,6 +246,26 @@ def lock_safe(
         f"blocked by: {'; '.join(blockers) or 'a session that has since finished'}. "
         "Let it finish (or end it) and re-run"
     )
+
+
+def _rollback_quietly(transaction) -> None:
+    try:
+        transaction.rollback()
+    except Exception:  # the connection may be gone: the server rolls back on its own
+        pass
+
+
+def _connection_lost(exc: sa.exc.DBAPIError) -> bool:
+    """The session is gone (server closed it, network failed): not an error the server reported."""
+    return bool(exc.connection_invalidated) or (
+        isinstance(exc, sa.exc.OperationalError) and getattr(exc.orig, "pgcode", None) is None
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
 
 
 def _logger():
@@ -315,12 +361,30 @@ def parent_groups(fk_drops: list[ForeignKeyDrop], rotation: int) -> list[list[Fo
     return ordered
 
 
-def drop_batch(steps: list[list[sql.Composable]], waits: list[int]) -> sql.Composed:
-    """One round trip: each step's statements, each step after its own ``SET LOCAL lock_timeout``."""
-    parts: list[sql.Composable] = []
-    for wait_ms, statements in zip(waits, steps, strict=True):
-        parts.append(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_ms}ms")))
-        parts.extend(statements)
+def lock_nowait_spin(oids: list[int], wait_ms: int) -> sql.Composed:
+    """A DO block taking ACCESS EXCLUSIVE on each relation NOWAIT, retried every 2 ms for ``wait_ms``."""
+    return sql.SQL(queries.load("lock_nowait_spin").text.strip()).format(
+        oids=sql.Literal([int(o) for o in oids]), wait_ms=sql.Literal(max(1, int(wait_ms)))
+    )
+
+
+def drop_batch(
+    first: list[sql.Composable],
+    first_wait_ms: int,
+    later_oids: list[int],
+    spin_ms: int,
+    rest: list[sql.Composable],
+) -> sql.Composed:
+    """One round trip: ``first`` may wait ``first_wait_ms`` for its lock; every other relation is then
+    locked NOWAIT (``later_oids``, within ``spin_ms``), so ``rest`` runs without waiting for anyone."""
+
+    def lock_timeout(ms: int) -> sql.Composable:
+        return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, ms)}ms"))
+
+    parts: list[sql.Composable] = [lock_timeout(first_wait_ms), *first]
+    if later_oids:
+        parts.append(lock_nowait_spin(later_oids, spin_ms))
+    parts += [lock_timeout(min(spin_ms, 100)), *rest]
     return sql.SQL("; ").join(parts)
 
 
@@ -328,6 +392,24 @@ def needs_no_cascade(now: DependencyResult, fk_drops: list[ForeignKeyDrop]) -> b
     """Whether, once the foreign keys are gone, ``DROP TABLE … RESTRICT`` removes exactly the approved set."""
     inbound = {fk.constraint_name for fk in fk_drops if fk.direction == "inbound"}
     return all(o.kind == "foreign key" and o.name in inbound for o in now.cascade if o.needs_cascade)
+
+
+_RELATION_KINDS = {
+    "table",
+    "view",
+    "materialized view",
+    "partition",
+    "inheritance child table",
+    "foreign table",
+}
+
+
+def cascade_relations(now: DependencyResult) -> list[TableName]:
+    """The relations outside the targets that DROP … CASCADE locks: those it removes, and the tables
+    owning what it removes (a policy's, a rule's, a column's table)."""
+    names = {o.owner_table for o in now.cascade if o.owner_table}
+    names |= {o.name for o in now.cascade if o.kind in _RELATION_KINDS}
+    return sorted({t for t in map(_unquote_qualified, names) if t is not None})
 
 
 def _deadlock_timeout_s(conn: Connection) -> float:
@@ -357,6 +439,60 @@ def _changed_while_waiting(detail: str) -> DropFailed:
     )
 
 
+def _stop_if_run_lock_lost(conn: Connection, run_lock_pid: int | None) -> None:
+    """The run lock lives in another session of this run; if that session ended, so did the lock."""
+    if run_lock_pid is None:
+        return
+    if not queries.one(conn, "advisory_lock_held", pid=run_lock_pid)["held"]:
+        raise DropFailed(
+            f"safedrop's run lock was lost: its session (pid {run_lock_pid}) has ended "
+            "(idle_session_timeout, a DBA, or the network), so another run may be working on this "
+            "database; nothing was dropped — re-run"
+        )
+
+
+def content_changes(conn: Connection, backed_up: list[TableChecksum], txid_snapshot: str | None) -> list[str]:
+    """What changed in the targets since the backup's snapshot (empty: every row is in the archive).
+
+    Each target's row count and checksum, taken now the way the backup took it, against the manifest.
+    Where they differ, rows whose xmin the backup's snapshot does not see say how many were written since.
+    """
+    pin_text_settings(conn)
+    tables = [TableName(t.schema_name, t.table_name) for t in backed_up]
+    now = table_checksums(conn, tables, methods=checksum_methods(backed_up))
+    changed = [
+        (t, table)
+        for t, table in zip(backed_up, tables, strict=True)
+        if now.get(table) != (t.rows, t.checksum)
+    ]
+    if not changed:
+        return []
+    written: dict[str, int] = {}
+    if txid_snapshot:
+        rows = queries.rows(
+            conn,
+            "rows_written_since",
+            schemas=[table.schema for _, table in changed],
+            names=[table.name for _, table in changed],
+            snapshot=txid_snapshot,
+        )
+        written = {TableName(r["schema_name"], r["table_name"]).qualified: int(r["written"]) for r in rows}
+    out = []
+    for t, table in changed:
+        rows_now = now[table][0] if table in now else 0
+        if table.qualified not in written:
+            out.append(f"{t.name} changed after the backup ({t.rows:,} rows then, {rows_now:,} now)")
+            continue
+        new = written[table.qualified]
+        gone = t.rows - (rows_now - new)  # backed-up rows deleted or overwritten since
+        changed_rows = max(new, gone)
+        out.append(
+            f"{changed_rows:,} row{'' if changed_rows == 1 else 's'} of {t.name} changed after the backup "
+            f"({new:,} written since its snapshot, {gone:,} of its rows deleted or overwritten)"
+        )
+    return out
+
+
 def _ensure_ledger(conn: Connection) -> None:
     """safedrop's ledger, created on first use (in the drop's transaction: gone again if it rolls back)."""
     if not queries.one(conn, "ledger_status")["ledger_exists"]:
@@ -382,6 +518,61 @@ class Held:
     exclusive_at: float | None = None
     access_exclusive_at: float | None = None
     guard: str = ""
+    content_check: str = ""
+
+
+def outcome_after_lost_commit(
+    db: Database,
+    present: list[TableName],
+    *,
+    backend_pid: int | None,
+    flow_run_id: str | None,
+    record_in_ledger: bool,
+    patience_s: float = 60,
+) -> bool:
+    """Whether a drop whose COMMIT lost its connection committed: read back from the catalog and ledger.
+
+    Waits (within ``patience_s``) until the drop's old session has ended, so a COMMIT still under way
+    cannot be mistaken for a rollback. Raises DropFailed when the truth cannot be read.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with connect(db) as conn:
+                if backend_pid is None or not queries.one(conn, "backend_alive", pid=backend_pid)["alive"]:
+                    status = table_status(conn, present)
+                    ledger = _ledger_rows_of(conn, present, flow_run_id) if record_in_ledger else None
+                    break
+        except ConnectionFailed:
+            pass
+        if time.monotonic() > deadline:
+            names = ", ".join(t.qualified for t in present)
+            raise DropFailed(
+                "the connection was lost during the drop's COMMIT and the database could not be read "
+                f"again within {patience_s:g} s to tell whether it committed; check whether {names} still "
+                "exist (safedrop plan tells) before anything else"
+            )
+        time.sleep(1)
+    gone = [r["qualified"] for r in status if r["oid"] is None]
+    if not gone:
+        return False
+    if len(gone) == len(present) and (ledger is None or ledger == len(present)):
+        return True
+    raise DropFailed(
+        "the connection was lost during the drop's COMMIT and the database now disagrees with itself: "
+        f"{', '.join(gone)} gone, {len(present) - len(gone)} target(s) still there, "
+        f"{ledger if ledger is not None else 'no'} ledger entries of this run; inspect it before "
+        "anything else"
+    )
+
+
+def _ledger_rows_of(conn: Connection, tables: list[TableName], flow_run_id: str | None) -> int:
+    if not queries.one(conn, "ledger_status")["ledger_exists"]:
+        return 0
+    rows = queries.rows(
+        conn, "ledger_lookup", schemas=[t.schema for t in tables], names=[t.name for t in tables]
+    )
+    return sum(1 for r in rows if flow_run_id is None or r["flow_run_id"] == flow_run_id)
 
 
 def drop_targets(
@@ -395,14 +586,24 @@ def drop_targets(
     schedule: LockSchedule,
     statement_timeout_s: int,
     record_in_ledger: bool,
-    backup_path: str | None = None,
-    backup_sha256: str | None = None,
+    backup: BackupResult | None = None,
     flow_run_id: str | None = None,
+    run_lock_pid: int | None = None,
 ) -> DropResult:
+    """Drop the targets in one lock-safe transaction. With ``backup``, their contents are rechecked
+    under the lock against its checksums; without, their row counts against ``expected_rows``."""
     present = [t for t in migration.targets if t in oids]
     started = time.monotonic()
     tally = Attempts()
     removed_by_cascade: list[str] = []
+    backed_up = [
+        t for t in (backup.targets if backup else []) if TableName(t.schema_name, t.table_name) in oids
+    ]
+    if backup and backed_up:
+        expected_rows = {
+            **expected_rows,
+            **{TableName(t.schema_name, t.table_name).qualified: t.rows for t in backed_up},
+        }
     try:
         # Nothing new since the prechecks? (Checked again, under the lock, before the DROP itself.)
         with connect(db) as conn:
@@ -414,7 +615,7 @@ def drop_targets(
             lock_oids = list(oids.values()) + _oids_of(
                 conn, sorted({fk.other_table for fk in fk_drops if fk.other_table})
             )
-            # once a parent is held, waits for more locks end before anyone's deadlock check
+            # once a parent is held, later locks are taken NOWAIT within half of deadlock_timeout
             short_wait_ms = int(_deadlock_timeout_s(conn) * 1000 / 2)
         _stop_if_changed(changes)
 
@@ -424,27 +625,22 @@ def drop_targets(
             nonlocal rounds
             rounds += 1
             held = Held()
-            # Before any lock: function bodies (no lock protects them) and the ledger's DDL.
+            # Before any lock: the run lock, function bodies (no lock protects them), the ledger's DDL.
+            _stop_if_run_lock_lost(conn, run_lock_pid)
             _stop_if_changed(recheck_functions(conn, migration, oids, allow_cascade, approved, preflight))
             if record_in_ledger and present:
                 _ensure_ledger(conn)
 
             # 1. The targets, and only them, IN EXCLUSIVE MODE: their readers go on, nothing changes.
             if present:
-                _execute(conn, sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_tables(present)))
+                execute_composed(conn, sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_tables(present)))
                 held.exclusive_at = time.monotonic()
             now, changes, fingerprint = recheck_edges(
                 conn, migration, oids, allow_cascade, approved, preflight, preflight_fingerprint
             )
             _stop_if_changed(changes)
-            rows_now = count_rows(conn, present)
-            changed = {t: (expected_rows.get(t), n) for t, n in rows_now.items() if expected_rows.get(t) != n}
-            if changed:
-                detail = ", ".join(f"{t} had {a} rows, now {b}" for t, (a, b) in changed.items())
-                raise DropFailed(
-                    f"rows changed since the prechecks ({detail}); nothing was dropped — re-run so the "
-                    "backup and checks see them"
-                )
+            held.content_check = _recheck_contents(conn, present, backed_up, backup, expected_rows)
+            _stop_if_run_lock_lost(conn, run_lock_pid)
             inbound = {fk.constraint_name for fk in fk_drops if fk.direction == "inbound"}
             removed_by_cascade[:] = [fk.label for fk in fk_drops] + [
                 f"{o.kind} {o.name}"
@@ -458,8 +654,8 @@ def drop_targets(
                     row_count=expected_rows,
                     migration=migration.name,
                     removed_by_cascade=json.dumps(removed_by_cascade),
-                    backup_path=backup_path,
-                    backup_sha256=backup_sha256,
+                    backup_path=backup.path if backup else None,
+                    backup_sha256=backup.sha256 if backup else None,
                     flow_run_id=flow_run_id,
                 )
             restrict = bool(present) and needs_no_cascade(now, fk_drops)
@@ -467,8 +663,11 @@ def drop_targets(
             # 2. ACCESS EXCLUSIVE (it waits for the targets' readers only), then one round trip.
             if present:
                 _lock_wait_until(conn, deadline, statement_timeout_s)
-                _execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present)))
+                execute_composed(
+                    conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present))
+                )
                 held.access_exclusive_at = time.monotonic()
+            later_tables: list[TableName] = []
             if restrict:
                 held.guard = "DROP TABLE … RESTRICT"
                 drops: list[sql.Composable] = [sql.SQL("DROP TABLE {} RESTRICT").format(_tables(present))]
@@ -477,21 +676,37 @@ def drop_targets(
                     raise _changed_while_waiting("the dependencies of the targets moved")
                 held.guard = "dependency fingerprint"
                 drops = [render_drop(statement) for statement in migration.statements]
+                later_tables = [t for t in cascade_relations(now) if t not in oids]
             groups = parent_groups(fk_drops, rounds - 1)
-            steps = [[fk.statement for fk in group] for group in groups] + [drops]
-            waits = lock_waits(_remaining_ms(deadline), len(steps), short_wait_ms)
-            _execute(conn, drop_batch(steps, waits))
+            first, later = (groups[0], groups[1:]) if groups else ([], [])
+            later_tables = [fk.other_table for group in later for fk in group[:1] if fk.other_table] + [
+                t for t in later_tables if t not in {fk.other_table for fk in first}
+            ]
+            waits = lock_waits(_remaining_ms(deadline), 1 + len(later_tables), short_wait_ms)
+            batch = drop_batch(
+                [fk.statement for fk in first],
+                waits[0],
+                _oids_of(conn, later_tables),
+                sum(waits[1:]) or short_wait_ms,
+                [fk.statement for group in later for fk in group] + drops,
+            )
+            execute_composed(conn, batch)
             return held
 
-        held, committed = lock_safe(
-            db,
-            schedule,
-            statement_timeout_s,
-            drop_in_one_transaction,
-            what="the table drop",
-            lock_oids=lock_oids,
-            tally=tally,
-        )
+        try:
+            held, committed = lock_safe(
+                db,
+                schedule,
+                statement_timeout_s,
+                drop_in_one_transaction,
+                what="the table drop",
+                lock_oids=lock_oids,
+                tally=tally,
+            )
+        except CommitOutcomeUnknown as lost:
+            return _after_lost_commit(
+                db, present, lost, tally, schedule, started, removed_by_cascade, flow_run_id, record_in_ledger
+            )
     except sa.exc.DBAPIError as exc:
         code = getattr(exc.orig, "pgcode", None)
         if code == QUERY_CANCELED:
@@ -499,12 +714,12 @@ def drop_targets(
                 f"the drop took longer than statement_timeout {statement_timeout_s} s and was rolled back; "
                 "no table was dropped"
             ) from None
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        first_line = _first_line(exc)
         if code == DEPENDENT_OBJECTS_STILL_EXIST:
             detail = (getattr(getattr(exc.orig, "diag", None), "message_detail", None) or "").splitlines()
-            refusal = first.removeprefix("ERROR:").strip()
+            refusal = first_line.removeprefix("ERROR:").strip()
             raise _changed_while_waiting(f"{refusal}: {detail[0]}" if detail else refusal) from None
-        raise DropFailed(f"the drop failed and was rolled back, no table was dropped: {first}") from None
+        raise DropFailed(f"the drop failed and was rolled back, no table was dropped: {first_line}") from None
 
     def held_ms(since: float | None) -> float | None:
         return round((committed - since) * 1000, 2) if since is not None else None
@@ -519,6 +734,68 @@ def drop_targets(
         writes_blocked_ms=held_ms(held.exclusive_at),
         all_blocked_ms=held_ms(held.access_exclusive_at),
         guard=held.guard,
+        content_check=held.content_check,
+    )
+
+
+def _recheck_contents(
+    conn: Connection,
+    present: list[TableName],
+    backed_up: list[TableChecksum],
+    backup: BackupResult | None,
+    expected_rows: dict[str, int],
+) -> str:
+    """Under EXCLUSIVE: the targets hold what the backup holds (else: what the prechecks counted)."""
+    if backed_up:
+        changes = content_changes(conn, backed_up, backup.txid_snapshot if backup else None)
+        if changes:
+            raise ChangedSinceBackup(
+                f"{'; '.join(changes)}; nothing was dropped — re-run so the backup holds every row "
+                "(stop the application's writes to the targets first)"
+            )
+        return f"row counts and content checksums of {len(backed_up)} target(s) match the backup"
+    rows_now = count_rows(conn, present)
+    changed = {t: (expected_rows.get(t), n) for t, n in rows_now.items() if expected_rows.get(t) != n}
+    if changed:
+        detail = ", ".join(f"{t} had {a} rows, now {b}" for t, (a, b) in changed.items())
+        raise DropFailed(
+            f"rows changed since the prechecks ({detail}); nothing was dropped — re-run so the "
+            "backup and checks see them"
+        )
+    return f"row counts of {len(present)} target(s) match the prechecks"
+
+
+def _after_lost_commit(
+    db: Database,
+    present: list[TableName],
+    lost: CommitOutcomeUnknown,
+    tally: Attempts,
+    schedule: LockSchedule,
+    started: float,
+    removed_by_cascade: list[str],
+    flow_run_id: str | None,
+    record_in_ledger: bool,
+) -> DropResult:
+    """The connection broke during COMMIT: report what the database says happened."""
+    committed = outcome_after_lost_commit(
+        db, present, backend_pid=lost.backend_pid, flow_run_id=flow_run_id, record_in_ledger=record_in_ledger
+    )
+    if not committed:
+        raise DropFailed(
+            f"the connection was lost during the drop's COMMIT ({lost}); the database shows it did not "
+            "commit: no table was dropped — re-run"
+        )
+    return DropResult(
+        dropped=[t.qualified for t in present],
+        removed_by_cascade=removed_by_cascade,
+        duration_s=round(time.monotonic() - started, 3),
+        lock_timeout_ms=schedule.first_timeout_ms,
+        attempts=tally.count,
+        lock_timeouts=tally.lock_timeouts,
+        warnings=[
+            f"the connection was lost during the drop's COMMIT ({lost}); the catalog and the ledger, read "
+            "again, show that it committed"
+        ],
     )
 
 
@@ -534,8 +811,10 @@ def render(result: DropResult) -> str:
         text += (
             f"\nThe targets were locked for {result.all_blocked_ms:.1f} ms against every query and for "
             f"{result.writes_blocked_ms:.1f} ms against writes (reads went on while the recheck ran); "
-            f"nothing new depended on them, proved by {result.guard}.\n"
+            f"nothing new depended on them, proved by {result.guard}; {result.content_check}.\n"
         )
+    for warning in result.warnings:
+        text += f"\n- ⚠️ {warning}\n"
     return text
 
 
@@ -550,9 +829,9 @@ def drop(
     schedule: LockSchedule,
     statement_timeout_s: int,
     record_in_ledger: bool,
-    backup_path: str | None,
-    backup_sha256: str | None,
+    backup: BackupResult | None,
     flow_run_id: str | None,
+    run_lock_pid: int | None,
     artifact_prefix: str,
 ) -> DropResult:
     """Run the migration's DROP statements: lock-safe, in one transaction, rechecked under the lock."""
@@ -566,12 +845,15 @@ def drop(
         schedule=schedule,
         statement_timeout_s=statement_timeout_s,
         record_in_ledger=record_in_ledger,
-        backup_path=backup_path,
-        backup_sha256=backup_sha256,
+        backup=backup,
         flow_run_id=flow_run_id,
+        run_lock_pid=run_lock_pid,
     )
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "dropped %s in %.3f s (%d attempts)", ", ".join(result.dropped), result.duration_s, result.attempts
     )
+    for warning in result.warnings:
+        logger.warning(warning)
     publish_markdown(f"{artifact_prefix}-drop", render(result), "What the drop removed")
     return result

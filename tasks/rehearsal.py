@@ -20,7 +20,7 @@ from psycopg2 import sql
 from pydantic import SecretStr
 
 from safedrop.artifacts import md_list, publish_markdown
-from safedrop.database import Database, connect
+from safedrop.database import Database, connect, execute_composed
 from safedrop.errors import PrecheckStop, UsageError
 from safedrop.migration import Migration
 from safedrop.report import StepResult
@@ -40,7 +40,7 @@ def _admin(db: Database, statement: sql.Composable) -> None:
     engine = db.engine(isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql(statement.as_string(conn.connection.dbapi_connection))
+            execute_composed(conn, statement)
     finally:
         engine.dispose()
 

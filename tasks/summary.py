@@ -22,6 +22,7 @@ from safedrop.report import (
     DependencyResult,
     DropResult,
     RunReport,
+    SmokeCheckResult,
     Status,
     StepResult,
     VerificationResult,
@@ -47,6 +48,7 @@ class RunRecord:
     backup: BackupResult | None = None
     drop: DropResult | None = None
     verification: VerificationResult | None = None
+    smoke_checks: SmokeCheckResult | None = None
 
     @property
     def steps(self) -> list[StepResult]:
@@ -62,6 +64,7 @@ class RunRecord:
                 self.backup,
                 self.drop,
                 self.verification,
+                self.smoke_checks,
             )
             if s is not None
         ]
@@ -113,6 +116,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         dropped=record.drop.dropped if record.drop else [],
         drop=record.drop,
         verification=record.verification,
+        smoke_checks=record.smoke_checks,
         flow_run_id=record.flow_run_id,
         started_at=record.started_at,
         duration_s=round(time.monotonic() - record.started, 2),
@@ -186,6 +190,35 @@ def render(report: RunReport) -> str:
             "## Verification",
             "",
             "passed" if not report.verification.reasons else md_list(report.verification.reasons),
+        ]
+        out += [
+            "",
+            md_table(
+                [
+                    {
+                        "table": s.table,
+                        "rows before": f"{s.rows_before:,}" if s.rows_before is not None else "",
+                        "rows after": (
+                            f"~{s.rows_after:,} (estimate)" if s.rows_after_estimated else f"{s.rows_after:,}"
+                        )
+                        if s.rows_after is not None
+                        else "",
+                        "structure": "intact" if not s.problems else "; ".join(s.problems),
+                    }
+                    for s in report.verification.survivors
+                ]
+            ),
+        ]
+    if report.smoke_checks and report.smoke_checks.checks:
+        out += [
+            "## Smoke checks",
+            "",
+            md_table(
+                [
+                    {"check": f"{c.kind}: {c.check}", "result": c.problem or "passed"}
+                    for c in report.smoke_checks.checks
+                ]
+            ),
         ]
     return "\n".join(out)
 

@@ -22,6 +22,8 @@ os.environ.setdefault("PREFECT_HOME", str(ROOT / ".tmp" / "prefect-test-home"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.pop("DATABASE_URL", None)
+# a run without backup_dir writes here, never into the checkout or the home directory
+os.environ.setdefault("SAFEDROP_BACKUP_DIR", str(ROOT / ".tmp" / "test-backups"))
 
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.database import Database, database_from_url  # noqa: E402

@@ -788,8 +788,9 @@ def test_a_full_disk_or_size_limit_stops_the_backup_and_leaves_nothing(
 def test_the_exported_snapshot_does_not_see_later_commits(guide_db):
     from tasks.backup import exported_snapshot
 
-    with exported_snapshot(guide_db.db) as (conn, snapshot):
-        assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", snapshot)
+    with exported_snapshot(guide_db.db) as (conn, exported):
+        assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", exported["snapshot_id"])
+        assert re.fullmatch(r"\d+:\d+:[\d,]*", exported["txid_snapshot"])
         assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "repeatable read"
         before = conn.exec_driver_sql("SELECT count(*) FROM credit_allocations").scalar()
         seed_targets(guide_db)  # commits in another session

@@ -1,7 +1,7 @@
 """Faults in the middle of a run: the drop's backend killed while it holds the targets, pg_dump killed.
 
 The backend is really terminated (pg_terminate_backend) while it provably holds the targets and waits
-for a lock we hold; the real pg_dump dies by SIGKILL while it waits for a lock we hold. Afterwards the
+for a parent's lock we hold; the real pg_dump dies by SIGKILL while it waits for a lock we hold. Afterwards the
 targets are all there or all gone, the run says what happened in one line, and a re-run finishes.
 (tests/test_deployments.py cancels a deployment run mid-backup through a real worker.)
 """
@@ -57,14 +57,14 @@ def test_the_drop_backend_killed_while_holding_the_targets_drops_nothing_and_a_r
     )
     observer = session(db, "fault-test-observer", autocommit=True)
     try:
-        # COMMENT locks the view alone (SHARE UPDATE EXCLUSIVE), not the tables under it: the drop gets
-        # the targets, then waits on the view that CASCADE removes.
-        with holding(db, f"COMMENT ON VIEW {VIEW} IS 'held by the test'"):
+        # A reader of the targets' parents: the drop gets the targets, then waits for the first parent
+        # (the only lock it ever waits for while holding others).
+        with holding(db, "SELECT 1 FROM credits, tenants LIMIT 1"):
             job = Background(lambda: run(backup_dir=str(tmp_path / "b1"), **params))
             pid = wait_until(
-                lambda: safedrop_waiting_on(observer, VIEW),
+                lambda: safedrop_waiting_on(observer, "credits") or safedrop_waiting_on(observer, "tenants"),
                 deadline_s=60,
-                what="the drop to wait on the view",
+                what="the drop to wait for a parent",
             )
             with observer.cursor() as cur:
                 cur.execute(  # it holds the targets at this moment: killed mid-drop, not before it
