@@ -12,7 +12,7 @@ from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.paths import backup_dir
 from safedrop.report import RunReport, Status
-from safedrop.runlock import one_run_at_a_time
+from safedrop.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
 from tasks.activity import activity_check
 from tasks.approval import await_approval
 from tasks.backup import backup
@@ -63,6 +63,8 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             )
             return _finish(run, "already-applied", prefix)
         with one_run_at_a_time(db, run.flow_run_id, enabled=not params.dry_run) as run_lock:
+            if not params.dry_run:  # a run suspended for approval holds no lock: its flow run speaks
+                stop_if_another_run_awaits_approval(db, run.flow_run_id)
             oids = {t: s.oid for t, s in zip(migration.targets, run.connection.targets, strict=True) if s.oid}
             present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
             run.activity = activity_check(db, list(oids.values()), migration.slug, prefix)
@@ -114,7 +116,13 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             # 3. A human approves the plan (manual runs), then the drop: lock-safe, one transaction,
             #    rechecked under the lock against what was checked, backed up and approved.
             if params.approval == "required":
-                await_approval(run.cleanup, run.dependencies, run.backup, timeout_s=params.approval_timeout_s)
+                await_approval(
+                    run.cleanup,
+                    run.dependencies,
+                    run.backup,
+                    timeout_s=params.approval_timeout_s,
+                    artifact_prefix=prefix,
+                )
             structure_before = survivor_structure(db, present_keep)  # what verification holds them to
             run.drop = drop(
                 db,

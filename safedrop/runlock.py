@@ -9,9 +9,11 @@ and keeps TCP keepalives; a DBA or a network failure can still end it, so the dr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -69,3 +71,64 @@ def one_run_at_a_time(db: Database, flow_run_id: str | None, *, enabled: bool = 
             yield RunLock(pid=pid)
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------------
+# Across a suspension: the advisory lock goes with the process, the claim stays with the flow run
+# --------------------------------------------------------------------------------------------------
+
+
+def database_tag(db: Database) -> str:
+    """The flow-run tag naming the database a run works on (a hash: tags are shown everywhere)."""
+    return "safedrop-db:" + hashlib.sha256(db.display.encode()).hexdigest()[:16]
+
+
+def stop_if_another_run_awaits_approval(db: Database, flow_run_id: str | None) -> None:
+    """Tag this flow run with its database; stop if another run of it is suspended awaiting approval.
+
+    A run suspended for approval holds no process and no session, so the advisory lock cannot speak
+    for it: its flow run's tag and state do. A suspension whose approval timeout has passed can never
+    be resumed any more; it is closed as Cancelled with that reason and does not count.
+    """
+    if not flow_run_id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    tag = database_tag(db)
+    with get_client(sync_client=True) as client:
+        mine = client.read_flow_run(flow_run_id)
+        if tag not in mine.tags:
+            client.update_flow_run(flow_run_id, tags=[*mine.tags, tag])
+        waiting = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[tag]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+            )
+        )
+        for other in waiting:
+            if str(other.id) == str(flow_run_id) or other.state is None:
+                continue
+            deadline = other.state.state_details.pause_timeout
+            if deadline is not None and deadline < datetime.now(UTC):
+                client.set_flow_run_state(
+                    other.id,
+                    Cancelled(message="no approval before the approval timeout; nothing was dropped"),
+                    force=True,
+                )
+                continue
+            raise PrecheckStop(
+                [
+                    f"another safedrop run is waiting for approval on {db.display}: flow run "
+                    f"{other.name} ({other.id}), suspended since "
+                    f"{other.state.timestamp:%Y-%m-%d %H:%M:%S %Z}; nothing was changed — approve, "
+                    "reject or cancel it first, then re-run"
+                ]
+            )

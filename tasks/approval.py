@@ -1,9 +1,19 @@
-"""Human approval: manual runs pause after the prechecks and the backup until an operator approves.
+"""Human approval: manual runs wait after the prechecks and the backup until an operator approves.
 
-The pause shows the plan — what will be dropped, what CASCADE removes, row counts, the backup's
-checksum — and a digest of that evidence. The approval carries the digest back; the drop then
-rechecks the evidence under its lock, so anything that changed after the operator looked (new rows,
-a new dependent) stops the run.
+The plan — what will be dropped, what CASCADE removes, row counts and content checksums as the backup
+holds them — is shown with a digest of that evidence. The approval carries the digest back; the drop
+then rechecks the evidence under its lock, so anything that changed after the operator looked (new
+rows, a new dependent) stops the run.
+
+A run of a deployment is **suspended**, not paused: its process exits and gives back its worker slot,
+its database sessions and the deployment's concurrency slot, so nothing expires while a person takes
+an hour, and a worker restart cannot kill it. Resume (the pre-filled form on the flow run page)
+schedules the run again on any worker of the pool; it starts from the top — the prechecks run again,
+the backup it took is reused — and reaches this step again, where the answer is waiting. Measured on
+Prefect 3.9.1: a *paused* run of a deployment with a concurrency limit Crashed after ~4 min (the
+lease of its slot expires while it is paused), and a restarted worker kills a paused run's process,
+leaving it Running forever after the approval. A run without a deployment (tests, the local API)
+pauses in-process instead: there is nothing to resume it with.
 """
 
 from __future__ import annotations
@@ -15,12 +25,12 @@ from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.states import Running
 from pydantic import Field
 
-from safedrop.artifacts import md_list, md_table
+from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.errors import PrecheckStop
 from safedrop.report import BackupResult, CleanupResult, DependencyResult
 
@@ -83,6 +93,17 @@ def _leave_expired_pause() -> None:
         )
 
 
+APPROVAL_KEY = "approval"  # the suspension's key: on the resumed run, the same step finds the answer
+
+
+def _ask(form: type[Approval], *, timeout_s: int, poll_interval_s: int) -> Approval:
+    """Suspend (a deployment's run) or pause (in-process) until the operator answers the form."""
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None and context.flow_run.deployment_id:
+        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=APPROVAL_KEY)
+    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
+
+
 def await_approval(
     cleanup: CleanupResult,
     dependencies: DependencyResult,
@@ -90,19 +111,25 @@ def await_approval(
     *,
     timeout_s: int,
     poll_interval_s: int = 2,
+    artifact_prefix: str | None = None,
 ) -> str:
-    """Pause the flow run until an operator approves; returns the approved evidence digest."""
+    """Wait for an operator's approval of this evidence; returns the approved evidence digest.
+
+    For a deployment's run the first call suspends the run (the process exits); when it is resumed the
+    run starts again and the second call returns the answer at once.
+    """
     doc = evidence(cleanup.target_rows, dependencies, backup)
     digest = evidence_digest(doc)
     logger = get_run_logger()
+    plan = plan_markdown(doc, digest, backup)
+    if artifact_prefix:
+        publish_markdown(f"{artifact_prefix}-approval", plan, "The plan waiting for approval")
     logger.info("waiting up to %d s for approval (evidence digest %s)", timeout_s, digest)
     try:
-        answer = pause_flow_run(
-            wait_for_input=Approval.with_initial_data(
-                description=plan_markdown(doc, digest, backup), evidence_digest=digest, approve=False
-            ),
-            timeout=timeout_s,
-            poll_interval=poll_interval_s,
+        answer = _ask(
+            Approval.with_initial_data(description=plan, evidence_digest=digest, approve=False),
+            timeout_s=timeout_s,
+            poll_interval_s=poll_interval_s,
         )
     except FlowPauseTimeout:
         _leave_expired_pause()
@@ -119,7 +146,8 @@ def await_approval(
         raise PrecheckStop(
             [
                 "the approval names evidence digest "
-                f"{answer.evidence_digest[:12]}…, not this run's {digest[:12]}…; nothing was dropped"
+                f"{answer.evidence_digest[:12]}…, not this run's {digest[:12]}… (the database changed "
+                "since the plan was shown); nothing was dropped — re-run to see the new plan"
             ]
         )
     logger.info(

@@ -1623,6 +1623,49 @@ def take_backup(
     )
 
 
+def backup_of_run(backup_dir: Path, flow_run_id: str, server_version_num: int) -> BackupResult | None:
+    """The archive an earlier attempt of this flow run wrote into ``backup_dir``, proven intact, or None.
+
+    A run that was suspended for approval starts again from the top when it is resumed: it reuses the
+    backup it took before (its manifest names the flow run) instead of dumping the database twice. An
+    archive that no longer matches its manifest is not reused (a new one is taken).
+    """
+    directory = Path(backup_dir)
+    if not flow_run_id or not directory.is_dir():
+        return None
+    for manifest_file in sorted(directory.glob(f"*{MANIFEST_SUFFIX}"), reverse=True):
+        try:
+            manifest = BackupManifest.model_validate_json(manifest_file.read_bytes())
+        except (OSError, ValueError):
+            continue
+        archive = directory / manifest.archive
+        if manifest.flow_run_id != flow_run_id or not archive.exists():
+            continue
+        size, digest, _ = archive_digest(archive)
+        if (size, digest) != (manifest.bytes, manifest.sha256):
+            continue
+        tools = find_pg_dump(server_version_num)
+        targets = [TableName(t.schema_name, t.table_name) for t in manifest.targets]
+        tables = verify_archive(archive, targets, tools)
+        return BackupResult(
+            path=str(archive),
+            bytes=size,
+            sha256=digest,
+            pg_dump_version=manifest.pg_dump_version,
+            duration_s=manifest.duration_s,
+            tables_in_archive=tables,
+            manifest_path=str(manifest_file),
+            scope=manifest.scope,
+            archive_format=manifest.archive_format,
+            compression=manifest.compression,
+            targets=manifest.targets,
+            verified_by_restore=manifest.verified_by_restore,
+            txid_snapshot=manifest.txid_snapshot,
+            warnings=[f"reused the backup this flow run took at {manifest.created_at} (archive intact)"],
+        )
+    return None
+
+
 def human_bytes(size: int) -> str:
     value = float(size)
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
@@ -1693,8 +1736,20 @@ def backup(
     flow_run_id: str | None = None,
     lock_wait_s: float | None = None,
 ) -> BackupResult:
-    """Take and verify a backup with its manifest; publish `<artifact_prefix>-backup` (and progress)."""
+    """Take and verify a backup with its manifest; publish `<artifact_prefix>-backup` (and progress).
+
+    A flow run resumed after a suspension reuses the intact backup it took before.
+    """
     logger = get_run_logger()
+    earlier = backup_of_run(Path(backup_dir), flow_run_id or "", server_version_num)
+    if earlier is not None:
+        logger.info("reusing this flow run's backup %s (sha256 %s, intact)", earlier.path, earlier.sha256)
+        publish_markdown(
+            f"{artifact_prefix}-backup",
+            backup_markdown(earlier, db),
+            description=f"Verified backup of {db.display}",
+        )
+        return earlier
     logger.info("backing up %s (scope %s, %s format) into %s", db.display, scope, archive_format, backup_dir)
     result = take_backup(
         db,
