@@ -87,6 +87,8 @@ def drop_deprecated_tables(params: DropParameters) -> State:
                 params.code_include,
                 params.code_exclude,
                 prefix,
+                secret_block=params.code_secret_block,
+                dry_run=params.dry_run,
             )
             if run.reasons():
                 raise PrecheckStop(run.reasons())

@@ -62,16 +62,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--code-path",
-        metavar="PATH",
+        metavar="PATH|GIT-URL",
         action="append",
         default=[],
-        help="application repository path to scan for references (repeatable)",
+        help="the application's code to scan for references: a local path, or a git URL (https://, "
+        "ssh://, git@host:org/repo.git, file://) with an optional #BRANCH, #TAG or #COMMIT, fetched "
+        "shallow for the run (repeatable); `run` stops without one unless --code-policy skip",
     )
     p.add_argument(
         "--code-policy",
-        choices=["fail", "warn"],
+        choices=["fail", "warn", "skip"],
         default="fail",
-        help="code references stop the run (fail) or are only reported (warn)",
+        help="code references stop the run (fail) or are only reported (warn); skip: do not look at "
+        "the code at all (default: %(default)s)",
+    )
+    p.add_argument(
+        "--code-secret-block",
+        metavar="NAME",
+        help="Prefect Secret block holding an HTTPS token (or USER:TOKEN) or an SSH private key for "
+        "private git code sources (never put credentials in the URL)",
     )
     p.add_argument(
         "--code-include",
@@ -258,9 +267,18 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
 
     from safedrop.database import database_from_url
     from safedrop.errors import UsageError
+    from safedrop.gitsource import is_git_source, parse_git_source
     from safedrop.migration import load_migration
     from safedrop.parameters import DropParameters
     from tasks.connection import parse_table_list
+
+    code_paths = []
+    for code_path in args.code_path:
+        if is_git_source(code_path):
+            parse_git_source(code_path)  # a URL carrying credentials is refused here, secret-free
+            code_paths.append(code_path.strip())
+        else:
+            code_paths.append(str(Path(code_path)))
 
     url = args.database_url or os.environ.get("DATABASE_URL")
     if url:
@@ -272,8 +290,9 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         if ("/" in args.migration or args.migration.endswith(".sql"))
         else args.migration,
         target_schema=args.schema,
-        code_paths=[str(Path(p)) for p in args.code_path],
+        code_paths=code_paths,
         code_policy=args.code_policy,
+        code_secret_block=args.code_secret_block,
         code_include=args.code_include,
         code_exclude=args.code_exclude,
         allow_cascade=args.allow_cascade,
@@ -316,7 +335,7 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     parse_table_list(params.keep, params.target_schema)
     for path in params.code_paths:
-        if not Path(path).exists():
+        if not is_git_source(path) and not Path(path).exists():
             raise UsageError(f"code path {path} does not exist")
     return params
 

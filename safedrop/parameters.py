@@ -38,11 +38,20 @@ class DropParameters(BaseModel):
     )
     code_paths: list[str] = Field(
         default_factory=list,
-        description="Application repository paths to scan for references to the targets. Empty: the "
-        "scan is skipped and the summary warns about it.",
+        description="The application's code to scan for references to the targets: local paths, or git "
+        "URLs (https://, ssh://, git@host:org/repo.git, file://) with an optional #BRANCH, #TAG or "
+        "#COMMIT, fetched shallow for the run. Never put credentials in a URL: use code_secret_block. "
+        "Empty: a dry run warns; a run that would drop stops, unless code_policy is 'skip'.",
     )
-    code_policy: Literal["fail", "warn"] = Field(
-        "fail", description="What code references do: 'fail' stops the run, 'warn' only reports them."
+    code_policy: Literal["fail", "warn", "skip"] = Field(
+        "fail",
+        description="What code references do: 'fail' stops the run, 'warn' only reports them. 'skip': "
+        "do not look at the code at all (the summary warns that it was not scanned).",
+    )
+    code_secret_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the credential for private git code sources: "
+        "an HTTPS token (or USER:TOKEN) or an SSH private key. The credential itself is never a parameter.",
     )
     code_include: list[str] = Field(
         default_factory=list,

@@ -117,10 +117,22 @@ class CodeReference(BaseModel):
     text: str
 
 
+class CodeSource(BaseModel):
+    """One code source that was scanned: a local path, or a git repository at one commit."""
+
+    root: str  # as references name it: the path, or the git URL (no credentials) with its #REF
+    kind: Literal["path", "git"]
+    url: str | None = None  # git: the URL without user info
+    ref: str | None = None  # git: the branch, tag or commit asked for; None: the default branch
+    commit: str | None = None  # git: the commit whose files were scanned
+    fetch_s: float | None = None  # git: how long the shallow fetch took
+
+
 class CodeScanResult(StepResult):
     status: Literal["done", "skipped"]
     roots: list[str]
     references: list[CodeReference]
+    sources: list[CodeSource] = Field(default_factory=list)
     files_scanned: int | None = None
 
 
@@ -276,6 +288,7 @@ class RunReport(BaseModel):
     activity: list[TableActivity] = Field(default_factory=list)
     code_scan: Literal["done", "skipped", "not-run"] = "not-run"
     code_references: list[CodeReference] = Field(default_factory=list)
+    code_sources: list[CodeSource] = Field(default_factory=list)
     backup: BackupSummary | None = None
     dropped: list[str] = Field(default_factory=list)
     drop: DropResult | None = None  # how the drop went: attempts, how long the targets were locked

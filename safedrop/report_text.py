@@ -48,6 +48,9 @@ def render_text(report: RunReport) -> str:
             lines.append(f"    {o.kind} {o.name}{owner} — {o.why}")
     if report.code_scan == "done":
         lines.append(f"  code references: {len(report.code_references)}")
+        for source in report.code_sources:
+            if source.commit:
+                lines.append(f"    scanned {source.root} at commit {source.commit}")
         for ref in report.code_references[:10]:
             lines.append(f"    {ref.root}/{ref.path}:{ref.line}:{ref.column} {ref.identifier}")
     if report.backup:

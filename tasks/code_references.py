@@ -1,14 +1,20 @@
 """Code-reference scan: does the application code still name the tables we are about to drop?
 
-One ripgrep run per code path, ``--json`` output parsed as it streams. The search looks for every
+One ripgrep run per code source, ``--json`` output parsed as it streams. A code source is a local
+path, or a git URL (``https://…``, ``ssh://…``, ``git@host:org/repo.git``, ``file://…``, optionally
+``#REF``) fetched shallow into a temporary directory for the scan and removed afterwards
+(``safedrop.gitsource``); its references are relative to the repository root and the report names
+the URL (never credentials) and the commit that was scanned. The search looks for every
 spelling an application uses for a table — ``credit_allocations``, ``creditAllocation``,
 ``CreditAllocationTransaction``, ``/credit-allocations`` — as whole words, so ``credit_allocation_id``
 and ``creditAllocationId`` are not hits. It honours ``.gitignore`` even outside a git checkout and
 skips hidden, vendored and build directories, migrations (they are supposed to name the tables), docs
 and lock files.
 
-``scan_code`` is a plain function; ``code_reference_scan`` is the thin Prefect task that publishes
-what it found as artifacts.
+A destructive run with no code source stops, unless the policy is ``skip``; a dry run only warns.
+
+``scan_code`` is a plain function; ``code_reference_scan`` is the thin Prefect task that reads the
+credentials for private repositories from a Prefect Secret block and publishes what it found as artifacts.
 """
 
 from __future__ import annotations
@@ -21,23 +27,41 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from safedrop.artifacts import artifact_key, md_table, publish_markdown, publish_table
 from safedrop.errors import ConfigurationError, SafedropError, UsageError
+from safedrop.gitsource import (
+    CodeSourceError,
+    GitCredential,
+    GitSource,
+    checkout,
+    credential_from_secret,
+    is_git_source,
+    parse_git_source,
+)
 from safedrop.migration import TableName
-from safedrop.report import CodeReference, CodeScanResult
+from safedrop.report import CodeReference, CodeScanResult, CodeSource
 
-CodePolicy = Literal["fail", "warn"]
+CodePolicy = Literal["fail", "warn", "skip"]
+POLICIES = ("fail", "warn", "skip")
 
 SKIPPED_WARNING = (
-    "code-reference scan skipped: no code path given; pass --code-path PATH (code_paths in the flow "
-    "parameters) to check the application for references to the targets"
+    "code-reference scan skipped: no code path given; pass --code-path PATH|GIT-URL (code_paths in the "
+    "flow parameters) to check the application for references to the targets (a run without one stops)"
+)
+NO_SOURCE_REASON = (
+    "no code source to scan: pass --code-path PATH|GIT-URL (code_paths), or --code-policy skip to drop "
+    "without looking at the application's code"
+)
+SKIPPED_BY_POLICY = (
+    "code-reference scan skipped (--code-policy skip): the application's code was not checked for "
+    "references to the targets"
 )
 
 #: Vendored dependencies and build output: not our code, or generated from it.
@@ -208,14 +232,19 @@ def include_rules(include: Sequence[str]) -> str:
     return "\n".join(["*", "!*/", *(f"!{glob}" for glob in include), ".*"]) + "\n"
 
 
-def _check_roots(roots: Sequence[str]) -> list[tuple[str, Path]]:
-    checked = []
+def _check_roots(roots: Sequence[str]) -> list[tuple[str, Path | GitSource]]:
+    """Each code source once: an existing local path, or a parsed git URL (not fetched yet)."""
+    checked: list[tuple[str, Path | GitSource]] = []
     for root in dict.fromkeys(roots):  # the same path twice would count every reference twice
+        if is_git_source(root):
+            source = parse_git_source(root)  # refuses credentials in the URL, in one secret-free line
+            checked.append((source.display, source))
+            continue
         path = Path(root).expanduser()
         if not root.strip() or not (path.is_dir() or path.is_file()):
             raise UsageError(f"code path {root} does not exist")
         checked.append((root, path))
-    return checked
+    return list({display: (display, where) for display, where in checked}.values())
 
 
 def _text(field: dict) -> str:
@@ -327,6 +356,18 @@ def _plural_s(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+def _scan_one(
+    root: str, path: Path, argv: list[str], include: Sequence[str], exclude: Sequence[str]
+) -> list[CodeReference]:
+    found, returncode, stderr = _run_rg(root, path, argv)
+    bad_glob = _bad_glob(stderr, include, exclude)  # an --ignore-file glob errs with status 0/1
+    if bad_glob is not None:
+        raise bad_glob
+    if returncode not in (0, 1):  # 1: no match
+        raise _rg_failure(root, returncode, stderr)
+    return found
+
+
 def scan_code(
     roots: Sequence[str],
     targets: Sequence[TableName],
@@ -334,17 +375,27 @@ def scan_code(
     policy: CodePolicy = "fail",
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    dry_run: bool = False,
+    credential: Callable[[], GitCredential] | None = None,
 ) -> CodeScanResult:
-    """Find every reference to the targets' names in the code under ``roots``.
+    """Find every reference to the targets' names in the code under ``roots`` (paths or git URLs).
 
-    Policy ``fail`` turns references into a reason (the run stops), ``warn`` into a warning.
+    Policy ``fail`` turns references into a reason (the run stops), ``warn`` into a warning, ``skip``
+    does not look at the code at all (a warning says so). No code source is a reason for a
+    destructive run and a warning for a dry run. A git source that cannot be fetched is a reason.
+    ``credential`` is called once, when the first https or ssh source needs it.
     Globs use ripgrep's (gitignore) syntax, matched from each root. Include globs only narrow the
     scan: ``.gitignore`` and the default excludes still apply. Exclude globs add to the defaults.
     """
+    if policy not in POLICIES:
+        raise UsageError(f"code policy {policy!r} is not one of 'fail', 'warn', 'skip'")
+    if policy == "skip":
+        given = "; the code paths given were not scanned" if roots else ""
+        return CodeScanResult(status="skipped", roots=[], references=[], warnings=[SKIPPED_BY_POLICY + given])
     if not roots:
-        return CodeScanResult(status="skipped", roots=[], references=[], warnings=[SKIPPED_WARNING])
-    if policy not in ("fail", "warn"):
-        raise UsageError(f"code policy {policy!r} is not one of 'fail', 'warn'")
+        if dry_run:
+            return CodeScanResult(status="skipped", roots=[], references=[], warnings=[SKIPPED_WARNING])
+        return CodeScanResult(status="skipped", roots=[], references=[], reasons=[NO_SOURCE_REASON])
     checked = _check_roots(roots)
     roots = [root for root, _ in checked]
     if not targets:
@@ -352,27 +403,51 @@ def scan_code(
 
     argv = [find_rg(), *RG_BASE_FLAGS, "--json", *exclude_args(exclude), "-e", search_pattern(targets)]
     references: list[CodeReference] = []
+    sources: list[CodeSource] = []
+    failed: list[str] = []
+    loaded: list[GitCredential] = []
     with tempfile.TemporaryDirectory(prefix="safedrop-scan-") as tmp:
         if include:
             rules = Path(tmp) / "include.ignore"
             rules.write_text(include_rules(include))
             argv[1:1] = ["--ignore-file", str(rules)]
-        for root, path in checked:
-            found, returncode, stderr = _run_rg(root, path, argv)
-            bad_glob = _bad_glob(stderr, include, exclude)  # an --ignore-file glob errs with status 0/1
-            if bad_glob is not None:
-                raise bad_glob
-            if returncode not in (0, 1):  # 1: no match
-                raise _rg_failure(root, returncode, stderr)
-            references += found
+        for root, where in checked:
+            if isinstance(where, Path):
+                references += _scan_one(root, where, argv, include, exclude)
+                sources.append(CodeSource(root=root, kind="path"))
+                continue
+            try:
+                if credential is not None and where.needs_network and not loaded:
+                    loaded.append(credential())
+                with checkout(where, credential=loaded[0] if loaded else None) as fetched:
+                    references += _scan_one(root, fetched.path, argv, include, exclude)
+                    sources.append(
+                        CodeSource(
+                            root=root,
+                            kind="git",
+                            url=where.safe_url,
+                            ref=where.ref,
+                            commit=fetched.commit,
+                            fetch_s=fetched.duration_s,
+                        )
+                    )
+            except CodeSourceError as exc:
+                failed.append(str(exc))
 
     order = {root: index for index, root in enumerate(roots)}
     references.sort(key=lambda r: (order[r.root], r.path, r.line, r.column))
-    result = CodeScanResult(status="done", roots=roots, references=references)
+    scanned = {s.root for s in sources}
+    result = CodeScanResult(
+        status="done" if sources else "skipped",
+        roots=[root for root in roots if root in scanned],
+        references=references,
+        sources=sources,
+        reasons=failed,
+    )
     if references:
         files = len({(r.root, r.path) for r in references})
         first = references[0]
-        where = first.path if len(roots) == 1 else os.path.join(first.root, first.path)
+        where = first.path if len(result.roots) == 1 else os.path.join(first.root, first.path)
         found_text = (
             f"code still references the targets: {_plural_s(len(references), 'reference')} in "
             f"{_plural_s(files, 'file')} (first: {where}:{first.line} {first.identifier})"
@@ -411,12 +486,19 @@ def _code_span(text: str) -> str:
     return f"{fence} {text} {fence}"
 
 
+def _scanned(source: CodeSource) -> str:
+    return f"`{source.root}` (commit `{source.commit}`)" if source.commit else f"`{source.root}`"
+
+
 def _markdown(result: CodeScanResult, policy: CodePolicy, table_key: str) -> str:
     out = ["## Code references to the targets", ""]
     if result.status == "skipped":
-        out += ["**Skipped**: " + SKIPPED_WARNING.split(": ", 1)[1] + ".", ""]
+        for reason in result.reasons:
+            out += [f"**Stopped**: {reason}.", ""]
+        for warning in result.warnings:
+            out += ["**Skipped**: " + warning.split(": ", 1)[1] + ".", ""]
         return "\n".join(out)
-    scanned = ", ".join(f"`{root}`" for root in result.roots)
+    scanned = ", ".join(_scanned(source) for source in result.sources)
     out += [f"Scanned {scanned}; policy `{policy}`.", ""]
     for line in (*result.reasons, *result.warnings):
         out.append(f"- {line}")
@@ -436,6 +518,25 @@ def _markdown(result: CodeScanResult, policy: CodePolicy, table_key: str) -> str
     return "\n".join(out)
 
 
+def read_code_credential(block: str) -> GitCredential:
+    """The HTTPS token or SSH private key held by the Prefect Secret block ``block``."""
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = Secret.load(block, _sync=True)  # type: ignore[call-arg]
+    except ValueError:
+        raise CodeSourceError(
+            f"no Prefect Secret block named {block!r} (code_secret_block); create one holding an HTTPS "
+            "token (or USER:TOKEN) or an SSH private key, or pass no --code-secret-block"
+        ) from None
+    except Exception as exc:  # the API is unreachable, or the block is of another type
+        raise CodeSourceError(
+            f"cannot read Prefect Secret block {block!r} (code_secret_block): {type(exc).__name__}; "
+            "check PREFECT_API_URL and that the block is a Secret"
+        ) from None
+    return credential_from_secret(secret.get(), block)
+
+
 @task(name="code-reference-scan", cache_policy=NO_CACHE)
 def code_reference_scan(
     roots: list[str],
@@ -444,9 +545,26 @@ def code_reference_scan(
     include: list[str],
     exclude: list[str],
     artifact_prefix: str,
+    *,
+    secret_block: str | None = None,
+    dry_run: bool = False,
 ) -> CodeScanResult:
-    """Scan the application code for the targets' names and publish what was found."""
-    result = scan_code(roots, targets, policy=policy, include=include, exclude=exclude)
+    """Scan the application code (local paths, git repositories) for the targets' names and publish
+    what was found. A private repository's credential is read from the Secret block ``secret_block``."""
+    result = scan_code(
+        roots,
+        targets,
+        policy=policy,
+        include=include,
+        exclude=exclude,
+        dry_run=dry_run,
+        credential=(lambda: read_code_credential(secret_block)) if secret_block else None,
+    )
+    for source in result.sources:
+        if source.kind == "git":
+            get_run_logger().info(
+                "fetched %s at commit %s in %.2f s and scanned it", source.root, source.commit, source.fetch_s
+            )
     key = f"{artifact_prefix}-code-references"
     table_key = f"{key}-table"
     publish_markdown(key, _markdown(result, policy, table_key), "References to the targets in the code")

@@ -110,6 +110,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         activity=record.activity.tables if record.activity else [],
         code_scan=record.code.status if record.code else "not-run",
         code_references=record.code.references if record.code else [],
+        code_sources=record.code.sources if record.code else [],
         backup=BackupSummary(path=record.backup.path, bytes=record.backup.bytes, sha256=record.backup.sha256)
         if record.backup
         else None,
@@ -167,15 +168,19 @@ def render(report: RunReport) -> str:
             md_table([u.model_dump() for u in report.untracked], ["kind", "name", "breaks"]),
         ]
     if report.code_scan == "skipped":
-        out += ["## Code references", "", "Skipped: no code path was given.", ""]
-    elif report.code_references:
-        out += [
-            "## Code references",
-            "",
-            md_table(
-                [c.model_dump() for c in report.code_references[:50]], ["path", "line", "identifier", "text"]
-            ),
+        out += ["## Code references", "", "Skipped: the application's code was not scanned.", ""]
+    elif report.code_scan == "done":
+        scanned = [
+            f"`{s.root}`" + (f" at commit `{s.commit}`" if s.commit else "") for s in report.code_sources
         ]
+        out += ["## Code references", ""] + ([f"Scanned {', '.join(scanned)}.", ""] if scanned else [])
+        if report.code_references:
+            out.append(
+                md_table(
+                    [c.model_dump() for c in report.code_references[:50]],
+                    ["path", "line", "identifier", "text"],
+                )
+            )
     if report.backup:
         out += [
             "## Backup",

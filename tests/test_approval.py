@@ -42,6 +42,7 @@ def start_run(tmp_path, **fields: Any) -> tuple[Background, str]:
         database_secret_block=None,
         approval="required",
         backup_dir=str(tmp_path / "b"),
+        code_policy="skip",
         **fields,
     )
 

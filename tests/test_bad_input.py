@@ -28,6 +28,8 @@ from tests.helpers import credit_plan
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
+SKIP_CODE = ("run", "--code-policy", "skip")  # a run that drops needs a code source, or says it skips one
+
 INJECTION = "; DROP TABLE tenants; --"
 VIEW_SQL = (
     "CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1"
@@ -96,7 +98,7 @@ def test_identifiers_that_look_like_sql_are_data(guide_db, capsys, tmp_path, set
     argv = [str(migration) if a == "FILE" else a for a in argv]
     before = guide_db.snapshot()
     code, report, err = cli_json(
-        capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "b"), *argv
+        capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "b"), *argv
     )
     assert code == 3 and report["status"] == "stopped", report["reasons"]
     assert any(fragment in r for r in report["reasons"]), report["reasons"]
@@ -117,7 +119,7 @@ def test_a_table_named_like_an_injection_is_dropped_and_nothing_else(guide_db, c
     migration = write_migration(tmp_path, f'DROP TABLE "{odd}";\n')
     code, report, _ = cli_json(
         capsys,
-        "run",
+        *SKIP_CODE,
         "--database-url",
         guide_db.url,
         "--migration",
@@ -154,7 +156,7 @@ def test_already_dropped_and_never_existed_are_told_apart(guide_db, capsys, tmp_
     before = guide_db.snapshot()
     code, report, _ = cli_json(
         capsys,
-        "run",
+        *SKIP_CODE,
         "--database-url",
         guide_db.url,
         "--migration",
@@ -182,7 +184,7 @@ def test_a_missing_pg_dump_stops_before_the_drop(guide_db, capsys, tmp_path, mon
     monkeypatch.setenv("SAFEDROP_PG_BIN", str(empty))
     before = guide_db.snapshot()
     code, report, _ = cli_json(
-        capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "b")
+        capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "b")
     )
     assert code == 3 and report["status"] == "stopped", report["reasons"]
     assert report["reasons"] == [

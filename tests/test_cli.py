@@ -17,9 +17,13 @@ import pytest
 
 from safedrop.cli import main, parse_duration_ms
 from safedrop.pgserver import find_server_bin, free_port
+from tasks.code_references import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
 from tests.conftest import ROOT, TARGETS
+from tests.gitrepos import leftovers, make_app_repo, private_tempdir
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SKIP_CODE = ("run", "--code-policy", "skip")  # a run that drops needs a code source, or says it skips one
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +97,9 @@ def test_plan_json_names_every_reason_and_exits_3(guide_db, capsys, tmp_path):
 
 
 def test_run_drops_and_prints_a_readable_summary(guide_db, capsys, tmp_path):
-    code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
+    code, out, _ = cli(
+        capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk")
+    )
     assert code == 0, out
     assert "SUCCEEDED" in out and "backup:" in out and "verification: passed" in out
     assert not any(guide_db.exists(t) for t in TARGETS)
@@ -107,7 +113,9 @@ def test_run_drops_and_prints_a_readable_summary(guide_db, capsys, tmp_path):
     ).stdout
     assert all(f"TABLE public {t} " in toc for t in TARGETS)
     # and again: already applied, exit 0
-    code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
+    code, out, _ = cli(
+        capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk")
+    )
     assert code == 0 and "ALREADY APPLIED" in out
 
 
@@ -116,7 +124,9 @@ def test_run_stops_with_3_and_changes_nothing_when_something_depends(guide_db, c
         "ALTER TABLE credit_usage ADD COLUMN allocation_id bigint REFERENCES credit_allocations (id)"
     )
     before = guide_db.snapshot()
-    code, out, _ = cli(capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"))
+    code, out, _ = cli(
+        capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk")
+    )
     assert code == 3
     assert "STOPPED" in out and "foreign key credit_usage_allocation_id_fkey" in out
     assert guide_db.snapshot() == before
@@ -170,6 +180,127 @@ def test_an_unreachable_server_is_retried_then_named(capsys):
     assert "secret-xyz" not in out + err
 
 
+# --------------------------------------------------------------------------------------------------
+# code sources: git URLs, and a run with none
+
+
+@pytest.fixture
+def app_repo(tmp_path):
+    (tmp_path / "remote").mkdir()
+    return make_app_repo(tmp_path / "remote")
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    return private_tempdir(monkeypatch, tmp_path)
+
+
+def test_plan_with_a_git_url_finds_the_live_references(guide_db, capsys, app_repo, temp_root):
+    before = guide_db.snapshot()
+    code, out, err = cli(
+        capsys, "plan", "--database-url", guide_db.url, "--code-path", app_repo.url, "--json"
+    )
+    report = json.loads(out)
+    assert code == 3 and report["status"] == "stopped", report["reasons"]
+    assert report["reasons"] == [
+        "code still references the targets: 1 reference in 1 file (first: src/services/billing.js:1 "
+        "credit_allocations); remove them, or pass --code-policy warn"
+    ]
+    assert [(r["root"], r["path"], r["line"]) for r in report["code_references"]] == [
+        (app_repo.url, "src/services/billing.js", 1)
+    ]
+    [source] = report["code_sources"]
+    assert {k: source[k] for k in ("root", "kind", "url", "ref", "commit")} == {
+        "root": app_repo.url,
+        "kind": "git",
+        "url": app_repo.url,
+        "ref": None,
+        "commit": app_repo.main,
+    }
+    assert "Traceback" not in err
+    assert guide_db.snapshot() == before
+    assert leftovers(temp_root) == []
+
+
+@pytest.mark.parametrize(("ref", "commit", "exit_code"), [("cleanup", "cleanup", 0), ("v1.0", "tag", 3)])
+def test_plan_scans_the_ref_it_is_given(guide_db, capsys, app_repo, temp_root, ref, commit, exit_code):
+    sha = getattr(app_repo, commit)
+    code, out, _ = cli(capsys, "plan", "--database-url", guide_db.url, "--code-path", f"{app_repo.url}#{ref}")
+    assert code == exit_code, out
+    assert f"scanned {app_repo.url}#{ref} at commit {sha}" in out
+    if ref == "v1.0":
+        assert f"{app_repo.url}#v1.0/src/models/CreditAllocation.ts:1:18 CreditAllocation" in out
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+@pytest.mark.parametrize("source", ["unknown-ref", "missing-repository"])
+def test_a_git_source_that_cannot_be_fetched_stops_with_one_line(
+    guide_db, capsys, app_repo, tmp_path, temp_root, command, source
+):
+    if source == "unknown-ref":
+        spec, url = f"{app_repo.url}#no-such-branch", app_repo.url
+        why = "no branch, tag or commit 'no-such-branch' in the repository; fix the #REF of --code-path (code_paths)"
+    else:
+        spec = url = (tmp_path / "gone.git").as_uri()
+        why = "no such repository; check the URL in --code-path (code_paths)"
+    before = guide_db.snapshot()
+    extra = ["--backup-dir", str(tmp_path / "bk")] if command == "run" else []
+    code, out, err = cli(
+        capsys, command, "--database-url", guide_db.url, "--code-path", spec, *extra, "--json"
+    )
+    report = json.loads(out)
+    assert code == 3 and report["status"] == "stopped"
+    assert report["reasons"] == [f"cannot fetch the code at {url}: {why}"]
+    assert "Traceback" not in err
+    assert guide_db.snapshot() == before
+    assert not (tmp_path / "bk").exists()
+    assert leftovers(temp_root) == []
+
+
+def test_a_run_without_a_code_source_stops_unless_told_to_skip(guide_db, capsys, tmp_path):
+    before = guide_db.snapshot()
+    code, out, _ = cli(
+        capsys, "run", "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk"), "--json"
+    )
+    report = json.loads(out)
+    assert code == 3 and report["status"] == "stopped"
+    assert report["reasons"] == [NO_SOURCE_REASON]
+    assert guide_db.snapshot() == before
+    assert not (tmp_path / "bk").exists()
+
+    code, out, _ = cli(capsys, "plan", "--database-url", guide_db.url, "--json")  # a plan only warns
+    report = json.loads(out)
+    assert code == 0 and report["status"] == "ready" and SKIPPED_WARNING in report["warnings"]
+
+    code, out, _ = cli(
+        capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk")
+    )
+    assert code == 0, out
+    assert "SUCCEEDED" in out and f"! {SKIPPED_BY_POLICY}" in out
+    assert not any(guide_db.exists(t) for t in TARGETS)
+
+
+def test_a_git_url_with_credentials_is_refused_in_one_line(guide_db, capsys):
+    token = "ghp_Recognisable0Token0Qx7"
+    before = guide_db.snapshot()
+    for extra in ([], ["--json"]):
+        code, out, err = cli(
+            capsys,
+            "run",
+            "--database-url",
+            guide_db.url,
+            "--code-path",
+            f"https://ci:{token}@github.com/acme/billing.git#main",
+            *extra,
+        )
+        assert code == 2
+        assert err.strip().count("\n") == 0 and "Traceback" not in err
+        assert "code path https://github.com/acme/billing.git carries credentials in its URL" in err
+        assert "--code-secret-block NAME" in err
+        assert token not in out + err
+    assert guide_db.snapshot() == before
+
+
 def test_durations():
     assert parse_duration_ms("500ms") == 500
     assert parse_duration_ms("2s") == 2000
@@ -198,6 +329,29 @@ def test_console_script_plan_json(guide_db, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["status"] == "ready"
     assert guide_db.server.password not in result.stdout + result.stderr
+
+
+@pytest.mark.cli
+def test_console_script_plan_with_a_git_url(guide_db, app_repo, tmp_path):
+    """`safedrop plan --code-path file:///…/app.git` as a user runs it: git found on PATH, clone gone."""
+    exe = Path(sys.executable).parent / "safedrop"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = subprocess.run(
+        [str(exe), "plan", "--code-path", f"{app_repo.url}#v1.0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_console_env(tmp_path, DATABASE_URL=guide_db.url, TMPDIR=str(tmp)),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [(r["path"], r["identifier"]) for r in report["code_references"]] == [
+        ("src/models/CreditAllocation.ts", "CreditAllocation")
+    ]
+    assert report["code_sources"][0]["commit"] == app_repo.tag
+    assert leftovers(tmp) == []
 
 
 @pytest.mark.cli

@@ -280,7 +280,7 @@ def test_column_counts_characters_and_long_lines_are_cut(tmp_path):
 
 
 def test_no_code_path_skips_with_a_warning():
-    result = scan_code([], TARGETS)
+    result = scan_code([], TARGETS, dry_run=True)  # a run that drops stops instead: tests/test_gitsource.py
 
     assert result.status == "skipped"
     assert result.reasons == []
@@ -427,7 +427,7 @@ def test_task_skipped_publishes_a_note_and_no_table(prefect_harness):
 
     @flow
     def scan_flow() -> CodeScanResult:
-        return code_reference_scan([], TARGETS, "fail", [], [], prefix)
+        return code_reference_scan([], TARGETS, "fail", [], [], prefix, dry_run=True)
 
     result = scan_flow()
 

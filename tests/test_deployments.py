@@ -346,6 +346,7 @@ def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path):
     before = guide_db.snapshot()
     params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
     params["params"]["backup_dir"] = str(backup_dir)
+    params["params"]["code_policy"] = "skip"  # prefect.yaml names no code source
     blocker = psycopg2.connect(guide_db.url, application_name="e2e-lock-holder")
     try:
         with blocker.cursor() as cur:  # pg_dump locks every table it dumps before reading any
@@ -473,6 +474,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     #    `--watch` waits through the approval pause; the test approves as an operator would in the UI.
     params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
     params["params"]["backup_dir"] = str(tmp_path / "backups")
+    params["params"]["code_policy"] = "skip"  # prefect.yaml names no code source
     run_args = ["deployment", "run", f"{FLOW_NAME}/{MANUAL}", "--params", json.dumps(params)]
     watch = stack.start("run", *run_args, "--watch", "--watch-timeout", "120")
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from safedrop.pgserver import find_server_bin
+from tasks.code_references import NO_SOURCE_REASON, SKIPPED_WARNING
 from tests.conftest import SURVIVORS, TARGETS
+from tests.gitrepos import leftovers, make_app_repo, private_tempdir
 from tests.helpers import artifacts_of, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -179,6 +181,68 @@ def test_code_references_stop_the_run(env_url, tmp_path):
         ("src/allocations.js", 1, "credit_allocations")
     ]
     assert env_url.snapshot() == before
+
+
+@pytest.fixture
+def app_repo(tmp_path):
+    (tmp_path / "remote").mkdir()
+    return make_app_repo(tmp_path / "remote")
+
+
+def test_a_git_url_is_fetched_and_scanned_by_the_run(env_url, tmp_path, monkeypatch, app_repo):
+    temp_root = private_tempdir(monkeypatch, tmp_path)
+    source = f"{app_repo.url}#cleanup"  # the branch where the application no longer uses the tables
+    state, report = run(code_paths=[source], backup_dir=str(tmp_path / "b"))
+    assert report.status == "succeeded", report.reasons
+    assert report.code_scan == "done" and report.code_references == []
+    assert [(s.root, s.kind, s.commit) for s in report.code_sources] == [(source, "git", app_repo.cleanup)]
+    assert not any("code" in w for w in report.warnings)
+    artifacts = artifacts_of(str(state.state_details.flow_run_id))
+    prefix = "drop-credit-allocation-tables"
+    assert f"Scanned `{source}` (commit `{app_repo.cleanup}`)" in artifacts[f"{prefix}-code-references"].data
+    assert f"`{source}` at commit `{app_repo.cleanup}`" in artifacts[f"{prefix}-summary"].data
+    assert leftovers(temp_root) == []
+
+
+def test_references_in_a_git_source_stop_the_run(env_url, tmp_path, monkeypatch, app_repo):
+    temp_root = private_tempdir(monkeypatch, tmp_path)
+    before = env_url.snapshot()
+    state, report = run(code_paths=[f"{app_repo.url}#main"], backup_dir=str(tmp_path / "b"))
+    assert_stopped(state, report, "code still references the targets: 1 reference in 1 file")
+    assert [(r.root, r.path, r.line) for r in report.code_references] == [
+        (f"{app_repo.url}#main", "src/services/billing.js", 1)
+    ]
+    assert report.code_sources[0].commit == app_repo.main
+    assert env_url.snapshot() == before
+    assert not (tmp_path / "b").exists()
+    assert leftovers(temp_root) == []
+
+
+def test_a_git_source_that_cannot_be_fetched_stops_the_run(env_url, tmp_path, monkeypatch, app_repo):
+    temp_root = private_tempdir(monkeypatch, tmp_path)
+    before = env_url.snapshot()
+    state, report = run(code_paths=[f"{app_repo.url}#v9.9"], backup_dir=str(tmp_path / "b"))
+    assert_stopped(state, report)
+    assert report.reasons == [
+        f"cannot fetch the code at {app_repo.url}: no branch, tag or commit 'v9.9' in the repository; "
+        "fix the #REF of --code-path (code_paths)"
+    ]
+    assert env_url.snapshot() == before
+    assert not (tmp_path / "b").exists()
+    assert leftovers(temp_root) == []
+
+
+def test_a_run_without_a_code_source_stops_and_a_dry_run_warns(env_url, tmp_path):
+    before = env_url.snapshot()
+    state, report = run(code_policy="fail", backup_dir=str(tmp_path / "b"))
+    assert_stopped(state, report)
+    assert report.reasons == [NO_SOURCE_REASON]
+    assert env_url.snapshot() == before
+    assert not (tmp_path / "b").exists()
+
+    state, report = run(code_policy="fail", dry_run=True)
+    assert state.is_completed() and report.status == "ready"
+    assert SKIPPED_WARNING in report.warnings
 
 
 def test_a_role_that_may_not_drop_stops_the_run(env_url, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ catch-all — the bytes of the Prefect API's own database.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from prefect.logging.handlers import APILogHandler
 
 from safedrop.pgserver import find_server_bin, free_port, wait_until
 from tests.conftest import TARGETS
+from tests.gitrepos import GitHttpServer, leftovers, make_app_repo, private_tempdir, recording_git
 from tests.helpers import Background, artifacts_of, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -160,3 +162,60 @@ def test_the_password_is_nowhere_after_a_failed_connection(guide_db, tmp_path, m
     assert precheck.run_count == 4  # refused connections are retried (three times), then named
     assert {where for where, text in found.items() if PASSWORD in text} == set()
     assert PASSWORD.encode() not in prefect_database_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# the token for a private code repository, from a Prefect Secret block
+
+REPO_TOKEN = "glpat-Recognisable0Repo0Token"
+
+
+def test_the_repository_token_is_nowhere(guide_db, tmp_path, monkeypatch, capfd, caplog):
+    """A private repository over smart HTTP (git http-backend, 401 without the right basic auth):
+    fetched with the token from a Secret block, then refused a wrong one. The token is in no git
+    argv (a recording git on PATH, and every process's argv read while the server answers), no log,
+    artifact, parameter, state, report or exception text, and not in the Prefect database's bytes."""
+    from prefect.blocks.system import Secret
+
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    temp_root = private_tempdir(monkeypatch, tmp_path)
+    (tmp_path / "remote").mkdir()
+    repo = make_app_repo(tmp_path / "remote")
+    git_log = tmp_path / "git-argv"
+    recording_git(tmp_path / "bin", git_log)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    Secret(value=f"ci-bot:{REPO_TOKEN}").save("safedrop-test-repo-token", overwrite=True)
+    Secret(value="ci-bot:glpat-Wrong0Token").save("safedrop-test-wrong-token", overwrite=True)
+
+    with GitHttpServer(repo.bare.parent, "ci-bot", REPO_TOKEN) as server:
+        url = f"{server.url()}#cleanup"
+        refused_state, refused = run(
+            code_paths=[url], code_secret_block="safedrop-test-wrong-token", backup_dir=str(tmp_path / "b2")
+        )
+        state, report = run(
+            code_paths=[url], code_secret_block="safedrop-test-repo-token", backup_dir=str(tmp_path / "b")
+        )
+        assert report.status == "succeeded", report.reasons
+        assert report.code_sources[0].commit == repo.cleanup
+
+    assert refused.status == "stopped"
+    assert refused.reasons == [
+        f"cannot fetch the code at {server.url()}: the server refused the HTTPS token in Prefect Secret "
+        "block 'safedrop-test-wrong-token'; check that it is valid and may read the repository"
+    ]
+    assert not (tmp_path / "b2").exists()
+    assert {status for *_, status in server.requests} == {200, 401}
+    calls = git_log.read_text()
+    assert "fetch" in calls and REPO_TOKEN not in calls and "Wrong0Token" not in calls
+    assert server.argv_seen and not [argv for argv in server.argv_seen if REPO_TOKEN in argv]
+    out, err = capfd.readouterr()
+    assert REPO_TOKEN not in out + err + caplog.text
+    for st, rep in ((state, report), (refused_state, refused)):
+        found = traces(str(st.state_details.flow_run_id))
+        assert url in found["parameters"] and found["artifacts"]
+        assert {
+            where for where, text in found.items() if REPO_TOKEN in text or "Wrong0Token" in text
+        } == set()
+        assert REPO_TOKEN not in rep.model_dump_json() + str(st.message)
+    assert REPO_TOKEN.encode() not in prefect_database_bytes()  # the Secret block is stored encrypted
+    assert leftovers(temp_root) == []

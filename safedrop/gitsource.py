@@ -1,0 +1,527 @@
+"""Code sources that are git repositories: ``URL#REF`` fetched shallow into a temporary directory.
+
+A worker on another machine has no checkout of the application, so a code path may be a git URL —
+``https://``, ``http://``, ``ssh://``, scp-like ``git@host:org/repo.git`` or ``file://`` — with an
+optional ``#REF`` (a branch, a tag or a commit sha). ``checkout()`` fetches exactly that one commit
+(``--depth 1``; a commit the server will not hand out by sha falls back to fetching every branch and
+tag), yields its path and sha, and removes the directory afterwards, on failure and interrupt too.
+
+git runs with a timeout, a minimal environment (no system or global git config, no credential
+helper, no terminal or askpass prompt, ssh in batch mode), and never sees a secret in its argv:
+an HTTPS token travels as an ``http.<url>.extraHeader`` set through ``GIT_CONFIG_*`` environment
+variables, an SSH private key as a 0600 file in the temporary directory. Credentials never come from
+the URL itself: a URL that carries them is refused, because a Prefect parameter is stored in plain text.
+
+Every failure is one secret-free line, raised as ``CodeSourceError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from safedrop.errors import SafedropError, UsageError
+
+TIMEOUT_ENV = "SAFEDROP_GIT_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 300.0  # the whole fetch of one source, retries included
+RETRY_DELAYS_S = (2.0, 5.0)  # transient network failures only
+TOKEN_USER = "x-access-token"  # the user name sent with a bare token (GitHub's; GitLab, Gitea take any)
+
+_SCHEMES = ("file", "http", "https", "ssh")
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+_TRANSPORT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")  # git's <transport>::<address>, e.g. ext::
+# scp-like: user@host:path, no slash before the colon (git's own rule); the user part may hold a
+# password by mistake, so it is matched loosely here and refused below
+_SCP = re.compile(r"^(?P<user>[^@/\s]+)@(?P<host>\[[^\]/]+\]|[^:/\s]+):(?P<path>.+)$")
+_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./@+-]*$")
+_HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
+
+# stderr of git (LC_ALL=C) that a second attempt may get past
+_TRANSIENT = (
+    "connection timed out",
+    "operation timed out",
+    "connection reset",
+    "temporary failure in name resolution",
+    "early eof",
+    "rpc failed",
+    "the remote end hung up unexpectedly",
+    "returned error: 500",
+    "returned error: 502",
+    "returned error: 503",
+    "returned error: 504",
+    "gnutls_handshake() failed",
+    "ssl_read",
+    "failed to connect",
+    "connection refused",
+)
+_NOT_FOUND = ("does not appear to be a git repository", "repository not found", "returned error: 404")
+_AUTH = (
+    "could not read username",
+    "could not read password",
+    "authentication failed",
+    "returned error: 401",
+    "returned error: 403",
+    "permission denied (publickey",
+    "permission denied, please try again",
+    "access denied",
+)
+_NO_SUCH_REF = ("couldn't find remote ref", "not our ref", "unadvertised object", "no such remote ref")
+
+
+class CodeSourceError(SafedropError):
+    """A git code source could not be fetched. Nothing was changed; the run stops."""
+
+    exit_code = 3
+    status = "stopped"
+
+
+# --------------------------------------------------------------------------------------------------
+# the source spec
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """One ``URL[#REF]`` code path. ``url`` is as given (it may name an SSH user, never a password)."""
+
+    url: str
+    ref: str | None
+    scheme: Literal["file", "http", "https", "ssh"]
+    host: str | None  # None for file://
+    safe_url: str  # the URL without any user info: what reports and logs show
+
+    @property
+    def display(self) -> str:
+        """How references and reports name the source: the URL without user info, and the #REF."""
+        return f"{self.safe_url}#{self.ref}" if self.ref else self.safe_url
+
+    @property
+    def needs_network(self) -> bool:
+        return self.scheme != "file"
+
+
+def is_git_source(text: str) -> bool:
+    """Whether a code path is meant as a git URL (``scheme://``, ``transport::``, or ``user@host:path``)."""
+    text = text.strip()
+    return bool(_URL.match(text) or _TRANSPORT.match(text) or _SCP.match(text))
+
+
+def _refuse_credentials(safe: str) -> UsageError:
+    return UsageError(
+        f"code path {safe} carries credentials in its URL, and Prefect stores parameters in plain text; "
+        "put the token or key in a Prefect Secret block and pass --code-secret-block NAME "
+        "(code_secret_block) with the URL alone"
+    )
+
+
+def parse_git_source(text: str) -> GitSource:
+    """Parse ``URL[#REF]``. Refuses (UsageError, secret-free) an unsupported scheme, a URL carrying a
+    password or token, and a #REF that is no branch, tag or commit name."""
+    text = text.strip()
+    url, _, ref = text.partition("#")
+    scp = _SCP.match(url) if not _URL.match(url) else None
+    if scp:
+        user, host = scp.group("user"), scp.group("host")
+        safe = f"{host}:{scp.group('path')}"
+        if ":" in user:  # user:password@host:path
+            raise _refuse_credentials(safe)
+        scheme: str = "ssh"
+    else:
+        match = _URL.match(url)
+        if not match:
+            transport = url.split("::", 1)[0] if _TRANSPORT.match(url) else url
+            raise UsageError(
+                f"code path {transport}::… is not a supported git URL; use https://, ssh://, "
+                "git@host:org/repo.git or file://"
+            )
+        scheme = match.group("scheme").lower()
+        if scheme not in _SCHEMES:
+            raise UsageError(
+                f"code path {scheme}://… is not a supported git URL; use https://, ssh://, "
+                "git@host:org/repo.git or file://"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise UsageError(f"code path {scheme}://… is not a valid URL") from None
+        netloc = parts.netloc.rpartition("@")[2]
+        safe = f"{scheme}://{netloc}{parts.path}"
+        has_userinfo = "@" in parts.netloc
+        # over http(s) a user name alone can be the token (https://TOKEN@github.com/…); over ssh it is
+        # the account (ssh://git@host/…) and only a password is a secret
+        if has_userinfo and (scheme != "ssh" or parts.password is not None):
+            raise _refuse_credentials(safe)
+        if parts.query:
+            raise UsageError(f"code path {safe}?… has a query string; pass the repository URL alone")
+        host = parts.hostname
+        if scheme != "file" and not host:
+            raise UsageError(f"code path {safe} names no host")
+        if scheme == "file" and not parts.path:
+            raise UsageError(f"code path {safe} names no repository path")
+    if "#" in text and not ref:
+        raise UsageError(f"code path {safe}# has an empty #REF; name a branch, tag or commit, or drop the #")
+    if ref and (not _REF.match(ref) or ".." in ref or ref.endswith((".", "/", ".lock"))):
+        raise UsageError(
+            f"#REF {ref!r} of code path {safe} is not a branch, tag or commit name; "
+            "use e.g. #main, #v1.4.0 or a commit sha"
+        )
+    return GitSource(url=url, ref=ref or None, scheme=scheme, host=host, safe_url=safe)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# credentials
+
+
+@dataclass(frozen=True)
+class GitCredential:
+    """What a Prefect Secret block holds for private repositories: an HTTPS token or an SSH key."""
+
+    kind: Literal["token", "ssh-key"]
+    secret: SecretStr
+    block: str  # the Secret block's name, for messages
+    username: str = TOKEN_USER
+
+    @property
+    def description(self) -> str:
+        what = "HTTPS token" if self.kind == "token" else "SSH private key"
+        return f"the {what} in Prefect Secret block {self.block!r}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the secret (and its basic-auth encoding) replaced by ``***``."""
+        value = self.secret.get_secret_value()
+        for secret in (value, _basic(self.username, value)) if self.kind == "token" else (value,):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def credential_from_secret(value: object, block: str) -> GitCredential:
+    """Read a Secret block's value: ``TOKEN``, ``USER:TOKEN`` or an OpenSSH/PEM private key."""
+    if not isinstance(value, str) or not value.strip():
+        raise CodeSourceError(
+            f"Prefect Secret block {block!r} (code_secret_block) holds no text; store an HTTPS token "
+            "(or USER:TOKEN) or an SSH private key in it"
+        )
+    text = value.strip()
+    if text.startswith("-----BEGIN") and "PRIVATE KEY-----" in text:
+        return GitCredential("ssh-key", SecretStr(text + "\n"), block)
+    if any(c.isspace() for c in text):
+        raise CodeSourceError(
+            f"Prefect Secret block {block!r} (code_secret_block) holds neither a token nor an SSH "
+            "private key; store an HTTPS token (or USER:TOKEN) or a key beginning -----BEGIN"
+        )
+    user, sep, token = text.partition(":")
+    if sep and user and token:
+        return GitCredential("token", SecretStr(token), block, username=user)
+    return GitCredential("token", SecretStr(text), block)
+
+
+def _basic(user: str, token: str) -> str:
+    return base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# running git
+
+
+# Passed through from our environment: proxies and CA bundles the network may need.
+_PASSTHROUGH = (
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+)
+
+
+def git_environment(source: GitSource, credential: GitCredential | None, work: Path) -> dict[str, str]:
+    """The whole environment git runs with: nothing inherited but PATH, HOME, proxies and CA bundles."""
+    env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
+    env.update(
+        PATH=os.environ.get("PATH", os.defpath),
+        HOME=os.environ.get("HOME") or str(Path.home()),  # ssh reads ~/.ssh/known_hosts and config
+        LC_ALL="C",  # messages in English: they are read below
+        GIT_TERMINAL_PROMPT="0",  # never ask for a user name or password
+        GIT_CONFIG_NOSYSTEM="1",  # no credential helper or url rewrite from the machine's config
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_ALLOW_PROTOCOL=":".join(_SCHEMES),
+    )
+    config = [("advice.detachedHead", "false"), ("init.defaultBranch", "main"), ("credential.helper", "")]
+    ssh = ["ssh", "-o", "BatchMode=yes"]  # no passphrase, password or host-key prompt
+    if credential is not None and credential.kind == "token":
+        parts = urlsplit(source.url)
+        prefix = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        header = f"Authorization: Basic {_basic(credential.username, credential.secret.get_secret_value())}"
+        config.append((f"http.{prefix}/.extraHeader", header))  # sent to this scheme://host[:port] only
+    elif credential is not None and credential.kind == "ssh-key":
+        keydir = work / "ssh"
+        keydir.mkdir(mode=0o700)
+        key = keydir / "id"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(credential.secret.get_secret_value())
+        ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+    elif "SSH_AUTH_SOCK" in os.environ:
+        env["SSH_AUTH_SOCK"] = os.environ["SSH_AUTH_SOCK"]  # no key given: the worker's agent may hold one
+    env["GIT_SSH_COMMAND"] = shlex.join(ssh)
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for i, (key_name, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{i}"] = key_name
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _git(git: str, args: Sequence[str], env: dict[str, str], deadline: float) -> tuple[int, str, str]:
+    """Run git; (returncode, stdout, stderr). The process group is killed on timeout or interrupt."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _Timeout
+    proc = subprocess.Popen(
+        [git, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: ssh and git-remote-http go with it
+    )
+    try:
+        out, err = proc.communicate(timeout=remaining)
+    except BaseException as exc:  # timeout, KeyboardInterrupt, Prefect's termination signal
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise _Timeout from None
+        raise
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _first_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    line = (fatal or lines or ["git failed without a message"])[0]
+    return re.sub(r"^(fatal|error):\s*", "", line)
+
+
+def _failure(source: GitSource, stderr: str, credential: GitCredential | None) -> CodeSourceError:
+    """One instructive, secret-free line for a failed fetch."""
+    where = f"cannot fetch the code at {source.safe_url}"
+    text = stderr.lower()
+    host = source.host or "the server"
+    if any(s in text for s in _NO_SUCH_REF):
+        if source.ref is None:
+            return CodeSourceError(
+                f"{where}: the repository has no default branch (its HEAD names no branch); "
+                f"name a branch, tag or commit: {source.safe_url}#REF"
+            )
+        return CodeSourceError(
+            f"{where}: no branch, tag or commit {source.ref!r} in the repository; "
+            "fix the #REF of --code-path (code_paths)"
+        )
+    if "load key" in text or "invalid format" in text:
+        return CodeSourceError(
+            f"{where}: {credential.description if credential else 'the SSH key'} does not load "
+            "(passphrase-protected or malformed); store an unencrypted deploy key"
+        )
+    if "host key verification failed" in text:
+        return CodeSourceError(
+            f"{where}: the SSH host key of {host} is not known on this machine; add it to the "
+            f"known_hosts of the user running the flow (ssh-keyscan {host}, after checking its fingerprint)"
+        )
+    if any(s in text for s in _NOT_FOUND):
+        hint = (
+            ""
+            if not source.needs_network
+            else f", or {credential.description} may not read it"
+            if credential
+            else "; a private repository also needs --code-secret-block NAME (code_secret_block)"
+        )
+        return CodeSourceError(
+            f"{where}: no such repository; check the URL in --code-path (code_paths){hint}"
+        )
+    if any(s in text for s in _AUTH):
+        if credential:
+            return CodeSourceError(
+                f"{where}: the server refused {credential.description}; check that it is valid and "
+                "may read the repository"
+            )
+        return CodeSourceError(
+            f"{where}: the server asks for credentials; store an HTTPS token or an SSH private key in a "
+            "Prefect Secret block and pass --code-secret-block NAME (code_secret_block)"
+        )
+    if "certificate" in text and ("verif" in text or "problem" in text):
+        return CodeSourceError(
+            f"{where}: the server's TLS certificate is not trusted on this machine; install its CA, or "
+            "point GIT_SSL_CAINFO at a CA bundle that holds it"
+        )
+    if "could not resolve host" in text or "could not resolve hostname" in text:
+        return CodeSourceError(f"{where}: host {host} not found; check the URL in --code-path (code_paths)")
+    line = _first_line(stderr)
+    if credential:
+        line = credential.scrub(line)
+    return CodeSourceError(f"{where}: {line}")
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A fetched source: the directory holding its files, and the commit they are."""
+
+    source: GitSource
+    path: Path
+    commit: str
+    duration_s: float
+
+
+def _timeout_s() -> float:
+    try:
+        return float(os.environ.get(TIMEOUT_ENV, "") or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+
+
+@contextmanager
+def checkout(
+    source: GitSource, *, credential: GitCredential | None = None, timeout_s: float | None = None
+) -> Iterator[Checkout]:
+    """Fetch ``source`` (one commit, shallow) into a new temporary directory and yield it.
+
+    The directory (``safedrop-git-*`` under the system temp dir) is removed when the block ends,
+    however it ends. Raises CodeSourceError with one secret-free line when the fetch fails.
+    """
+    timeout = timeout_s or _timeout_s()
+    if credential is not None:
+        wants = "ssh-key" if source.scheme == "ssh" else "token"
+        if not source.needs_network:
+            credential = None  # a local repository needs none
+        elif credential.kind != wants:
+            other = "an https:// URL" if credential.kind == "token" else "an ssh:// or git@host: URL"
+            raise CodeSourceError(
+                f"cannot fetch the code at {source.safe_url}: {credential.description} does not fit an "
+                f"{source.scheme} URL; give the repository as {other}, or store the other kind of credential"
+            )
+        elif source.scheme == "http" and not _is_loopback(source.host):
+            raise CodeSourceError(
+                f"cannot fetch the code at {source.safe_url}: will not send {credential.description} over "
+                "plain http; use the https:// URL"
+            )
+    git = shutil.which("git")
+    if git is None:
+        raise CodeSourceError(
+            f"cannot fetch the code at {source.safe_url}: git is not installed on this machine (not on "
+            "PATH); install git, or pass a local checkout as --code-path"
+        )
+    started = time.monotonic()
+    deadline = started + timeout
+    work = Path(tempfile.mkdtemp(prefix="safedrop-git-"))
+    try:
+        env = git_environment(source, credential, work)
+        repo = work / "repo"
+
+        def run(*args: str) -> tuple[int, str, str]:
+            return _git(git, args, env, deadline)
+
+        def network(*args: str) -> tuple[int, str]:
+            """A fetch, retried (bounded) when the failure looks like the network's."""
+            for delay in (*RETRY_DELAYS_S, None):
+                code, _, err = run(*args)
+                if code == 0 or delay is None or not any(s in err.lower() for s in _TRANSIENT):
+                    return code, err
+                if time.monotonic() + delay >= deadline:
+                    return code, err
+                time.sleep(delay)
+            raise AssertionError("unreachable")
+
+        try:
+            code, _, err = run("init", "--quiet", "--template=", str(repo))
+            if code != 0:
+                raise _failure(source, err, credential)
+            repo_args = ("-C", str(repo))
+            want = source.ref or "HEAD"
+            code, err = network(
+                *repo_args, "fetch", "--quiet", "--depth", "1", "--no-tags", "--", source.url, want
+            )
+            if (
+                code != 0
+                and source.ref
+                and _HEX.match(source.ref)
+                and any(s in err.lower() for s in _NO_SUCH_REF)
+            ):
+                # a commit sha the server will not hand out by itself (an abbreviated sha, or a server
+                # without allowAnySHA1InWant): fetch every branch and tag, then look for it
+                code, err = network(
+                    *repo_args,
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    "--",
+                    source.url,
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/tags/*:refs/tags/*",
+                )
+                if code == 0:
+                    found, sha, _ = run(
+                        *repo_args, "rev-parse", "--verify", "--quiet", f"{source.ref}^{{commit}}"
+                    )
+                    if found != 0:
+                        raise _failure(source, "couldn't find remote ref", credential)
+                    commit = sha.strip()
+            elif code == 0:
+                code, sha, err = run(*repo_args, "rev-parse", "--verify", "FETCH_HEAD^{commit}")
+                commit = sha.strip()
+            if code != 0:
+                raise _failure(source, err, credential)
+            code, _, err = run(*repo_args, "checkout", "--quiet", "--detach", commit)
+            if code != 0:
+                raise _failure(source, err, credential)
+        except _Timeout:
+            raise CodeSourceError(
+                f"cannot fetch the code at {source.safe_url}: git took longer than {timeout:g} s; check "
+                f"the network, raise {TIMEOUT_ENV}, or pass a local checkout as --code-path"
+            ) from None
+        except OSError as exc:
+            raise CodeSourceError(
+                f"cannot fetch the code at {source.safe_url}: cannot run git ({exc.strerror or exc}); "
+                "install git, or pass a local checkout as --code-path"
+            ) from None
+        yield Checkout(source, repo, commit, round(time.monotonic() - started, 2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
