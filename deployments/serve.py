@@ -4,16 +4,15 @@
 
 Names, parameters, descriptions, tags, schedules (with their ``active`` flag) and concurrency limits
 are read from prefect.yaml, so the served deployments and the worker deployments never drift apart.
-Runs execute as subprocesses of this script, with the checkout as working directory (as the worker's
-pull step does). Serve or deploy to the work pool on one Prefect server, not both: the names are the
-same, and a served deployment that was first deployed to the pool keeps its work pool and has no code
-path, so its runs crash. Ctrl-C/SIGTERM pauses the served deployments (``pause_on_shutdown``), which
-deletes their scheduled runs.
+Runs execute as subprocesses of this script, importing the flows from the installed package (module
+entrypoints, as the worker does), in whatever directory this script was started. Serve or deploy to
+the work pool on one Prefect server, not both: the names are the same, and a served deployment that
+was first deployed to the pool keeps its work pool, so its runs wait for a worker. Ctrl-C/SIGTERM
+pauses the served deployments (``pause_on_shutdown``), which deletes their scheduled runs.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Schedule
 
 from flows.drop_deprecated_tables import drop_deprecated_tables
@@ -33,8 +32,8 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 # Flows this script can serve, by their prefect.yaml entrypoint. A new migration reuses the one flow:
 # it only adds a deployment entry to prefect.yaml.
 FLOWS: dict[str, Flow[..., Any]] = {
-    "flows/drop_deprecated_tables.py:drop_deprecated_tables": drop_deprecated_tables,
-    "flows/restore_dropped_tables.py:restore_dropped_tables": restore_dropped_tables,
+    "flows.drop_deprecated_tables:drop_deprecated_tables": drop_deprecated_tables,
+    "flows.restore_dropped_tables:restore_dropped_tables": restore_dropped_tables,
 }
 
 
@@ -84,6 +83,7 @@ def build_deployment(spec: dict[str, Any]) -> RunnerDeployment:
         paused=spec.get("paused"),
         concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
         version=spec.get("version"),
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
 
@@ -93,9 +93,6 @@ def build_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
 
 
 def main() -> None:
-    # The same working directory as a worker run (prefect.yaml's pull step): the checkout, so the
-    # entrypoint is relative and a relative backup_dir lands in <checkout>/backups.
-    os.chdir(ROOT)
     serve(*build_deployments())
 
 

@@ -9,9 +9,11 @@ holds no DATABASE_URL (so the URL can only come from the Secret block), and chec
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +46,7 @@ from prefect.utilities.schema_tools import validate
 
 from safedrop.parameters import DropParameters
 from tests.conftest import SURVIVORS, TARGETS
+from tests.gitrepos import make_app_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -54,6 +57,7 @@ POOL = "safedrop"
 SECRET_BLOCK = "safedrop-database-url"
 MANUAL, SCHEDULED = "credit-allocations", "credit-allocations-scheduled"
 READINESS = "credit-allocations-readiness"
+LEASE_S = 30  # the shortest deployment concurrency lease Prefect allows (default 300 s)
 
 
 def specs() -> list[dict[str, Any]]:
@@ -80,15 +84,15 @@ def test_prefect_yaml_declares_both_deployments_on_the_safedrop_pool():
     config = yaml.safe_load(PREFECT_YAML.read_text())
     names = [s["name"] for s in config["deployments"]]
     assert [n for n in names if n.startswith("credit-allocations")] == [MANUAL, SCHEDULED, READINESS]
-    assert config["pull"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ checkout.stdout }}"}}
-    ]
-    assert config["build"][0]["prefect.deployments.steps.run_shell_script"]["id"] == "checkout"
+    # Nothing points at the deploying machine: no pull step, no build step, module entrypoints.
+    assert config["pull"] == [] and config["build"] == [] and config["push"] == []
     for s in config["deployments"]:
         assert s["work_pool"]["name"] == POOL, s["name"]
         assert s["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}, s["name"]
         assert s["description"].strip() and "safedrop" in s["tags"], s["name"]
-        assert (ROOT / s["entrypoint"].split(":")[0]).is_file(), s["entrypoint"]
+        module, _, name = s["entrypoint"].partition(":")
+        assert "/" not in module and not module.endswith(".py"), s["entrypoint"]
+        assert callable(getattr(importlib.import_module(module), name)), s["entrypoint"]
 
 
 RESTORE = "restore-dropped-tables"
@@ -96,8 +100,7 @@ RESTORE = "restore-dropped-tables"
 
 def test_restore_deployment_loads_and_is_manual_only():
     s = spec(RESTORE)
-    path, func = s["entrypoint"].split(":")
-    flow = load_flow_from_entrypoint(f"{ROOT / path}:{func}", use_placeholder_flow=False)
+    flow = load_flow_from_entrypoint(s["entrypoint"], use_placeholder_flow=False)
     assert flow.name == "restore-dropped-tables"
     assert not s.get("schedules")
     assert "://" not in json.dumps(s.get("parameters") or {})
@@ -106,8 +109,7 @@ def test_restore_deployment_loads_and_is_manual_only():
 @pytest.mark.parametrize("name", [s["name"] for s in specs() if s["name"] != RESTORE])
 def test_entrypoint_loads_and_parameters_validate(name):
     s = spec(name)
-    path, func = s["entrypoint"].split(":")
-    flow = load_flow_from_entrypoint(f"{ROOT / path}:{func}", use_placeholder_flow=False)
+    flow = load_flow_from_entrypoint(s["entrypoint"], use_placeholder_flow=False)
     assert flow.name == FLOW_NAME
 
     # What the server does when a run is created (enforce_parameter_schema): raises on a bad parameter.
@@ -118,16 +120,18 @@ def test_entrypoint_loads_and_parameters_validate(name):
     assert params.migration == "drop_credit_allocation_tables"
     assert params.keep == SURVIVORS
     assert params.database_secret_block == SECRET_BLOCK
-    assert params.backup_dir == "backups"
+    assert params.backup_dir is None  # the worker's own backup directory, never a checkout's
+    assert params.code_paths and all("://" in p for p in params.code_paths)  # cloned where the run runs
     assert params.dry_run is (name == READINESS)  # readiness: the dry run only
-    # The URL is never a parameter: nothing in any deployment's parameters looks like one.
-    assert "://" not in json.dumps(s["parameters"])
+    # The database URL is never a parameter: nothing but the code's git URLs looks like a URL.
+    others = {k: v for k, v in s["parameters"]["params"].items() if k != "code_paths"}
+    assert "://" not in json.dumps(others)
 
 
 def test_parameter_form_describes_every_field():
     """The UI run form is the flow's parameter schema: every field of it carries a description."""
     schema = load_flow_from_entrypoint(
-        f"{ROOT / 'flows/drop_deprecated_tables.py'}:drop_deprecated_tables", use_placeholder_flow=False
+        "flows.drop_deprecated_tables:drop_deprecated_tables", use_placeholder_flow=False
     ).parameters.model_dump()
     definitions = schema.get("definitions", {})
     assert set(schema["properties"]) == {"params"}
@@ -168,7 +172,7 @@ def test_serve_builds_the_prefect_yaml_deployments_without_serving():
             continue
         s = spec(name)
         assert d.flow_name == FLOW_NAME
-        assert d.entrypoint == s["entrypoint"]
+        assert d.entrypoint == s["entrypoint"].replace(":", ".")  # the same module path
         assert d.parameters == s["parameters"]
         assert d.description == s["description"] and d.tags == s["tags"]
         assert d.work_pool_name is None  # served: no work pool, no worker
@@ -199,11 +203,11 @@ class Stack:
         self.transcript: list[str] = []
         self.started = time.monotonic()
 
-    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, cwd: Path = ROOT, **env: str) -> subprocess.Popen:
         log = (self.tmp_path / f"{name}.log").open("wb")
         process = subprocess.Popen(
             [PREFECT, *args],
-            cwd=ROOT,
+            cwd=cwd,
             env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -213,12 +217,13 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """One `prefect` command from the repository root; its output goes into the transcript."""
+    def cli(self, *args: str, timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        """One `prefect` command (from the repository root unless ``cwd``); its output goes into the
+        transcript."""
         t0 = time.monotonic()
         try:
             result = subprocess.run(
-                [PREFECT, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+                [PREFECT, *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
             )
         except subprocess.TimeoutExpired as exc:
             raise AssertionError(self.explain(f"`prefect {' '.join(args)}` ran over {timeout} s")) from exc
@@ -228,8 +233,8 @@ class Stack:
         )
         return result
 
-    def ok(self, *args: str, timeout: float = 60) -> str:
-        result = self.cli(*args, timeout=timeout)
+    def ok(self, *args: str, timeout: float = 60, cwd: Path = ROOT) -> str:
+        result = self.cli(*args, timeout=timeout, cwd=cwd)
         assert result.returncode == 0, self.explain(f"`prefect {' '.join(args)}` exited {result.returncode}")
         return result.stdout
 
@@ -243,6 +248,20 @@ class Stack:
             parts.append(f"--- {name}.log (last 6000 chars) ---\n{self.log(name)[-6000:]}")
         parts.append("--- commands ---\n" + "\n".join(self.transcript)[-8000:])
         return "\n".join(parts)
+
+    def stop_one(self, name: str) -> None:
+        """Stop one process (and its flow-run children) as systemd would: SIGTERM, then SIGKILL."""
+        process = self.processes[name]
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):  # last started first: server last
@@ -341,12 +360,12 @@ def _processes_mentioning(text: str) -> dict[int, str]:
     return found
 
 
-def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path):
+def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, code: str):
     """Start a manual run, cancel it while pg_dump waits for a lock; returns the cancelled run's id."""
     before = guide_db.snapshot()
     params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
     params["params"]["backup_dir"] = str(backup_dir)
-    params["params"]["code_policy"] = "skip"  # prefect.yaml names no code source
+    params["params"]["code_paths"] = [code]
     blocker = psycopg2.connect(guide_db.url, application_name="e2e-lock-holder")
     try:
         with blocker.cursor() as cur:  # pg_dump locks every table it dumps before reading any
@@ -403,9 +422,60 @@ def _dumping(guide_db, backup_dir: Path) -> int | None:
     return dumps[0] if dumps and waiting else None
 
 
+def _worker_installation(tmp_path: Path) -> Path:
+    """safedrop as a worker on another machine has it: built into a wheel, installed into a directory of
+    its own (no checkout, no editable install; sql/ comes from the package). Its path goes first on
+    the worker's PYTHONPATH."""
+    wheels, site = tmp_path / "wheel", tmp_path / "worker-site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("safedrop-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True
+    )
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch directory
+    return site
+
+
+def _final(stack: Stack, client, flow_run_id, deadline_s: float, process: str):
+    return _wait_until(
+        stack,
+        f"flow run {flow_run_id} to finish",
+        lambda: (r := client.read_flow_run(flow_run_id)).state.is_final() and r,
+        deadline_s,
+        process=process,
+    )
+
+
+def _suspended(stack: Stack, client, flow_run_id, process: str):
+    def check():
+        run = client.read_flow_run(flow_run_id)
+        if run.state.is_final():
+            raise AssertionError(f"the run ended {run.state.name} before any approval: {run.state.message}")
+        return run if run.state.is_paused() else None
+
+    return _wait_until(stack, "the run to be suspended for approval", check, 120, process=process)
+
+
+def _sessions_of_safedrop(guide_db) -> int:
+    return guide_db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'safedrop%' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+
 @pytest.mark.e2e
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(600)
 def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, guide_db, tmp_path):
+    """prefect.yaml deployed from a directory that is then deleted; workers that have safedrop
+    installed (a wheel, not this checkout) in directories of their own; the application's code from a
+    git URL; an approval that comes after the deployment concurrency lease would have expired and after
+    the worker was restarted."""
     api = stack.env["PREFECT_API_URL"]
     password = guide_db.server.password
     before = {t: guide_db.count(t) for t in SURVIVORS}
@@ -415,37 +485,82 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     def mark(step: str) -> None:
         timings[step] = round(time.monotonic() - stack.started, 1)
 
-    # 1. Server (fresh PREFECT_HOME), up when /api/health answers.
+    site = _worker_installation(tmp_path)
+    repo = make_app_repo(tmp_path / "git")  # main still reads credit_allocations; branch cleanup does not
+    worker_backups = tmp_path / "worker-backups"
+    worker_env = {"PYTHONPATH": str(site), "SAFEDROP_BACKUP_DIR": str(worker_backups)}
+    mark("worker installation")
+
+    # 1. Server (fresh PREFECT_HOME), up when /api/health answers. The deployment concurrency lease is
+    #    as short as Prefect allows (30 s), so the approval below comes long after it would have expired.
     port = stack.env["PREFECT_SERVER_API_PORT"]
-    stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
+    stack.start(
+        "server",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(LEASE_S),
+    )
     _wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
     mark("server up")
 
-    # 2. Work pool; its worker starts now (its start-up overlaps the deploy). No DATABASE_URL in its
-    # environment (the fixture removed it), polling every second.
+    # 2. Work pool; a worker in a directory of its own (no checkout), whose Python finds safedrop only
+    #    in the wheel's installation, and whose environment holds no DATABASE_URL.
     stack.ok("work-pool", "create", POOL, "--type", "process")
     assert "DATABASE_URL" not in stack.env
-    stack.start("worker", "worker", "start", "--pool", POOL)
+    worker_dir = tmp_path / "worker-1"
+    worker_dir.mkdir()
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import safedrop, sql; print(safedrop.__file__); print(list(sql.__path__)[0])",
+        ],
+        cwd=worker_dir,
+        env={**stack.env, **worker_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert all(w.startswith(str(site)) for w in where), where
+    stack.start("worker", "worker", "start", "--pool", POOL, cwd=worker_dir, **worker_env)
 
     # 3. The Secret block, through the Python API against this server.
     with temporary_settings(updates={PREFECT_API_URL: api}):
         Secret(value=guide_db.url).save(SECRET_BLOCK, overwrite=True)
     mark("pool, worker started, secret")
 
-    # 4. Deploy everything in prefect.yaml, from the repository root; then wait for the worker.
-    out = " ".join(stack.ok("--no-prompt", "deploy", "--all", timeout=90).split())
+    # 4. Deploy prefect.yaml from a directory that holds nothing else, then remove that directory.
+    deploy_dir = tmp_path / "deploy-from"
+    deploy_dir.mkdir()
+    shutil.copy(PREFECT_YAML, deploy_dir / "prefect.yaml")
+    out = " ".join(stack.ok("--no-prompt", "deploy", "--all", timeout=90, cwd=deploy_dir).split())
     for name in (MANUAL, SCHEDULED):
         assert f"'{FLOW_NAME}/{name}' successfully" in out, stack.explain(f"{name} not deployed")
+    shutil.rmtree(deploy_dir)
     mark("deployed")
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         _wait_until(stack, "the worker to poll the pool", lambda: _pool_ready(client), 60, process="worker")
     mark("worker ready")
 
-    # 5. Readiness first, while a view over a target still blocks the drop: the dry run completes
-    #    (it is a report) and its summary artifact names what stands in the way.
+    # 5. Readiness first, while a view over a target and the application's code (main, over file://)
+    #    still use the targets: the dry run completes (it is a report) and its summary names both.
     guide_db.execute("CREATE VIEW org_credit_overview AS SELECT tenant_id FROM credit_allocations")
+    readiness = json.loads(json.dumps(spec(READINESS)["parameters"]))
+    readiness["params"]["code_paths"] = [repo.url]
     stack.ok(
-        "deployment", "run", f"{FLOW_NAME}/{READINESS}", "--watch", "--watch-timeout", "120", timeout=150
+        "deployment",
+        "run",
+        f"{FLOW_NAME}/{READINESS}",
+        "--params",
+        json.dumps(readiness),
+        "--watch",
+        "--watch-timeout",
+        "120",
+        timeout=150,
     )
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{READINESS}")
@@ -462,68 +577,82 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         )
         summary = next(a for a in artifacts if a.key == "drop-credit-allocation-tables-summary")
         assert "public.org_credit_overview" in summary.data, summary.data
+        assert "src/services/billing.js" in summary.data, summary.data  # found in the clone of main
     guide_db.execute("DROP VIEW org_credit_overview")
     mark("readiness")
 
     # 6. Cancelled mid-backup, as from the UI's Cancel button: the worker ends the run's process, and
     #    pg_dump — held at its first lock by a session of ours — must not outlive it.
-    cancelled = _cancel_mid_backup(stack, api, guide_db, tmp_path / "cancelled")
+    cancelled = _cancel_mid_backup(stack, api, guide_db, tmp_path / "cancelled", code=f"{repo.url}#cleanup")
     mark("cancelled mid-backup")
 
-    # 7. Run the manual deployment; only backup_dir changes (into tmp_path), the rest is prefect.yaml's.
-    #    `--watch` waits through the approval pause; the test approves as an operator would in the UI.
+    # 7. The manual deployment with prefect.yaml's parameters, but the code from the cleanup branch (no
+    #    references left) and no backup_dir (the worker's own). It is suspended for approval: no
+    #    process, no database session held while the operator reads the plan.
     params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
-    params["params"]["backup_dir"] = str(tmp_path / "backups")
-    params["params"]["code_policy"] = "skip"  # prefect.yaml names no code source
-    run_args = ["deployment", "run", f"{FLOW_NAME}/{MANUAL}", "--params", json.dumps(params)]
-    watch = stack.start("run", *run_args, "--watch", "--watch-timeout", "120")
+    params["params"]["code_paths"] = [f"{repo.url}#cleanup"]
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        paused = _wait_until(
-            stack, "the run to pause", lambda: _paused_run(client, {cancelled}), 90, process="run"
-        )
-        mark("paused for approval")
-        # Nothing dropped before the approval; the backup is already taken.
+        manual = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
+        flow_run = client.create_flow_run_from_deployment(manual.id, parameters=params)
+        suspended = _suspended(stack, client, flow_run.id, "worker")
+        suspended_at = time.monotonic()
+        mark("suspended for approval")
+        assert suspended.state.name == "Suspended", stack.explain(f"state {suspended.state}")
         assert all(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("dropped before approval")
-        assert list((tmp_path / "backups").glob("*.dump")), stack.explain("no backup before the approval")
-        # The UI's Resume form: the pause's input schema, evidence digest pre-filled; tick `approve`.
-        form = read_flow_run_input(keyset_from_paused_state(paused.state)["schema"], flow_run_id=paused.id)
-        digest = form["properties"]["evidence_digest"]["default"]
-        resume_flow_run(paused.id, run_input={"approve": True, "evidence_digest": digest, "approver": "e2e"})
-    try:
-        returncode = watch.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(stack.explain("`deployment run --watch` still waiting after approval")) from None
-    mark("run finished")
-    assert returncode == 0, stack.explain(f"deployment run --watch exited {returncode}")
-    watched = " ".join(stack.log("run").split())
-    assert "finished successfully in 'Completed'" in watched, stack.explain("run did not complete")
+        assert list(worker_backups.glob("*.dump")), stack.explain("no backup in the worker's directory")
+        _wait_until(stack, "no safedrop session left", lambda: _sessions_of_safedrop(guide_db) == 0, 30)
 
-    # 8. The database: targets gone, survivors there with their rows; a backup in tmp_path.
+        # 8. One run at a time still holds while the first waits: a second run stops, naming it.
+        second = client.create_flow_run_from_deployment(manual.id, parameters=params)
+        ended = _final(stack, client, second.id, 120, "worker")
+        assert ended.state.name == "Stopped", stack.explain(f"second run: {ended.state}")
+        assert "another safedrop run is waiting for approval" in ended.state.message, ended.state.message
+        assert str(flow_run.id) in ended.state.message, ended.state.message
+        mark("second run stopped")
+
+        # 9. The worker is restarted (a deploy, a reboot) — in another directory — while the run waits,
+        #    and the wait outlasts the deployment concurrency lease.
+        stack.stop_one("worker")
+        worker_dir_2 = tmp_path / "worker-2"
+        worker_dir_2.mkdir()
+        stack.start("worker-2", "worker", "start", "--pool", POOL, cwd=worker_dir_2, **worker_env)
+
+        def still_suspended_past_the_lease() -> bool:
+            run = client.read_flow_run(flow_run.id)
+            assert run.state.is_paused(), f"the waiting run left its suspension: {run.state}"
+            return time.monotonic() - suspended_at > LEASE_S + 15
+
+        _wait_until(stack, "the lease period to pass", still_suspended_past_the_lease, LEASE_S + 60)
+        mark("waited past the lease, worker restarted")
+
+        # 10. The operator approves in the UI's Resume form: its schema, the evidence digest pre-filled.
+        waiting = client.read_flow_run(flow_run.id)
+        form = read_flow_run_input(keyset_from_paused_state(waiting.state)["schema"], flow_run_id=waiting.id)
+        digest = form["properties"]["evidence_digest"]["default"]
+        resume_flow_run(waiting.id, run_input={"approve": True, "evidence_digest": digest, "approver": "e2e"})
+        done = _final(stack, client, flow_run.id, 180, "worker-2")
+        mark("run finished")
+    assert done.state.is_completed(), stack.explain(f"run ended {done.state.name}: {done.state.message}")
+
+    # 11. The database: targets gone, survivors there with their rows; one backup, reused after the
+    #     resume, in the worker's backup directory and nowhere in the checkout.
     assert not any(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("targets still exist")
     assert {t: guide_db.count(t) for t in SURVIVORS} == before, stack.explain("survivors changed")
-    assert list((tmp_path / "backups").glob("*.dump")), stack.explain("no backup in backup_dir")
-    assert not list((ROOT / "backups").glob(f"{guide_db.name}-*")), "backup written into the checkout"
+    assert len(list(worker_backups.glob("*.dump"))) == 1, stack.explain("expected one backup, reused")
+    assert "reusing this flow run's backup" in stack.log("worker-2"), stack.explain("backup not reused")
+    assert not list(ROOT.glob(f"**/{guide_db.name}-*.dump")), "backup written into the checkout"
 
-    # 9. What the server holds: the run, parameters without the URL, the scheduled deployment inactive.
+    # 12. What the server holds: parameters without the database URL, the scheduled deployment inactive.
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         manual = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
         scheduled = client.read_deployment_by_name(f"{FLOW_NAME}/{SCHEDULED}")
-        (run,) = [
-            r
-            for r in client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[manual.id]))
-            )
-            if r.id != cancelled
-        ]
         scheduled_runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[scheduled.id]))
         )
-    assert run.state and run.state.is_completed(), stack.explain(f"run state {run.state}")
+        run = client.read_flow_run(flow_run.id)
     assert run.parameters == params, stack.explain(f"run parameters {run.parameters}")
-    # The build step resolved the checkout's absolute path at deploy time.
-    assert manual.pull_steps == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
-    ], stack.explain(f"pull steps {manual.pull_steps}")
+    assert manual.pull_steps in (None, []), stack.explain(f"pull steps {manual.pull_steps}")
+    assert manual.entrypoint == spec(MANUAL)["entrypoint"]
     for d in (manual, scheduled):
         assert d.work_pool_name == POOL and d.parameters == spec(d.name)["parameters"]
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
@@ -532,12 +661,13 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     assert manual.schedules == []
     assert [s.active for s in scheduled.schedules] == [False]
     assert scheduled_runs == [], stack.explain(f"the inactive schedule produced runs: {scheduled_runs}")
+    assert cancelled != flow_run.id
 
-    # 10. The password never reached a log, an argv or a parameter.
+    # 13. The password never reached a log, an argv or a parameter.
     outputs = {f"{name} log": stack.log(name) for name in stack.processes}
     outputs["command output"] = "\n".join(stack.transcript)
-    for where, text in outputs.items():
+    for where_, text in outputs.items():
         if password in text:  # not `assert … in`: pytest would print the password in its explanation
-            pytest.fail(f"the database password appears in the {where}")
+            pytest.fail(f"the database password appears in the {where_}")
     mark("checked")
     print(f"e2e timings (s since start): {timings}")
