@@ -21,8 +21,9 @@ Then the lock-hold time, without traffic: from the targets' ACCESS EXCLUSIVE gra
 safedrop's drop transaction (foreign keys and DROP in one round trip, COMMIT) against a bare
 ``BEGIN; LOCK … IN ACCESS EXCLUSIVE MODE; DROP TABLE … CASCADE; COMMIT`` of the same tables; and how
 long safedrop held the targets IN EXCLUSIVE MODE (writers wait, readers do not) for its recheck before
-that. Empty targets and targets of --rows rows, median of --reps each, the two methods in random order
-on fresh copies. Prints figures; asserts nothing.
+that (the recheck includes comparing the targets' contents with the backup's checksums, so that
+figure grows with the targets' size). Empty targets and targets of --rows rows, median of --reps each,
+the two methods in random order on fresh copies. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from safedrop.database import connect, database_from_url  # noqa: E402
 from safedrop.migration import load_migration  # noqa: E402
 from safedrop.parameters import DropParameters  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
+from safedrop.report import BackupResult, TableChecksum  # noqa: E402
+from tasks.backup import pin_text_settings, table_checksums  # noqa: E402
 from tasks.cleanup import count_rows  # noqa: E402
 from tasks.connection import table_status  # noqa: E402
 from tasks.dependencies import scan_dependencies  # noqa: E402
@@ -172,8 +175,29 @@ def plan(url: str):
     return db, migration, oids, scan_dependencies(db, migration, oids), expected
 
 
+def backup_checksums(db, targets) -> BackupResult:
+    """What the backup step hands the drop: each target's rows and content checksum (no archive here)."""
+    with connect(db) as conn, conn.begin():
+        pin_text_settings(conn)
+        sums = table_checksums(conn, targets)
+    checksums = [
+        TableChecksum(name=t.qualified, schema_name=t.schema, table_name=t.name, rows=n, checksum=c)
+        for t, (n, c) in sums.items()
+    ]
+    return BackupResult(
+        path="-",
+        bytes=0,
+        sha256="-",
+        pg_dump_version="-",
+        duration_s=0,
+        tables_in_archive=[],
+        targets=checksums,
+    )
+
+
 def safedrop_drop(url: str, record_in_ledger: bool = False):
-    """The flow's drop step with its default schedule; returns its DropResult."""
+    """The flow's drop step with its default schedule, rechecking the targets' contents against their
+    checksums as it does after a backup; returns its DropResult."""
     db, migration, oids, approved, expected = plan(url)
     return drop_targets(
         db,
@@ -185,6 +209,7 @@ def safedrop_drop(url: str, record_in_ledger: bool = False):
         schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
         statement_timeout_s=120,
         record_in_ledger=record_in_ledger,
+        backup=backup_checksums(db, list(oids)),
     )
 
 

@@ -78,11 +78,15 @@ class DropFailed(SafedropError):
     """The drop transaction failed and was rolled back; nothing was dropped."""
 
 
-class ChangedSinceBackup(DropFailed):
-    """Under the drop's lock, a target no longer matched the backup: nothing was dropped, re-run."""
+class DropStopped(DropFailed):
+    """The drop found a reason not to go on (a lost run lock, a changed target): nothing was dropped."""
 
     exit_code = 3
     status = "stopped"
+
+
+class ChangedSinceBackup(DropStopped):
+    """Under the drop's lock, a target no longer matched the backup: nothing was dropped, re-run."""
 
 
 class SmokeCheckFailed(SafedropError):

@@ -67,7 +67,7 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.artifacts import md_list, publish_markdown
 from safedrop.database import Database, connect, execute_composed
-from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed
+from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed, DropStopped
 from safedrop.locks import LOCK_NOT_AVAILABLE, describe_blockers
 from safedrop.migration import DropStatement, Migration, TableName
 from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
@@ -444,7 +444,7 @@ def _stop_if_run_lock_lost(conn: Connection, run_lock_pid: int | None) -> None:
     if run_lock_pid is None:
         return
     if not queries.one(conn, "advisory_lock_held", pid=run_lock_pid)["held"]:
-        raise DropFailed(
+        raise DropStopped(
             f"safedrop's run lock was lost: its session (pid {run_lock_pid}) has ended "
             "(idle_session_timeout, a DBA, or the network), so another run may be working on this "
             "database; nothing was dropped — re-run"

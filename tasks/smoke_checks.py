@@ -94,9 +94,12 @@ def run_smoke_checks(
         SmokeCheck(kind="url", check=display_url(u), problem=url_check(u, timeout_s=timeout_s))
         for u in url_checks
     ]
-    return SmokeCheckResult(
-        checks=checks, reasons=[f"{c.kind} check {c.check!r}: {c.problem}" for c in checks if c.problem]
-    )
+    return SmokeCheckResult(checks=checks)
+
+
+def failures(result: SmokeCheckResult) -> list[str]:
+    """One line per failed check (a check's failure is the run's, raised by the task: not a reason)."""
+    return [f"{c.kind} check {c.check!r}: {c.problem}" for c in result.checks if c.problem]
 
 
 def render(result: SmokeCheckResult) -> str:
@@ -117,9 +120,10 @@ def smoke_checks(
     """The operator's checks after the drop; one failing fails the run with the restore command."""
     result = run_smoke_checks(db, sql_checks, url_checks, timeout_s=timeout_s)
     publish_markdown(f"{artifact_prefix}-smoke-checks", render(result), "Smoke checks after the drop")
-    if result.reasons:
+    failed = failures(result)
+    if failed:
         raise SmokeCheckFailed(
-            f"the tables were dropped, but a smoke check failed: {'; '.join(result.reasons)} — if the "
+            f"the tables were dropped, but a smoke check failed: {'; '.join(failed)} — if the "
             f"application needs them back: {restore_command(backup_path)}",
             report=result,
         )

@@ -13,10 +13,16 @@ import signal
 from pathlib import Path
 
 import pytest
+from prefect.flow_runs import resume_flow_run
 
+from safedrop.database import database_from_url
+from safedrop.errors import DropFailed
 from safedrop.pgserver import wait_until
+from safedrop.runlock import lock_label
+from tasks.drop import LockSchedule, drop_targets
 from tests.conftest import SURVIVORS, TARGETS
-from tests.helpers import Background, holding, run, session
+from tests.helpers import Background, credit_plan, holding, run, session
+from tests.pgproxy import CommitCutter
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -145,3 +151,109 @@ def _pg_dump_waiting(db, backups) -> int | None:
             if Path(argv[0].decode()).name == "pg_dump" and any(str(backups).encode() in a for a in argv):
                 return int(entry.name)
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# the connection lost during the drop's COMMIT: the truth is read back, not guessed
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["commit-reached-the-server", "commit-lost"])
+def test_a_connection_lost_during_commit_reports_what_the_database_says(guide_db, committed):
+    """A proxy cuts the drop's connection at its COMMIT — after passing it on (the server commits, the
+    run never hears back) or instead of passing it on (the server rolls back). Either way the run
+    reads the catalog and its ledger again and reports what is true."""
+    migration, oids, approved = credit_plan(guide_db)
+    before = guide_db.snapshot()
+    with CommitCutter(upstream_port=guide_db.server.port, pass_commit=committed) as proxy:
+        db = database_from_url(proxy.url(guide_db.url), "test")
+        job = Background(
+            lambda: drop_targets(
+                db,
+                migration,
+                oids,
+                approved=approved,
+                expected_rows={f"public.{t}": 0 for t in TARGETS},
+                allow_cascade=[],
+                schedule=LockSchedule(budget_ms=20_000),
+                statement_timeout_s=30,
+                record_in_ledger=True,
+                flow_run_id="lost-commit-test",
+            )
+        )
+        job.wait(120)
+        assert proxy.cut.is_set()  # the COMMIT really was cut
+    if committed:
+        result = job.join()
+        assert result.dropped == [f"public.{t}" for t in TARGETS]
+        [warning] = result.warnings
+        assert warning.startswith("the connection was lost during the drop's COMMIT (")
+        assert warning.endswith("the catalog and the ledger, read again, show that it committed")
+        assert not any(guide_db.exists(t) for t in TARGETS)
+        assert guide_db.scalar(
+            "SELECT count(*) FROM safedrop.dropped_tables WHERE flow_run_id = 'lost-commit-test'"
+        ) == len(TARGETS)
+    else:
+        with pytest.raises(DropFailed) as caught:
+            job.join()
+        message = str(caught.value)
+        assert message.startswith("the connection was lost during the drop's COMMIT ("), message
+        assert message.endswith("the database shows it did not commit: no table was dropped — re-run")
+        assert guide_db.snapshot() == before
+
+
+# --------------------------------------------------------------------------------------------------
+# the run lock lost while the run waits (a DBA ends the idle session): the drop refuses
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_run_lock_lost_while_waiting_for_approval_stops_the_drop(env_url, tmp_path):
+    from tests.test_approval import digest_in, paused_run, shown_plan, start_run
+
+    db = env_url
+    before = db.snapshot()
+    job, name = start_run(tmp_path)
+    flow_run = paused_run(name)
+    lock_session = db.scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = :app AND datname = current_database()",
+        app=lock_label(str(flow_run.id)),
+    )
+    assert lock_session, "the run lock's session"
+    db.scalar("SELECT pg_terminate_backend(:pid)", pid=lock_session)  # as a DBA cleaning up idle sessions
+    resume_flow_run(
+        flow_run.id,
+        run_input={"approve": True, "evidence_digest": digest_in(shown_plan(flow_run)), "approver": "test"},
+    )
+    state, report = job.join()
+    assert state.is_failed() and report.status == "stopped", report.reasons
+    [reason] = report.reasons
+    assert reason.startswith(f"safedrop's run lock was lost: its session (pid {lock_session}) has ended "), (
+        reason
+    )
+    assert reason.endswith("nothing was dropped — re-run"), reason
+    assert db.snapshot() == before
+
+
+def test_idle_session_timeout_does_not_end_the_run_lock(env_url, tmp_path):
+    """A database whose sessions end after 1 s idle: the run lock's session, idle for the whole wait for
+    approval, turns that off for itself and still holds the lock when the drop checks."""
+    from tests.test_approval import digest_in, paused_run, shown_plan, start_run
+
+    db = env_url
+    db.execute(f"ALTER DATABASE {db.name} SET idle_session_timeout = '1s'")
+    job, name = start_run(tmp_path)
+    flow_run = paused_run(name)
+    app = lock_label(str(flow_run.id))
+    idle_for = lambda: db.scalar(  # noqa: E731
+        "SELECT extract(epoch FROM now() - state_change) FROM pg_stat_activity "
+        "WHERE application_name = :app AND state = 'idle'",
+        app=app,
+    )
+    wait_until(lambda: (idle_for() or 0) > 2, deadline_s=30, what="the lock session to idle past 1 s")
+    resume_flow_run(
+        flow_run.id,
+        run_input={"approve": True, "evidence_digest": digest_in(shown_plan(flow_run)), "approver": "test"},
+    )
+    state, report = job.join()
+    assert state.is_completed() and report.status == "succeeded", report.reasons
+    assert not any(db.exists(t) for t in TARGETS)
