@@ -12,7 +12,8 @@ from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.database import resolve_database
 from safedrop.errors import SafedropError
 from safedrop.parameters import RestoreParameters
-from safedrop.report import RestoreCheck, RestoreReport, RestoreStatus
+from safedrop.report import RestoreCheck, RestoreReport, RestoreStatus, RestoreVerification
+from tasks.drop import LockSchedule
 from tasks.restore import restore, restore_precheck, restore_verification
 
 _HEADLINES = {
@@ -31,9 +32,14 @@ def restore_dropped_tables(params: RestoreParameters) -> State:
     The archive must match its manifest (size and sha256); the manifest says exactly what the drop
     removed: the tables with their rows, sequences and values, indexes, constraints, triggers, policies,
     grants and comments, and what CASCADE took from surviving objects (foreign keys, views). Nothing
-    to restore may exist yet. Everything goes back in ONE transaction, then every table's row count and
-    checksum and every sequence's value are compared with the manifest. The database URL comes from the
-    Secret block named in the parameters, else DATABASE_URL (environment or .env).
+    to restore may exist yet. Everything but the foreign keys goes back in ONE pg_restore transaction,
+    lock-safe: a lock wait longer than lock_timeout rolls it back, and it is retried with a longer one
+    (backoff, jitter) within lock_wait_budget_s, else nothing is restored and the blocking sessions are
+    named. Then the foreign keys are added NOT VALID (no scan, so writers of the tables they reference
+    wait milliseconds, not a whole scan) and validated one by one while writes go on. Last, every
+    table's row count and checksum, every sequence's value and every foreign key's validation are
+    compared with the manifest. The database URL comes from the Secret block named in the parameters,
+    else DATABASE_URL (environment or .env).
     """
     report = RestoreReport(
         status="failed", backup=params.backup_path, dry_run=params.dry_run, flow_run_id=flow_run.get_id()
@@ -53,15 +59,18 @@ def restore_dropped_tables(params: RestoreParameters) -> State:
         if params.dry_run:
             return _finish(report, "ready", prefix, started)
 
-        # 2. Restore, in one transaction.
-        report.restore = restore(db, plan, params.no_owner, params.timeout_s, prefix)
+        # 2. Restore: the tables in one lock-safe transaction; the foreign keys NOT VALID, then validated.
+        schedule = LockSchedule.from_parameters(params)
+        report.restore = restore(db, plan, params.no_owner, params.timeout_s, schedule, prefix)
 
-        # 3. Verification against the manifest.
-        report.verification = restore_verification(db, plan, prefix)
+        # 3. Verification against the manifest, each foreign key validated.
+        report.verification = restore_verification(db, plan, report.restore, prefix)
         return _finish(report, "restored", prefix, started)
     except SafedropError as error:
         if isinstance(error.report, RestoreCheck):
             report.check = error.report
+        if isinstance(error.report, RestoreVerification):
+            report.verification = error.report
         report.reasons = [str(error)]
         status = "refused" if error.exit_code == 3 else "failed"
         if error.exit_code == 2:  # bad input (a missing archive, a malformed URL): nothing was touched
@@ -109,6 +118,8 @@ def render(report: RestoreReport) -> str:
             for t in report.verification.tables
         ]
         out += ["## Verification", "", md_table(rows), md_list(report.verification.sequences)]
+        if report.verification.foreign_keys:
+            out += ["### Foreign keys", "", md_list(report.verification.foreign_keys)]
     return "\n".join(out)
 
 

@@ -239,6 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the archive and the database, list what would be restored; change nothing",
     )
+    restore.add_argument(
+        "--lock-timeout",
+        metavar="DURATION",
+        default="500ms",
+        help="the longest the first attempt waits for any one lock before it rolls back and retries "
+        "with a longer wait, up to --max-lock-timeout (default: %(default)s)",
+    )
+    restore.add_argument(
+        "--max-lock-timeout",
+        metavar="DURATION",
+        default="3s",
+        help="the largest lock wait, i.e. the longest any query queues behind the restore "
+        "(default: %(default)s)",
+    )
+    restore.add_argument(
+        "--lock-wait-budget",
+        metavar="DURATION",
+        default="2m",
+        help="total time to keep retrying for the locks before giving up with nothing restored "
+        "(default: %(default)s)",
+    )
     restore.add_argument("--json", action="store_true", help="print the restore report as JSON on stdout")
     restore.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
     demo = sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)")
@@ -400,6 +421,9 @@ def restore_main(args: argparse.Namespace) -> int:
                 database_secret_block=None if url else args.secret_block,
                 no_owner=args.no_owner,
                 dry_run=args.dry_run,
+                lock_timeout_ms=parse_duration_ms(args.lock_timeout),
+                max_lock_timeout_ms=parse_duration_ms(args.max_lock_timeout),
+                lock_wait_budget_s=parse_duration_ms(args.lock_wait_budget) / 1000,
             )
         except ValidationError as exc:
             first = exc.errors()[0]

@@ -207,8 +207,8 @@ def connect(db: Database) -> Iterator[Connection]:
 def execute_composed(conn: Connection, statement) -> None:
     """Run a ``psycopg2.sql`` composition (identifiers quoted by the driver) on this connection.
 
-    The text goes to psycopg2 as a statement without parameters, so a ``%`` in it (in a quoted
-    identifier, a DO block) is escaped rather than read as a placeholder.
+    The text goes to psycopg2 without parameters, so a ``%`` in it (in a quoted identifier, a DO
+    block) is literal, not a placeholder.
     """
     text = statement.as_string(conn.connection.dbapi_connection)
-    conn.exec_driver_sql(text.replace("%", "%%"))
+    conn.exec_driver_sql(text, execution_options={"no_parameters": True})

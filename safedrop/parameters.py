@@ -218,3 +218,26 @@ class RestoreParameters(BaseModel):
     timeout_s: int = Field(
         3600, ge=10, le=24 * 3600, description="pg_restore is stopped (and rolled back) after this long."
     )
+    lock_timeout_ms: int = Field(
+        500,
+        ge=50,
+        le=60_000,
+        description="How long, in milliseconds, the restore's first attempt may wait for any one lock (on "
+        "a surviving table such as credits or tenants) before it rolls back, holding nothing, and retries "
+        "with a longer wait, backoff and jitter. Short, so queries queued behind a waiting restore never "
+        "wait long. Also the first lock_timeout of adding and of validating each foreign key.",
+    )
+    max_lock_timeout_ms: int = Field(
+        3000,
+        ge=50,
+        le=60_000,
+        description="The longest lock wait the retries grow to: the longest any query can queue behind the "
+        "restore. Keep it above deadlock_timeout (1 s) so a running autovacuum yields.",
+    )
+    lock_wait_budget_s: float = Field(
+        120,
+        gt=0,
+        le=3600,
+        description="Total time to keep retrying for locks: for the tables (then it stops with nothing "
+        "restored and names the blocking sessions), for adding the foreign keys, and for validating each.",
+    )

@@ -324,9 +324,23 @@ class RestoreCheck(StepResult):
     pg_restore_version: str = ""
 
 
+class ForeignKeyOutcome(BaseModel):
+    """A foreign key the restore put back: added NOT VALID (no scan), then validated on its own."""
+
+    name: str  # "credit_usage_allocation_id_fkey on public.credit_usage"
+    state: Literal["validated", "not valid", "missing", "not valid in the backup"]
+    detail: str = ""  # why it is not validated (or not there), and what to do
+    duration_s: float | None = None  # the validation
+
+
 class RestoreResult(StepResult):
     entries: int
     duration_s: float
+    tables_s: float | None = None  # pg_restore's transaction: the tables, their rows and indexes
+    attempts: int = 1  # pg_restore runs: each lock timeout rolls one back and retries
+    lock_timeouts: int = 0
+    lock_timeout_ms: int | None = None  # of the first attempt
+    foreign_keys: list[ForeignKeyOutcome] = Field(default_factory=list)
 
 
 class RestoredTable(BaseModel):
@@ -340,6 +354,7 @@ class RestoreVerification(StepResult):
     tables: list[RestoredTable]
     sequences: list[str] = Field(default_factory=list)  # "name = last_value (is_called)", as found
     objects_back: int = 0
+    foreign_keys: list[str] = Field(default_factory=list)  # "name on table: validated", as found
 
 
 class RestoreReport(BaseModel):

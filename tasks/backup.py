@@ -207,12 +207,13 @@ def _tool_env() -> dict[str, str]:
     }
 
 
-def _dump_session_env(db: Database, server_version_num: int) -> dict[str, str]:
-    """pg_dump's libpq environment. On PostgreSQL 14+ its session also checks every second that pg_dump
-    is still connected: a pg_dump killed while its session waits for a lock would otherwise leave that
-    session queued (holding the locks it already has, in the way of the drop) until the lock is granted.
+def _session_env(db: Database, tool: str, server_version_num: int) -> dict[str, str]:
+    """The libpq environment of pg_dump or pg_restore. On PostgreSQL 14+ its session also checks every
+    second that the tool is still connected: a tool killed while its session waits for a lock would
+    otherwise leave that session queued (holding the locks it already has, and queueing everyone who
+    comes after it) until the lock is granted.
     """
-    env = {**_tool_env(), **db.libpq_env("pg_dump")}
+    env = {**_tool_env(), **db.libpq_env(tool)}
     if server_version_num >= 140000:
         env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c client_connection_check_interval=1000".strip()
     return env
@@ -1505,7 +1506,7 @@ def take_backup(
                 verbose=True,
                 lock_wait_ms=lock_wait_ms,
             )
-            env = _dump_session_env(db, server_version_num)
+            env = _session_env(db, "pg_dump", server_version_num)
             try:
                 running = _start(
                     tools.pg_dump,

@@ -361,29 +361,39 @@ def parent_groups(fk_drops: list[ForeignKeyDrop], rotation: int) -> list[list[Fo
     return ordered
 
 
-def lock_nowait_spin(oids: list[int], wait_ms: int) -> sql.Composed:
-    """A DO block taking ACCESS EXCLUSIVE on each relation NOWAIT, retried every 2 ms for ``wait_ms``."""
+LOCK_MODES = ("ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE")
+
+
+def lock_nowait_spin(oids: list[int], wait_ms: int, mode: str = "ACCESS EXCLUSIVE") -> sql.Composed:
+    """A DO block locking each relation ``IN mode MODE NOWAIT``, retried every 2 ms for ``wait_ms``."""
+    if mode not in LOCK_MODES:
+        raise ValueError(f"lock mode {mode!r} is not one of {LOCK_MODES}")
     return sql.SQL(queries.load("lock_nowait_spin").text.strip()).format(
-        oids=sql.Literal([int(o) for o in oids]), wait_ms=sql.Literal(max(1, int(wait_ms)))
+        oids=sql.Literal([int(o) for o in oids]),
+        wait_ms=sql.Literal(max(1, int(wait_ms))),
+        mode=sql.Literal(mode),
     )
 
 
-def drop_batch(
+def lock_safe_batch(
     first: list[sql.Composable],
     first_wait_ms: int,
     later_oids: list[int],
     spin_ms: int,
     rest: list[sql.Composable],
+    *,
+    mode: str = "ACCESS EXCLUSIVE",
 ) -> sql.Composed:
-    """One round trip: ``first`` may wait ``first_wait_ms`` for its lock; every other relation is then
-    locked NOWAIT (``later_oids``, within ``spin_ms``), so ``rest`` runs without waiting for anyone."""
+    """One round trip that never waits while it holds a lock it took: ``first`` may wait
+    ``first_wait_ms`` for its lock; every other relation ``rest`` needs is then locked NOWAIT
+    (``later_oids``, ``IN mode MODE``, within ``spin_ms``), so ``rest`` runs without waiting for anyone."""
 
     def lock_timeout(ms: int) -> sql.Composable:
         return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, ms)}ms"))
 
     parts: list[sql.Composable] = [lock_timeout(first_wait_ms), *first]
     if later_oids:
-        parts.append(lock_nowait_spin(later_oids, spin_ms))
+        parts.append(lock_nowait_spin(later_oids, spin_ms, mode))
     parts += [lock_timeout(min(spin_ms, 100)), *rest]
     return sql.SQL("; ").join(parts)
 
@@ -683,7 +693,7 @@ def drop_targets(
                 t for t in later_tables if t not in {fk.other_table for fk in first}
             ]
             waits = lock_waits(_remaining_ms(deadline), 1 + len(later_tables), short_wait_ms)
-            batch = drop_batch(
+            batch = lock_safe_batch(
                 [fk.statement for fk in first],
                 waits[0],
                 _oids_of(conn, later_tables),

@@ -6,18 +6,34 @@ with their rows, sequences (and their values), defaults, constraints, indexes, t
 rules, row security, partitions, grants and comments, and what CASCADE took from elsewhere (foreign
 keys on surviving tables, views, materialized views, functions) — identified by the oids the archive
 itself records. The archive's ``pg_restore --list`` is filtered down to those entries (plus the
-comments, grants, sequence values and partition attachments that depend on them) and replayed with
-``pg_restore --single-transaction --exit-on-error --use-list``: all of it, or nothing.
+comments, grants, sequence values and partition attachments that depend on them).
+
+Without queueing production behind it, in three steps:
+
+1. Everything but the foreign keys: ``pg_restore --single-transaction --exit-on-error --use-list``,
+   all of it or nothing. pg_restore sets its session's ``lock_timeout`` to 0 itself (PGOPTIONS cannot
+   give it one), so ``safedrop.locks.LockWatch`` cancels a statement of it that waits for a lock longer
+   than the attempt's lock_timeout; the transaction rolls back and is retried with a longer one,
+   backoff and jitter (``tasks.drop.LockSchedule``), until the lock-wait budget is spent: then nothing
+   was restored, and the message names the sessions holding the locks it waited for. On PostgreSQL 14+
+   its session checks every second that pg_restore is still there, so a killed pg_restore leaves no
+   session queued for a lock.
+2. The foreign keys, ``NOT VALID`` (no scan), in one short transaction, lock-safe the same way: SHARE
+   ROW EXCLUSIVE on both tables of each key — which makes writers of ``credits`` wait — lasts
+   milliseconds instead of a whole scan. (A key on a partitioned table is added validated:
+   PostgreSQL < 18 cannot add it NOT VALID.)
+3. Each key validated in its own transaction (SHARE UPDATE EXCLUSIVE: writes go on). A key that rows
+   violate stays NOT VALID — enforced for new rows — and is named, with the rows and what to do.
 
 Refusals (nothing changed, exit code 3): no manifest beside the archive; the archive's size or sha256
 differs from the manifest (corrupted or truncated); the installed pg_restore cannot read the archive;
-a target, or anything else to restore, already exists. Two exceptions, both when every target is
-there with exactly the manifest's rows: if everything else is there too, it is "already restored"
-(nothing to do); if only some other removed objects are missing (say foreign keys dropped by hand, or
-by a drop that committed them separately before its table drop gave up), only those go back.
-Afterwards each
-target's row count and
-content checksum, each sequence's value and each restored object's presence are compared with the
+a target, or anything else to restore, already exists; the locks could not be had within the budget.
+Two exceptions, both when every target is there with exactly the manifest's rows: if everything else
+is there too, and every foreign key validated, it is "already restored" (nothing to do); if only some
+other removed objects are missing (say foreign keys dropped by hand, or by a drop that committed them
+separately before its table drop gave up) or a restored foreign key is still NOT VALID, only those go
+back or are validated. Afterwards each target's row count and content checksum, each sequence's
+value, each restored object's presence and each foreign key's validation are compared with the
 manifest; a difference raises.
 
 The password reaches pg_restore only through its environment (``PGPASSWORD``), never argv.
@@ -26,24 +42,30 @@ The password reaches pg_restore only through its environment (``PGPASSWORD``), n
 from __future__ import annotations
 
 import re
+import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sh
 import sqlalchemy as sa
+from pglast import ast, enums, parse_sql
+from pglast.parser import ParseError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from psycopg2 import sql
 from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_list, md_table, publish_markdown
-from safedrop.database import Database, connect
+from safedrop.database import APPLICATION_NAME, Database, connect, execute_composed
 from safedrop.errors import BackupFailed, ConnectionFailed, SafedropError, UsageError, VerificationFailed
+from safedrop.locks import LOCK_NOT_AVAILABLE, LockWatch, describe_blockers, lock_watch
 from safedrop.migration import TableName
 from safedrop.report import (
     BackupManifest,
+    ForeignKeyOutcome,
     RemovedObject,
     RestoreCheck,
     RestoredTable,
@@ -56,6 +78,8 @@ from tasks.backup import (
     Progress,
     TocEntry,
     _dbname_arg,
+    _run,
+    _session_env,
     _start,
     _stderr_summary,
     _tool_env,
@@ -73,8 +97,16 @@ from tasks.backup import (
     sequence_states,
     table_checksums,
 )
+from tasks.connection import table_status
+from tasks.drop import LockSchedule, lock_safe_batch, lock_waits
 
 NOTHING_CHANGED = "nothing was changed"
+NOTHING_RESTORED = "nothing was restored"
+PG_RESTORE_APP = f"{APPLICATION_NAME} pg_restore"  # its sessions' application_name (libpq_env)
+DEADLOCK_DETECTED = "40P01"  # we lost a lock cycle (rolled back, holding nothing): as retryable as a timeout
+FOREIGN_KEY_VIOLATION = "23503"
+# pg_restore's stderr when one of its statements lost a lock wait
+_LOCK_FAILURES = ("canceling statement due to lock timeout", "deadlock detected")
 PG_CLASS = 1259
 # Entries pg_restore needs for any restore: the archive's encoding, string and search_path settings.
 SESSION_ENTRIES = {"ENCODING", "STDSTRINGS", "SEARCHPATH"}
@@ -92,6 +124,10 @@ class RestoreRefused(SafedropError):
 
 class RestoreFailed(SafedropError):
     """pg_restore failed; its single transaction was rolled back."""
+
+
+class RestoreLockTimeout(RestoreRefused):
+    """pg_restore did not get its locks within the lock-wait budget; nothing was restored."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +269,155 @@ def not_restorable(entries: list[TocEntry], manifest: BackupManifest) -> list[st
 
 
 # --------------------------------------------------------------------------------------------------
+# Foreign keys: not replayed by pg_restore, but added NOT VALID right after it, then validated
+# --------------------------------------------------------------------------------------------------
+
+
+def split_foreign_keys(entries: list[TocEntry]) -> tuple[list[TocEntry], list[TocEntry]]:
+    """(what pg_restore replays, the FK CONSTRAINT entries and the comments on them).
+
+    Adding a foreign key with validation holds SHARE ROW EXCLUSIVE on both tables while it scans the
+    referencing one: writes to ``credits`` would wait for the whole scan. So the keys go back after
+    pg_restore's transaction, NOT VALID (no scan), and are validated one by one (writes go on).
+    """
+    keys = {e.dump_id for e in entries if e.desc == "FK CONSTRAINT"}
+    later = {e.dump_id for e in entries if e.dump_id in keys or (not e.catalog_oid and set(e.deps) & keys)}
+    return [e for e in entries if e.dump_id not in later], [e for e in entries if e.dump_id in later]
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key the restore puts back, as the archive defines it, and its state in the database."""
+
+    table: TableName  # the referencing table
+    name: str
+    references: TableName
+    statement: str  # ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY …, as pg_restore prints it (no ';')
+    valid: bool  # validated when it was dumped (pg_dump writes NOT VALID for a key that was not)
+    comments: tuple[str, ...] = ()  # COMMENT ON CONSTRAINT statements, as pg_restore prints them
+    present: bool = False  # it exists already (a re-run): only validated
+    validated: bool = False
+    validate_command: str = ""  # ALTER TABLE … VALIDATE CONSTRAINT …, quoted by the server
+    survivor: bool = False  # it locks a table that survived the drop (writers wait for its lock)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} on {self.table.qualified}"
+
+    def add_statement(self, *, validate: bool) -> str:
+        """The archive's statement, with ``NOT VALID`` unless ``validate`` (or it was not valid anyway)."""
+        return self.statement if validate or not self.valid else f"{self.statement} NOT VALID"
+
+
+def _table(node) -> TableName:
+    if not node.schemaname:  # pg_dump qualifies every name (since 10.3)
+        raise ValueError(f"unqualified table {node.relname}")
+    return TableName(node.schemaname, node.relname)
+
+
+def _foreign_key(stmt, text: str) -> ForeignKey | None:
+    """The ForeignKey an ``ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY`` statement adds, else None."""
+    if not isinstance(stmt, ast.AlterTableStmt) or len(stmt.cmds or ()) != 1:
+        return None
+    cmd = stmt.cmds[0]
+    constraint = cmd.def_
+    if cmd.subtype != enums.AlterTableType.AT_AddConstraint or not isinstance(constraint, ast.Constraint):
+        return None
+    if constraint.contype != enums.ConstrType.CONSTR_FOREIGN or not constraint.conname:
+        return None
+    return ForeignKey(
+        table=_table(stmt.relation),
+        name=constraint.conname,
+        references=_table(constraint.pktable),
+        statement=text,
+        valid=not constraint.skip_validation,
+    )
+
+
+_PSQL_META = re.compile(r"^\\(?:un)?restrict [A-Za-z0-9]+$", re.MULTILINE)
+
+
+def parse_foreign_keys(script: str) -> list[ForeignKey]:
+    """The foreign keys (and the comments on them) in pg_restore's SQL for FK CONSTRAINT entries.
+
+    Read with PostgreSQL's own parser; the statements are kept as pg_restore printed them (every name
+    qualified and quoted by pg_dump). Anything but pg_restore's session settings, such ALTER TABLEs and
+    COMMENT ON CONSTRAINT raises ValueError.
+    """
+    text = _PSQL_META.sub("", script)  # \restrict <key> / \unrestrict <key>: psql's, not SQL
+    keys: dict[tuple[str, str, str], ForeignKey] = {}
+    comments: list[tuple[tuple[str, ...], str]] = []
+    for raw in parse_sql(text):
+        end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)  # 0: the rest of the text
+        stmt, source = raw.stmt, text[raw.stmt_location : end].strip().removesuffix(";").rstrip()
+        if isinstance(stmt, ast.VariableSetStmt | ast.SelectStmt):
+            continue  # SET …, SELECT pg_catalog.set_config('search_path', '', false): never executed
+        if isinstance(stmt, ast.CommentStmt) and stmt.objtype == enums.ObjectType.OBJECT_TABCONSTRAINT:
+            comments.append((tuple(part.sval for part in stmt.object), source))
+            continue
+        key = _foreign_key(stmt, source)
+        if key is None:
+            raise ValueError(f"unexpected statement {source[:80]!r}")
+        keys[(key.table.schema, key.table.name, key.name)] = key
+    for address, source in comments:
+        if address not in keys:
+            raise ValueError(f"a comment on an unknown constraint: {source[:80]!r}")
+        key = keys[address]  # type: ignore[index]
+        keys[address] = replace(key, comments=(*key.comments, source))  # type: ignore[index]
+    return list(keys.values())
+
+
+def read_foreign_keys(
+    db: Database, archive: Path, tools: PgTools, entries: list[TocEntry]
+) -> list[ForeignKey]:
+    """The foreign keys among ``entries``, from the archive (``pg_restore --file=-``: nothing executed)."""
+    _, later = split_foreign_keys(entries)
+    if not later:
+        return []
+    with tempfile.TemporaryDirectory(prefix="safedrop-keys-") as tmp:
+        listing = Path(tmp) / "keys.list"
+        listing.write_text("".join(e.line + "\n" for e in later))
+        try:
+            script = _run(
+                tools.pg_restore,
+                ["--file=-", f"--use-list={listing}", str(archive)],
+                env=_tool_env(),
+                timeout_s=300,
+            )
+        except (sh.ErrorReturnCode, sh.TimeoutException) as exc:
+            detail = _stderr_summary(getattr(exc, "stderr", b"") or b"", db) or type(exc).__name__
+            raise RestoreRefused(
+                f"pg_restore cannot print the foreign keys of {archive} ({detail}); {NOTHING_CHANGED}"
+            ) from None
+    try:
+        return parse_foreign_keys(str(script))
+    except (ParseError, ValueError) as exc:
+        raise RestoreRefused(
+            f"the foreign keys in {archive} do not read as foreign keys ({exc}); {NOTHING_CHANGED}"
+        ) from None
+
+
+def _key_rows(conn: Connection, keys: list[ForeignKey]) -> list[dict]:
+    return queries.rows(
+        conn,
+        "foreign_key_states",
+        schemas=[k.table.schema for k in keys],
+        tables=[k.table.name for k in keys],
+        names=[k.name for k in keys],
+    )
+
+
+def foreign_key_states(conn: Connection, keys: list[ForeignKey]) -> list[ForeignKey]:
+    """``keys`` with their state now: present, validated; and the statement that validates each."""
+    if not keys:
+        return []
+    return [
+        replace(k, present=r["present"], validated=r["validated"], validate_command=r["validate_command"])
+        for k, r in zip(keys, _key_rows(conn, keys), strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
 # The database side
 # --------------------------------------------------------------------------------------------------
 
@@ -284,6 +469,8 @@ class RestorePlan:
     already_restored: bool = False
     repair: bool = False  # the tables are there, intact: only objects the drop removed first go back
     warnings: list[str] = field(default_factory=list)
+    server_version_num: int = 0
+    foreign_keys: list[ForeignKey] = field(default_factory=list)  # to add NOT VALID (or only to validate)
 
 
 def _compare_tables(conn: Connection, manifest: BackupManifest) -> list[RestoredTable]:
@@ -297,6 +484,15 @@ def _compare_tables(conn: Connection, manifest: BackupManifest) -> list[Restored
             )
         )
     return out
+
+
+def _repair_note(missing: list[RemovedObject], unvalidated: list[ForeignKey]) -> str:
+    parts = []
+    if missing:
+        parts.append("putting back only what is missing: " + ", ".join(o.description for o in missing))
+    if unvalidated:
+        parts.append("validating the foreign keys left NOT VALID: " + ", ".join(k.label for k in unvalidated))
+    return "the tables are there with exactly the backup's contents; " + "; ".join(parts)
 
 
 def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
@@ -316,6 +512,7 @@ def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
         read_toc(archive, tools, failure=RestoreRefused, suffix=NOTHING_CHANGED), manifest
     )
     objects = restored_objects(entries, manifest)
+    keys = read_foreign_keys(db, archive, tools, entries)
     warnings: list[str] = []
     if info["database"] != manifest.database:
         warnings.append(
@@ -339,6 +536,7 @@ def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
                 _compare_tables(conn, manifest) if len(present_targets) == len(manifest.targets) else []
             )
             ledger = ledger_entries(conn, manifest)
+            keys = foreign_key_states(conn, keys)
     for row in ledger:
         if row["backup_sha256"] and row["backup_sha256"] != manifest.sha256:
             warnings.append(
@@ -361,21 +559,31 @@ def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
         pg_restore_version=tools.version_line,
         warnings=warnings,
     )
-    plan = RestorePlan(archive, manifest, tools, entries, objects, check, warnings=warnings)
+    # what the restore adds NOT VALID, or (left NOT VALID by an earlier restore) only validates
+    pending = [k for k in keys if not k.present or (k.valid and not k.validated)]
+    plan = RestorePlan(
+        archive,
+        manifest,
+        tools,
+        entries,
+        objects,
+        check,
+        warnings=warnings,
+        server_version_num=info["server_version_num"],
+        foreign_keys=pending,
+    )
     all_match = compared and all(t.rows_found == t.rows_expected and t.checksum_matches for t in compared)
-    if all_match and len(present) == len(objects):
+    if all_match and len(present) == len(objects) and not pending:
         plan.already_restored = True
         return plan
     if all_match:
         # The tables are there with exactly the backup's rows, but some of what the drop removes is
-        # gone (foreign keys dropped by hand, or committed before a table drop gave up): put back only that.
+        # gone (foreign keys dropped by hand, or committed before a table drop gave up), or a foreign
+        # key an earlier restore put back is not validated yet: put back, or validate, only that.
         missing = [o for o in objects if o not in present]
         plan.entries = only_entries_for(entries, missing)
         plan.objects, plan.repair = missing, True
-        note = (
-            "the tables are there with exactly the backup's contents; putting back only what is missing: "
-            + ", ".join(o.description for o in missing)
-        )
+        note = _repair_note(missing, [k for k in pending if k.present])
         plan.warnings.append(note)
         check.warnings.append(note)
         check.entries = [
@@ -417,6 +625,9 @@ class RestoreProgress:
         self.reporter, self.total, self.done = reporter, max(total, 1), 0
         self.started = time.monotonic()
 
+    def restart(self) -> None:
+        self.done = 0
+
     def line(self, text: str) -> None:
         if self._LINE.match(text):
             self.done += 1
@@ -427,64 +638,343 @@ class RestoreProgress:
         )
 
 
+@dataclass
+class Tally:
+    attempts: int = 0
+    lock_timeouts: int = 0
+
+
+def _pgcode(exc: BaseException) -> str:
+    return getattr(getattr(exc, "orig", None), "pgcode", None) or ""
+
+
+def _gave_up(what: str, attempts: int, schedule: LockSchedule, blockers: list[str]) -> str:
+    return (
+        f"gave up {what} after {attempts} attempts within the lock-wait budget "
+        f"{schedule.budget_ms / 1000:g} s (lock_timeout up to {schedule.largest_timeout_ms} ms); blocked by: "
+        f"{'; '.join(blockers) or 'a session that has since finished'}"
+    )
+
+
+def _pg_restore_args(db: Database, plan: RestorePlan, listing: Path, no_owner: bool) -> list[str]:
+    """argv: the list of entries and the database name; host, user and password are in the environment."""
+    args = ["--single-transaction", "--exit-on-error", "--verbose", "--no-password", f"--use-list={listing}"]
+    if no_owner:
+        args.append("--no-owner")
+    return [*args, _dbname_arg(db.url.database or ""), str(plan.archive)]
+
+
+def _restore_once(
+    db: Database,
+    plan: RestorePlan,
+    args: list[str],
+    *,
+    watch: LockWatch,
+    timeout_ms: int,
+    timeout_s: float,
+    progress: RestoreProgress,
+) -> bool:
+    """One pg_restore run, one transaction: True once it committed, False when one of its lock waits
+    ran out (rolled back, nothing restored). Raises RestoreFailed on anything else (rolled back too)."""
+    env = _session_env(db, "pg_restore", plan.server_version_num)  # client_connection_check_interval
+    watch.arm(timeout_ms)
+    progress.restart()
+
+    def tick() -> None:
+        progress.tick()
+        watch.check()
+
+    try:
+        running = _start(plan.tools.pg_restore, args, env=env, timeout_s=timeout_s, on_line=progress.line)
+        _wait(running, on_tick=tick, tick_s=min(0.1, timeout_ms / 4000))
+    except sh.TimeoutException:
+        raise RestoreFailed(
+            f"pg_restore did not finish within {timeout_s:g} s and was stopped; its transaction was "
+            f"rolled back, {NOTHING_RESTORED}"
+        ) from None
+    except sh.SignalException as exc:
+        number = -exc.exit_code
+        name = signal.Signals(number).name if number in signal.valid_signals() else "?"
+        raise RestoreFailed(
+            f"pg_restore was killed by signal {name} before it finished; its transaction was rolled back, "
+            f"{NOTHING_RESTORED} (check memory limits and who stops processes on this host)"
+        ) from None
+    except sh.ErrorReturnCode as exc:
+        text = (exc.stderr or b"").decode("utf-8", "replace")
+        if watch.cancelled or any(marker in text for marker in _LOCK_FAILURES):
+            return False
+        summary = _stderr_summary(text, db) or f"exit code {exc.exit_code}"
+        raise RestoreFailed(
+            f"pg_restore failed and its transaction was rolled back, {NOTHING_CHANGED}: {summary}"
+        ) from None
+    except OSError as exc:
+        raise RestoreFailed(
+            f"pg_restore could not be started ({exc.strerror or exc}); {NOTHING_CHANGED}"
+        ) from None
+    return True
+
+
+def replay_tables(
+    db: Database,
+    plan: RestorePlan,
+    entries: list[TocEntry],
+    *,
+    schedule: LockSchedule,
+    no_owner: bool,
+    timeout_s: float,
+    progress: RestoreProgress,
+    tally: Tally,
+) -> None:
+    """pg_restore of ``entries`` in ONE transaction; a lock wait longer than the attempt's lock_timeout
+    rolls it back, and it is retried with a longer one, within the budget. Raises RestoreLockTimeout
+    (nothing restored, the blockers named) when the budget is spent."""
+    with (
+        tempfile.TemporaryDirectory(prefix="safedrop-restore-") as tmp,
+        lock_watch(db, PG_RESTORE_APP) as watch,
+    ):
+        listing = Path(tmp) / "restore.list"
+        listing.write_text("".join(e.line + "\n" for e in entries))
+        listing.chmod(0o600)
+        args = _pg_restore_args(db, plan, listing, no_owner)
+        try:
+            for attempt, timeout_ms in schedule.attempts():
+                tally.attempts += 1
+                if _restore_once(
+                    db, plan, args, watch=watch, timeout_ms=timeout_ms, timeout_s=timeout_s, progress=progress
+                ):
+                    return
+                tally.lock_timeouts += 1
+                run_logger().info(
+                    "pg_restore: a lock wait ran out at %d ms (attempt %d); rolled back, retrying",
+                    timeout_ms,
+                    attempt,
+                )
+        except sa.exc.DBAPIError as exc:
+            raise RestoreFailed(
+                f"watching pg_restore's lock waits failed ({_first_line(exc, db)}); pg_restore was stopped "
+                f"and its transaction rolled back, {NOTHING_RESTORED}"
+            ) from None
+        relations = sorted(watch.relations)
+    blockers = describe_blockers(db, relations, [])
+    raise RestoreLockTimeout(
+        f"{_gave_up('on the restore', tally.attempts, schedule, blockers)}; {NOTHING_RESTORED} — let it "
+        "finish (or end it) and re-run"
+    )
+
+
+def _key_order(keys: list[ForeignKey], rotation: int) -> list[ForeignKey]:
+    """The keys that lock a surviving table first, rotated by ``rotation`` so each gets the one long
+    lock wait of an attempt in turn (``lock_safe_batch``: the later ones lock NOWAIT)."""
+    hot = [k for k in keys if k.survivor]
+    if hot:
+        hot = hot[rotation % len(hot) :] + hot[: rotation % len(hot)]
+    return hot + [k for k in keys if not k.survivor]
+
+
+def _key_statements(key: ForeignKey, partitioned: set[TableName]) -> list[sql.Composable]:
+    """The key NOT VALID, with the comments on it. PostgreSQL < 18 cannot add a NOT VALID foreign key
+    to a partitioned table: that one is validated right away."""
+    add = sql.SQL(key.add_statement(validate=key.table in partitioned))
+    return [add, *(sql.SQL(comment) for comment in key.comments)]
+
+
+def add_foreign_keys(
+    db: Database,
+    plan: RestorePlan,
+    keys: list[ForeignKey],
+    *,
+    schedule: LockSchedule,
+    statement_timeout_s: int,
+) -> list[ForeignKeyOutcome]:
+    """Every key NOT VALID, in ONE short transaction, lock-safe: without the scan, SHARE ROW EXCLUSIVE on
+    both tables of a key (writers of ``credits`` wait) lasts milliseconds. All keys go in, or none:
+    returns an outcome for each key that is not there (empty when all are)."""
+    if not keys:
+        return []
+    targets = set(_targets(plan.manifest))
+    tables = sorted({t for k in keys for t in (k.table, k.references)})
+    with connect(db) as conn:
+        status = {TableName(r["schema_name"], r["table_name"]): r for r in table_status(conn, tables)}
+        short_ms = queries.one(conn, "deadlock_timeout")["deadlock_timeout_ms"] // 2
+        conn.rollback()
+    partitioned = {t for t, r in status.items() if r["relkind"] == "p"}
+    keys = [replace(k, survivor=bool({k.table, k.references} - targets)) for k in keys]
+    attempts, pid = 0, None
+    for attempt, timeout_ms in schedule.attempts():
+        attempts += 1
+        first, *later = _key_order(keys, attempt - 1)
+        held_first = {first.table, first.references}
+        later_tables = sorted({t for k in later for t in (k.table, k.references)} - held_first)
+        waits = lock_waits(timeout_ms, 1 + len(later_tables), short_ms)
+        batch = lock_safe_batch(
+            _key_statements(first, partitioned),
+            waits[0],
+            [status[t]["oid"] for t in later_tables if status.get(t) and status[t]["oid"]],
+            sum(waits[1:]) or short_ms,
+            [s for k in later for s in _key_statements(k, partitioned)],
+            mode="SHARE ROW EXCLUSIVE",  # what ADD FOREIGN KEY takes on both tables
+        )
+        try:
+            with connect(db) as conn:
+                with conn.begin():
+                    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                    queries.rows(
+                        conn, "restore_session_settings", statement_timeout=f"{statement_timeout_s}s"
+                    )
+                    execute_composed(conn, batch)
+            return []
+        except sa.exc.DBAPIError as exc:
+            if _pgcode(exc) not in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED):
+                return _not_added(keys, f"adding it failed ({_first_line(exc, db)})")
+            run_logger().info(
+                "foreign keys: a lock wait ran out at %d ms (attempt %d); rolled back, retrying",
+                timeout_ms,
+                attempt,
+            )
+        except ConnectionFailed as exc:
+            return _not_added(keys, str(exc))
+    oids = [r["oid"] for r in status.values() if r["oid"]]
+    blockers = describe_blockers(db, oids, [pid] if pid else [])
+    return _not_added(keys, _gave_up("adding it", attempts, schedule, blockers))
+
+
+def _not_added(keys: list[ForeignKey], why: str) -> list[ForeignKeyOutcome]:
+    detail = (
+        f"{why}; the tables are back without it — once that is resolved, re-run the restore: it adds "
+        "only what is missing"
+    )
+    return [ForeignKeyOutcome(name=k.label, state="missing", detail=detail) for k in keys]
+
+
+def validate_foreign_key(
+    db: Database, key: ForeignKey, *, schedule: LockSchedule, statement_timeout_s: int
+) -> ForeignKeyOutcome:
+    """``VALIDATE CONSTRAINT`` in its own transaction, lock-safe: it scans holding SHARE UPDATE EXCLUSIVE
+    on the table and ROW SHARE on the one it references, so writes to both go on. A key that rows
+    violate stays NOT VALID (still enforced for new writes), and the outcome says which rows and what
+    to do."""
+    started = time.monotonic()
+    statement = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+        sql.Identifier(key.table.schema, key.table.name), sql.Identifier(key.name)
+    )
+    attempts, pid = 0, None
+    for attempt, timeout_ms in schedule.attempts():
+        attempts += 1
+        try:
+            with connect(db) as conn:
+                with conn.begin():
+                    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                    queries.rows(
+                        conn,
+                        "set_local_timeouts",
+                        lock_timeout=f"{timeout_ms}ms",
+                        statement_timeout=f"{statement_timeout_s}s",
+                    )
+                    execute_composed(conn, statement)
+            return ForeignKeyOutcome(
+                name=key.label, state="validated", duration_s=round(time.monotonic() - started, 3)
+            )
+        except sa.exc.DBAPIError as exc:
+            if _pgcode(exc) not in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED):
+                return ForeignKeyOutcome(name=key.label, state="not valid", detail=_invalid(exc, key, db))
+            run_logger().info(
+                "validating %s: a lock wait ran out at %d ms (attempt %d); retrying",
+                key.label,
+                timeout_ms,
+                attempt,
+            )
+        except ConnectionFailed as exc:
+            return ForeignKeyOutcome(name=key.label, state="not valid", detail=f"validating it failed: {exc}")
+    with connect(db) as conn:
+        [row] = _key_rows(conn, [key])
+    oids = [o for o in (row["table_oid"], row["references_oid"]) if o]
+    blockers = describe_blockers(db, oids, [pid] if pid else [])
+    return ForeignKeyOutcome(
+        name=key.label,
+        state="not valid",
+        detail=f"{_gave_up('validating it', attempts, schedule, blockers)}; once it is done, run "
+        f"{key.validate_command} (or re-run the restore)",
+    )
+
+
+def _invalid(exc: sa.exc.DBAPIError, key: ForeignKey, db: Database) -> str:
+    if _pgcode(exc) == FOREIGN_KEY_VIOLATION:
+        detail = (getattr(getattr(exc.orig, "diag", None), "message_detail", None) or "").strip().rstrip(".")
+        return (
+            f"rows violate it ({detail or _first_line(exc, db)}); correct or delete them, then run "
+            f"{key.validate_command} (or re-run the restore)"
+        )
+    return f"validating it failed ({_first_line(exc, db)}); once that is fixed, run {key.validate_command}"
+
+
 def run_restore(
     db: Database,
     plan: RestorePlan,
     *,
     no_owner: bool = False,
     timeout_s: float = 3600,
+    schedule: LockSchedule | None = None,
     progress_key: str | None = None,
 ) -> RestoreResult:
-    """Replay the chosen entries in ONE transaction. Raises RestoreFailed (rolled back, nothing changed)."""
+    """1. pg_restore of everything but the foreign keys in ONE transaction, lock-safe (all or nothing:
+    raises RestoreFailed or RestoreLockTimeout with nothing restored). 2. The foreign keys NOT VALID, in
+    one short transaction, lock-safe. 3. Each validated in its own transaction. What 2 and 3 could not
+    do is in the result's ``foreign_keys`` (the verification names it)."""
+    schedule = schedule or LockSchedule()
     started = time.monotonic()
-    count = len([e for e in plan.entries if e.desc not in SESSION_ENTRIES])
+    tables, _ = split_foreign_keys(plan.entries)
+    count = len([e for e in tables if e.desc not in SESSION_ENTRIES])
     progress = RestoreProgress(Progress("pg_restore", progress_key), count)
-    with tempfile.TemporaryDirectory(prefix="safedrop-restore-") as tmp:
-        listing = Path(tmp) / "restore.list"
-        listing.write_text("".join(e.line + "\n" for e in plan.entries))
-        listing.chmod(0o600)
-        args = [
-            "--single-transaction",
-            "--exit-on-error",
-            "--verbose",
-            "--no-password",
-            f"--use-list={listing}",
-        ]
-        if no_owner:
-            args.append("--no-owner")
-        args += [_dbname_arg(db.url.database or ""), str(plan.archive)]
-        env = {**_tool_env(), **db.libpq_env("pg_restore")}
-        try:
-            running = _start(plan.tools.pg_restore, args, env=env, timeout_s=timeout_s, on_line=progress.line)
-            _wait(running, on_tick=progress.tick)
-        except sh.TimeoutException:
-            raise RestoreFailed(
-                f"pg_restore did not finish within {timeout_s:g} s and was stopped; its transaction was "
-                f"rolled back, {NOTHING_CHANGED}"
-            ) from None
-        except sh.ErrorReturnCode as exc:
-            summary = _stderr_summary(exc.stderr or b"", db) or f"exit code {exc.exit_code}"
-            raise RestoreFailed(
-                f"pg_restore failed and its transaction was rolled back, {NOTHING_CHANGED}: {summary}"
-            ) from None
-        except OSError as exc:
-            raise RestoreFailed(
-                f"pg_restore could not be started ({exc.strerror or exc}); {NOTHING_CHANGED}"
-            ) from None
+    tally = Tally()
+    if count:
+        replay_tables(
+            db,
+            plan,
+            tables,
+            schedule=schedule,
+            no_owner=no_owner,
+            timeout_s=timeout_s,
+            progress=progress,
+            tally=tally,
+        )
     progress.reporter.finish(f"{count} entries")
-    return RestoreResult(entries=count, duration_s=round(time.monotonic() - started, 3))
+    tables_s = round(time.monotonic() - started, 3)
+    seconds = max(int(timeout_s), 1)
+    adding = [k for k in plan.foreign_keys if not k.present]
+    outcomes = add_foreign_keys(db, plan, adding, schedule=schedule, statement_timeout_s=seconds)
+    missing = {o.name for o in outcomes}
+    for key in [k for k in plan.foreign_keys if k.label not in missing]:
+        if key.valid:
+            outcomes.append(validate_foreign_key(db, key, schedule=schedule, statement_timeout_s=seconds))
+        else:
+            outcomes.append(ForeignKeyOutcome(name=key.label, state="not valid in the backup"))
+    return RestoreResult(
+        entries=len([e for e in plan.entries if e.desc not in SESSION_ENTRIES]),
+        duration_s=round(time.monotonic() - started, 3),
+        tables_s=tables_s,
+        attempts=tally.attempts,
+        lock_timeouts=tally.lock_timeouts,
+        lock_timeout_ms=schedule.first_timeout_ms,
+        foreign_keys=outcomes,
+    )
 
 
-def verify_restored(db: Database, plan: RestorePlan) -> RestoreVerification:
-    """Rows, checksums, sequence values and objects, compared with the manifest. Raises on a difference."""
+def verify_restored(
+    db: Database, plan: RestorePlan, restored: RestoreResult | None = None
+) -> RestoreVerification:
+    """Rows, checksums, sequence values, objects, and each foreign key validated, compared with the
+    manifest. Raises on a difference (``restored`` says why a foreign key is missing or NOT VALID)."""
     manifest = plan.manifest
+    key_addresses = {("table constraint", (k.table.schema, k.table.name, k.name)) for k in plan.foreign_keys}
+    others = [o for o in plan.objects if (o.type, tuple(o.names)) not in key_addresses]
     with connect(db) as conn:
         with conn.begin():
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             pin_text_settings(conn)
             tables = _compare_tables(conn, manifest)
             sequences = {s.name: s for s in sequence_states(conn, [s.name for s in manifest.sequences])}
-            missing = [o.description for o in plan.objects if not object_exists(conn, o)]
+            missing = [o.description for o in others if not object_exists(conn, o)]
+            keys = foreign_key_states(conn, plan.foreign_keys)
     problems = []
     for t in tables:
         if t.rows_found != t.rows_expected or not t.checksum_matches:
@@ -501,22 +991,52 @@ def verify_restored(db: Database, plan: RestorePlan) -> RestoreVerification:
                 f"sequence {s.name} is {found}; the backup had {s.last_value} (is_called {s.is_called})"
             )
     problems += [f"{m} is not back" for m in missing]
+    key_problems = _key_problems(keys, restored)
     result = RestoreVerification(
         tables=tables,
         sequences=[
             f"{s.name} = {s.last_value}{'' if s.is_called else ' (not called yet)'}"
             for s in sequences.values()
         ],
-        objects_back=len(plan.objects) - len(missing),
-        reasons=problems,
+        objects_back=len(plan.objects) - len(missing) - len([k for k in keys if not k.present]),
+        foreign_keys=[f"{k.label}: {_key_state(k)}" for k in keys],
+        reasons=problems + key_problems,
     )
     if problems:
         raise VerificationFailed(
-            f"restore verification failed: {'; '.join(problems)} — the restore committed; compare with the "
-            f"archive {plan.archive} before anything else",
+            f"restore verification failed: {'; '.join(problems + key_problems)} — the restore committed; "
+            f"compare with the archive {plan.archive} before anything else",
+            report=result,
+        )
+    if key_problems:
+        raise VerificationFailed(
+            "restore verification failed: the tables are back with every row and sequence as in the "
+            f"backup, but {'; '.join(key_problems)}",
             report=result,
         )
     return result
+
+
+def _key_state(key: ForeignKey) -> str:
+    if not key.present:
+        return "missing"
+    if key.validated:
+        return "validated"
+    return "NOT VALID" if key.valid else "NOT VALID, as in the backup"
+
+
+def _key_problems(keys: list[ForeignKey], restored: RestoreResult | None) -> list[str]:
+    """Each foreign key that is missing, or NOT VALID though the backup had it validated: why, what to do."""
+    why = {o.name: o.detail for o in (restored.foreign_keys if restored else []) if o.detail}
+    problems = []
+    for k in keys:
+        if not k.present:
+            problems.append(f"foreign key {k.label} is missing: {why.get(k.label, 'it was not added')}")
+        elif k.valid and not k.validated:
+            problems.append(
+                f"foreign key {k.label} is NOT VALID: {why.get(k.label, f'run {k.validate_command}')}"
+            )
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------
@@ -555,6 +1075,8 @@ def render_verification(result: RestoreVerification) -> str:
     ]
     text = f"# Restore verification {verdict}\n\n{md_table(rows)}\n"
     text += f"{result.objects_back} restored objects present.\n"
+    if result.foreign_keys:
+        text += "\n## Foreign keys\n\n" + md_list(result.foreign_keys)
     if result.sequences:
         text += "\n## Sequences\n\n" + md_list(result.sequences)
     return text
@@ -606,29 +1128,71 @@ def restore_precheck(db: Database, backup_path: str, artifact_prefix: str) -> Re
     return plan
 
 
+def render_restore(result: RestoreResult, plan: RestorePlan, db: Database) -> str:
+    text = (
+        f"# Restore\n\n{result.entries} entries of `{plan.archive}` restored into `{db.display}` in "
+        f"{result.duration_s:.2f} s. The tables, their rows and everything but the foreign keys went back "
+        f"in one pg_restore transaction ({result.tables_s or 0:.2f} s, {result.attempts} attempt(s), "
+        f"{result.lock_timeouts} lock timeout(s), first lock_timeout {result.lock_timeout_ms} ms); then "
+        "each foreign key was added NOT VALID in one short transaction and validated in its own:\n\n"
+        f"{md_list(plan.check.entries)}"
+    )
+    if result.foreign_keys:
+        rows = [
+            {
+                "foreign key": o.name,
+                "state": o.state,
+                "note": o.detail or "",
+                "validation": o.duration_s or "",
+            }
+            for o in result.foreign_keys
+        ]
+        text += "\n## Foreign keys\n\n" + md_table(rows)
+    return text
+
+
 @task(name="restore", cache_policy=NO_CACHE)
 def restore(
-    db: Database, plan: RestorePlan, no_owner: bool, timeout_s: int, artifact_prefix: str
+    db: Database,
+    plan: RestorePlan,
+    no_owner: bool,
+    timeout_s: int,
+    schedule: LockSchedule,
+    artifact_prefix: str,
 ) -> RestoreResult:
-    """pg_restore of the chosen entries, in one transaction."""
+    """pg_restore of the tables in one lock-safe transaction, then their foreign keys NOT VALID, validated."""
     result = run_restore(
-        db, plan, no_owner=no_owner, timeout_s=timeout_s, progress_key=f"{artifact_prefix}-progress"
+        db,
+        plan,
+        no_owner=no_owner,
+        timeout_s=timeout_s,
+        schedule=schedule,
+        progress_key=f"{artifact_prefix}-progress",
     )
-    run_logger().info("restored %d entries into %s in %.2f s", result.entries, db.display, result.duration_s)
+    logger = run_logger()
+    logger.info(
+        "restored %d entries into %s in %.2f s (%d pg_restore attempt(s))",
+        result.entries,
+        db.display,
+        result.duration_s,
+        result.attempts,
+    )
+    for outcome in result.foreign_keys:
+        if outcome.state in ("missing", "not valid"):
+            logger.warning("foreign key %s is %s: %s", outcome.name, outcome.state.upper(), outcome.detail)
     publish_markdown(
-        f"{artifact_prefix}-restore",
-        f"# Restore\n\n{result.entries} entries of `{plan.archive}` replayed into `{db.display}` in one "
-        f"transaction ({result.duration_s:.2f} s):\n\n{md_list(plan.check.entries)}",
-        "What the restore put back",
+        f"{artifact_prefix}-restore", render_restore(result, plan, db), "What the restore put back"
     )
     return result
 
 
 @task(name="restore-verification", cache_policy=NO_CACHE)
-def restore_verification(db: Database, plan: RestorePlan, artifact_prefix: str) -> RestoreVerification:
-    """Row counts, checksums, sequence values and objects compared with the manifest."""
+def restore_verification(
+    db: Database, plan: RestorePlan, restored: RestoreResult | None, artifact_prefix: str
+) -> RestoreVerification:
+    """Row counts, checksums, sequence values, objects and validated foreign keys, against the manifest."""
     try:
-        result = verify_restored(db, plan)
+        result = verify_restored(db, plan, restored)
     except sa.exc.DBAPIError as exc:
         raise VerificationFailed(
             f"restore verification could not read the tables: {_first_line(exc, db)}"
@@ -662,8 +1226,16 @@ def render_text(report) -> str:
         lines += [f"    {entry}" for entry in report.check.entries]
     if report.verification:
         for t in report.verification.tables:
-            lines.append(f"  verified {t.name}: {t.rows_found:,} rows, checksum matches")
+            rows = "no" if t.rows_found is None else f"{t.rows_found:,}"
+            checksum = "matches" if t.checksum_matches else "DIFFERS"
+            lines.append(f"  verified {t.name}: {rows} rows, checksum {checksum}")
         lines += [f"  sequence {s}" for s in report.verification.sequences]
+        lines += [f"  foreign key {k}" for k in report.verification.foreign_keys]
+    if report.restore and report.restore.attempts > 1:
+        lines.append(
+            f"  pg_restore: {report.restore.attempts} attempts "
+            f"({report.restore.lock_timeouts} lock timeouts, each rolled back)"
+        )
     if report.duration_s is not None:
         lines.append(f"  took {report.duration_s} s")
     return "\n".join(lines) + "\n"

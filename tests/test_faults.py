@@ -1,9 +1,11 @@
-"""Faults in the middle of a run: the drop's backend killed while it holds the targets, pg_dump killed.
+"""Faults in the middle of a run: the drop's backend killed while it holds the targets, pg_dump killed,
+pg_restore killed.
 
 The backend is really terminated (pg_terminate_backend) while it provably holds the targets and waits
-for a parent's lock we hold; the real pg_dump dies by SIGKILL while it waits for a lock we hold. Afterwards the
-targets are all there or all gone, the run says what happened in one line, and a re-run finishes.
-(tests/test_deployments.py cancels a deployment run mid-backup through a real worker.)
+for a parent's lock we hold; the real pg_dump and pg_restore die by SIGKILL while they wait for a lock we hold.
+Afterwards the targets are all there or all gone, the run says what happened in one line, no session
+is left queued, and a re-run finishes. (tests/test_deployments.py cancels a deployment run mid-backup
+through a real worker.)
 """
 
 from __future__ import annotations
@@ -257,3 +259,72 @@ def test_idle_session_timeout_does_not_end_the_run_lock(env_url, tmp_path):
     state, report = job.join()
     assert state.is_completed() and report.status == "succeeded", report.reasons
     assert not any(db.exists(t) for t in TARGETS)
+
+
+def _sessions(db, app: str) -> int:
+    return db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app AND datname = current_database()",
+        app=app,
+    )
+
+
+def _pg_restore_waiting(db, backups: Path) -> int | None:
+    """pid of the real pg_restore restoring from ``backups``, once its session waits for a lock."""
+    waiting = db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_restore' "
+        "AND datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    if not waiting:
+        return None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                Path(argv[0].decode()).name == "pg_restore"
+                and b"--single-transaction" in argv
+                and any(str(backups).encode() in a for a in argv)
+            ):
+                return int(entry.name)
+    return None
+
+
+def test_pg_restore_killed_while_it_waits_for_a_lock_leaves_no_session_and_restores_nothing(
+    env_url, tmp_path
+):
+    """The real pg_restore, held at a lock (a session of ours holds tenants, which the restored view reads)
+    with a lock_timeout far away, dies by SIGKILL: its server session, queued for the lock, ends too
+    (client_connection_check_interval), the restore says so in one line, and nothing was restored."""
+    from tests.test_restore import contents, drop, restore, seed
+
+    db = env_url
+    seed(db)
+    before_drop = contents(db)
+    backups = tmp_path / "b"
+    path = drop(tmp_path)
+    before = db.snapshot()
+    with holding(db, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"):
+        job = Background(lambda: restore(path, lock_timeout_ms=60_000, max_lock_timeout_ms=60_000))
+        pid = wait_until(
+            lambda: _pg_restore_waiting(db, backups), deadline_s=60, what="pg_restore to wait for tenants"
+        )
+        os.kill(pid, signal.SIGKILL)
+        state, report = job.join()
+        # still holding the lock: the session noticed its client is gone, it was not granted the lock
+        wait_until(
+            lambda: _sessions(db, "safedrop pg_restore") == 0,
+            deadline_s=10,
+            what="pg_restore's session to end",
+        )
+    assert state.is_failed() and report.status == "failed" and report.exit_code == 1, report.reasons
+    assert report.reasons == [
+        "pg_restore was killed by signal SIGKILL before it finished; its transaction was rolled back, nothing "
+        "was restored (check memory limits and who stops processes on this host)"
+    ]
+    assert db.snapshot() == before
+
+    state, report = restore(path)  # and a re-run puts everything back
+    assert state.is_completed() and report.status == "restored", report.reasons
+    assert contents(db) == before_drop

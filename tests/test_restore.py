@@ -2,13 +2,17 @@
 
 Real PostgreSQL, pg_dump, pg_restore and Prefect (the test harness). Every refusal asserts its
 message and that nothing changed (``guide_db.snapshot()``). Slow moments are made deterministic
-with a lock on ``tenants`` (which no precheck reads but pg_dump dumps and pg_restore's foreign keys
-reference), never with sleeps.
+with a lock on ``tenants`` (which no precheck reads, but pg_dump dumps, the restored view reads and the
+restored foreign keys reference), never with sleeps.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,10 +20,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from safedrop.cli import main
+from safedrop.migration import TableName
 from safedrop.parameters import RestoreParameters
 from safedrop.pgserver import wait_until
 from tasks.backup import manifest_path
-from tests.helpers import artifacts_of, run
+from tests.helpers import BLOCKER_APP, artifacts_of, holding, run, session
 from tests.test_backup import Background, cmdlines
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -36,7 +41,7 @@ def env_url(guide_db, monkeypatch):
 
 
 def seed(db) -> None:
-    """Rows in both targets, a foreign key into one from a surviving table, a view over it."""
+    """Rows in both targets, a foreign key into one from a surviving table, a view over it and tenants."""
     db.execute(
         "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
         "SELECT 1 + g % 25, 1 + g % 25, g * 1.25, date '2024-01-01' + g, date '2024-02-01' + g "
@@ -48,14 +53,16 @@ def seed(db) -> None:
         f"ALTER TABLE credit_usage ADD COLUMN allocation_id bigint "
         f"CONSTRAINT {FK} REFERENCES credit_allocations (id);"
         "UPDATE credit_usage SET allocation_id = 1 + id % 30;"
-        f"CREATE VIEW {VIEW} AS SELECT tenant_id, sum(amount) AS total FROM credit_allocations GROUP BY 1;"
+        f"CREATE VIEW {VIEW} AS SELECT a.tenant_id, t.name, sum(a.amount) AS total "
+        "FROM credit_allocations a JOIN tenants t ON t.id = a.tenant_id GROUP BY 1, 2;"
         "COMMENT ON TABLE credit_allocations IS 'retired';"
     )
 
 
 def contents(db) -> dict:
     """What must come back, read independently of safedrop: every row (an ordered md5), sequence
-    states, the view's definition, the foreign key's definition, comments and grants."""
+    states, the view's definition, the foreign key's definition, every foreign key's validation,
+    indexes and the comment."""
     out = {}
     for table in TARGETS:
         out[table] = db.scalar(f"SELECT md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM {table} t")
@@ -64,6 +71,7 @@ def contents(db) -> dict:
         out[seq] = db.scalar(f"SELECT last_value::text || ' ' || is_called::text FROM {seq}")
     out["view"] = db.scalar(f"SELECT pg_get_viewdef('{VIEW}'::regclass)")
     out["fk"] = db.scalar(f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = '{FK}'")
+    out["foreign keys"] = foreign_keys(db)
     out["indexes"] = db.scalar(
         "SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes "
         "WHERE tablename IN ('credit_allocations', 'credit_allocation_transactions')"
@@ -212,6 +220,14 @@ def test_a_corrupted_truncated_or_unproven_archive_is_refused_and_nothing_change
     assert code == 2 and "backup" in capsys.readouterr().err
 
 
+def foreign_keys(db) -> str:
+    """Every foreign key of the database, with whether it is validated."""
+    return db.scalar(
+        "SELECT string_agg(conrelid::regclass || ' ' || conname || ' ' || convalidated, ', ' ORDER BY conname) "
+        "FROM pg_constraint WHERE contype = 'f'"
+    )
+
+
 def test_a_target_that_exists_again_is_refused_and_a_failed_restore_rolls_back(env_url, tmp_path):
     db = env_url
     seed(db)
@@ -226,15 +242,68 @@ def test_a_target_that_exists_again_is_refused_and_a_failed_restore_rolls_back(e
     ]
     assert db.snapshot() == before
 
-    # A surviving row that the restored foreign key would reject: pg_restore fails, all of it rolls back.
-    db.execute("DROP TABLE credit_allocations; UPDATE credit_usage SET allocation_id = 999 WHERE id = 7")
+    # pg_restore fails at the view, after the tables and their rows: all of it rolls back.
+    db.execute(
+        "DROP TABLE credit_allocations;"
+        "CREATE FUNCTION no_views() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'no new views today'; END $$;"
+        "CREATE EVENT TRIGGER no_views ON ddl_command_start WHEN TAG IN ('CREATE VIEW') "
+        "EXECUTE FUNCTION no_views();"
+    )
     before = db.snapshot()
     state, report = restore(path)
     assert state.is_failed() and report.status == "failed" and report.exit_code == 1
     (reason,) = report.reasons
-    assert reason.startswith("pg_restore failed and its transaction was rolled back, nothing was changed: ")
-    assert f'violates foreign key constraint "{FK}"' in reason
+    assert reason.startswith(
+        "pg_restore failed and its transaction was rolled back, nothing was changed: could not execute "
+        "query: ERROR: no new views today"
+    ), reason
     assert db.snapshot() == before
+
+
+def test_a_row_violating_a_restored_foreign_key_leaves_it_not_valid_named_until_fixed(env_url, tmp_path):
+    """The tables come back (the violation is not theirs); the key is added NOT VALID, so it is enforced
+    for new rows, and its validation fails: named, with the row and what to do. Fixed, a re-run validates it."""
+    db = env_url
+    seed(db)
+    before = contents(db)
+    path = drop(tmp_path)
+    db.execute("UPDATE credit_usage SET allocation_id = 999 WHERE id = 7")  # no foreign key stops it now
+
+    state, report = restore(path)
+    assert state.is_failed() and report.status == "failed" and report.exit_code == 1
+    assert report.reasons == [
+        "restore verification failed: the tables are back with every row and sequence as in the backup, but "
+        f"foreign key {FK} on public.credit_usage is NOT VALID: rows violate it (Key (allocation_id)=(999) is "
+        'not present in table "credit_allocations"); correct or delete them, then run ALTER TABLE '
+        f"public.credit_usage VALIDATE CONSTRAINT {FK} (or re-run the restore)"
+    ]
+    assert [(t.name, t.rows_found, t.checksum_matches) for t in report.verification.tables] == [
+        ("public.credit_allocation_transactions", 39, True),
+        ("public.credit_allocations", 39, True),
+    ]
+    assert f"{FK} on public.credit_usage: NOT VALID" in report.verification.foreign_keys
+    after = contents(db)
+    assert after.pop("foreign keys") == before["foreign keys"].replace(f"{FK} true", f"{FK} false")
+    assert after.pop("fk") == before["fk"] + " NOT VALID"
+    assert after == {k: v for k, v in before.items() if k not in ("foreign keys", "fk")}
+    with pytest.raises(RuntimeError, match="violates foreign key constraint"):  # enforced for new rows
+        db.execute("UPDATE credit_usage SET allocation_id = 998 WHERE id = 8")
+
+    db.execute("UPDATE credit_usage SET allocation_id = 1 + id % 30 WHERE id = 7")
+    state, report = restore(path)
+    assert state.is_completed() and report.status == "restored", report.reasons
+    assert report.check.entries == []
+    assert report.warnings == [
+        "the tables are there with exactly the backup's contents; validating the foreign keys left NOT "
+        f"VALID: {FK} on public.credit_usage"
+    ]
+    assert [(o.name, o.state) for o in report.restore.foreign_keys] == [
+        (f"{FK} on public.credit_usage", "validated")
+    ]
+    assert contents(db) == before
+    state, report = restore(path)
+    assert report.status == "already-restored"
 
 
 def logs_of(flow_run_id) -> str:
@@ -281,10 +350,12 @@ def test_no_password_in_argv_logs_or_artifacts_of_pg_dump_and_pg_restore(env_url
     assert password and len(password) > 8
     jobs = {
         "pg_dump": lambda: drop_run(tmp_path)[0],
-        "pg_restore": lambda: restore(str(next((tmp_path / "b").glob("*.dump"))))[0],
+        "pg_restore": lambda: restore(  # a lock_timeout far away: one pg_restore, waiting until we let go
+            str(next((tmp_path / "b").glob("*.dump"))), lock_timeout_ms=60_000, max_lock_timeout_ms=60_000
+        )[0],
     }
     for tool, start in jobs.items():
-        with table_locked(db, "tenants"):  # pg_dump dumps it; pg_restore's foreign keys reference it
+        with table_locked(db, "tenants"):  # pg_dump dumps it; the restored view reads it
             job = Background(start)
             pid, argv = wait_until(
                 lambda t=tool: tool_running(t, tmp_path / "b"), deadline_s=30, what=f"{tool} to start"
@@ -295,6 +366,8 @@ def test_no_password_in_argv_logs_or_artifacts_of_pg_dump_and_pg_restore(env_url
         assert job.error is None, job.error
         assert not any(password in " ".join(a) for a in everyone.values()), tool
         assert f"PGPASSWORD={password}".encode() in environ
+        # a killed tool's session ends at once instead of staying queued for its lock
+        assert b"PGOPTIONS=-c client_connection_check_interval=1000" in environ.split(b"\0")
         assert not any("127.0.0.1" in a or a.startswith(("-h", "--host", "postgresql:")) for a in argv), argv
         state = job.result
         assert state.is_completed(), state
@@ -405,3 +478,225 @@ def test_missing_foreign_keys_on_intact_tables_are_put_back(env_url, tmp_path):
     after = contents(db)
     assert after.pop("public.credit_allocations_id_seq") != before.pop("public.credit_allocations_id_seq")
     assert after == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Under traffic: lock_timeout and retries, foreign keys NOT VALID then validated
+# --------------------------------------------------------------------------------------------------
+
+
+def pg_restore_sessions(db, *, waiting: bool = False) -> list[int]:
+    """pids of the pg_restore sessions on the test database (only those waiting for a lock)."""
+    engine = db.engine()
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'safedrop pg_restore' "
+                "AND datname = current_database()" + (" AND wait_event_type = 'Lock'" if waiting else "")
+            ).fetchall()
+    finally:
+        engine.dispose()
+    return [r[0] for r in rows]
+
+
+def test_a_lock_held_longer_than_the_budget_stops_the_restore_naming_the_holder(env_url, tmp_path, capsys):
+    db = env_url
+    seed(db)
+    path = drop(tmp_path)
+    before = db.snapshot()
+    assert main(["restore", "--backup", path, "--lock-wait-budget", "soon"]) == 2
+    assert capsys.readouterr().err == "safedrop: cannot read duration 'soon'; use e.g. 500ms, 2s or 5m\n"
+    assert main(["restore", "--backup", path, "--lock-timeout", "10ms"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "safedrop: invalid lock_timeout_ms: Input should be greater than"
+    )
+    budget = ["--lock-timeout", "100ms", "--max-lock-timeout", "200ms", "--lock-wait-budget", "1.5s"]
+    with holding(db, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE") as holder:  # the view reads tenants
+        holder_pid = holder.info.backend_pid
+        started = time.monotonic()
+        code = main(["restore", "--backup", path, "--json", *budget])
+        took = time.monotonic() - started
+        report = json.loads(capsys.readouterr().out)
+        assert not pg_restore_sessions(db)  # every attempt's session is gone, none left queued
+    assert code == 3 and report["status"] == "refused", report
+    (reason,) = report["reasons"]
+    match = re.fullmatch(
+        r"gave up on the restore after (\d+) attempts within the lock-wait budget 1\.5 s \(lock_timeout up "
+        rf"to 200 ms\); blocked by: pid {holder_pid} \({BLOCKER_APP}, idle in transaction, transaction open "
+        r"[\d.]+ s, holds AccessExclusiveLock on public\.tenants\): LOCK TABLE tenants IN ACCESS EXCLUSIVE "
+        r"MODE; nothing was restored — let it finish \(or end it\) and re-run",
+        reason,
+    )
+    assert match, reason
+    assert int(match.group(1)) >= 2  # 100 ms, 150 ms, 200 ms, … with backoff in between
+    assert took < 30
+    assert db.snapshot() == before
+    assert not db.exists("public.credit_allocations")
+
+
+def test_a_lock_released_within_the_budget_lets_the_restore_finish_after_retries(env_url, tmp_path):
+    db = env_url
+    seed(db)
+    before = contents(db)
+    path = drop(tmp_path)
+    seen: set[int] = set()
+
+    def retried() -> bool:  # a second pg_restore session waits on the lock: the first one gave up
+        seen.update(pg_restore_sessions(db, waiting=True))
+        return len(seen) >= 2
+
+    with holding(db, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"):
+        job = Background(
+            lambda: restore(path, lock_timeout_ms=100, max_lock_timeout_ms=200, lock_wait_budget_s=60)
+        )
+        wait_until(retried, deadline_s=60, what="pg_restore to time out on the lock and retry")
+    state, report = job.join(120)
+    assert state.is_completed() and report.status == "restored", report.reasons
+    assert report.restore.attempts >= 2 and report.restore.lock_timeouts == report.restore.attempts - 1
+    assert contents(db) == before
+    assert {o.state for o in report.restore.foreign_keys} == {"validated"}
+    assert not pg_restore_sessions(db)
+
+
+class Writer:
+    """The application: its own autocommit connection inserts into credit_usage and updates credits every
+    few milliseconds until stopped; every error is counted by SQLSTATE."""
+
+    def __init__(self, db) -> None:
+        self.conn = session(db, "test-writer", autocommit=True)
+        self.stop = threading.Event()
+        self.errors: Counter[str] = Counter()
+        self.done = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.wait(0.003):
+            n += 1
+            for statement, args in (
+                (
+                    "INSERT INTO credit_usage (tenant_id, credit_id, feature, amount, allocation_id) "
+                    "VALUES (%s, %s, 'api', 1, %s)",
+                    (1 + n % 25, 1 + n % 25, 1 + n % 30),
+                ),
+                ("UPDATE credits SET balance = balance + 1 WHERE id = %s", (1 + n % 25,)),
+            ):
+                try:
+                    with self.conn.cursor() as cur:
+                        cur.execute(statement, args)
+                except Exception as exc:  # noqa: BLE001 - counted, and asserted to be none
+                    self.errors[getattr(exc, "pgcode", None) or type(exc).__name__] += 1
+                self.done += 1
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.conn.close()
+
+
+def test_the_restore_under_live_writes_succeeds_and_the_writers_see_no_error(env_url, tmp_path):
+    db = env_url
+    seed(db)
+    path = drop(tmp_path)
+    with Writer(db) as writer:
+        wait_until(lambda: writer.done >= 50, deadline_s=30, what="the writer to get going")
+        state, report = restore(path)
+        done = writer.done
+        wait_until(
+            lambda: writer.done >= done + 50, deadline_s=30, what="the writer to go on after the restore"
+        )
+    assert state.is_completed() and report.status == "restored", report.reasons
+    assert writer.errors == Counter(), writer.errors
+    assert {o.state for o in report.restore.foreign_keys} == {"validated"}
+    assert "false" not in foreign_keys(db)
+    # the writer's new rows point at restored allocations: the restored key checks them
+    assert db.scalar("SELECT count(*) FROM credit_usage WHERE allocation_id IS NOT NULL") > 400
+
+
+def test_foreign_keys_odd_names_comments_not_valid_ones_and_partitioned_tables(guide_db, tmp_path):
+    """The plain functions, no Prefect: a key with an odd name and a comment comes back validated; one
+    that was NOT VALID in the backup stays so; one on a partitioned table (which PostgreSQL < 18 cannot
+    add NOT VALID) is added validated."""
+    from safedrop.migration import TableName
+    from tasks.backup import take_backup
+    from tasks.restore import plan_restore, run_restore, verify_restored
+
+    db = guide_db
+    db.execute(
+        "CREATE TABLE legacy_notes (id serial PRIMARY KEY, credit_id bigint, tenant_id bigint);"
+        'ALTER TABLE legacy_notes ADD CONSTRAINT "note→credit 100%" FOREIGN KEY (credit_id) REFERENCES credits;'
+        "INSERT INTO legacy_notes (credit_id, tenant_id) SELECT 1 + g % 25, 1 + g % 25 FROM generate_series(1, 60) g;"
+        "ALTER TABLE legacy_notes ADD CONSTRAINT notes_tenant_fk FOREIGN KEY (tenant_id) REFERENCES tenants NOT VALID;"
+        "COMMENT ON CONSTRAINT \"note→credit 100%\" ON legacy_notes IS 'kept for audits';"
+        "CREATE TABLE legacy_events (id int, credit_id bigint REFERENCES credits) PARTITION BY RANGE (id);"
+        "CREATE TABLE legacy_events_1 PARTITION OF legacy_events FOR VALUES FROM (0) TO (1000);"
+        "INSERT INTO legacy_events SELECT g, 1 + g % 25 FROM generate_series(1, 99) g;"
+    )
+    before = foreign_keys(db)
+    comment = (
+        "SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint WHERE conname = 'note→credit 100%'"
+    )
+    targets = [TableName("public", "legacy_notes"), TableName("public", "legacy_events")]
+    result = take_backup(
+        db.db,
+        targets,
+        tmp_path,
+        scope="targets",
+        server_version_num=int(db.server.psql("SHOW server_version_num")),
+    )
+    db.execute("DROP TABLE legacy_notes, legacy_events")
+
+    plan = plan_restore(db.db, result.path)
+    assert sorted((k.label, k.valid, len(k.comments)) for k in plan.foreign_keys) == sorted(
+        [
+            ("legacy_events_credit_id_fkey on public.legacy_events", True, 0),
+            ("note→credit 100% on public.legacy_notes", True, 1),
+            ("notes_tenant_fk on public.legacy_notes", False, 0),
+        ]
+    )
+    restored = run_restore(db.db, plan)
+    assert sorted((o.name, o.state) for o in restored.foreign_keys) == sorted(
+        [
+            ("legacy_events_credit_id_fkey on public.legacy_events", "validated"),
+            ("note→credit 100% on public.legacy_notes", "validated"),
+            ("notes_tenant_fk on public.legacy_notes", "not valid in the backup"),
+        ]
+    )
+    verification = verify_restored(db.db, plan, restored)
+    assert sorted(verification.foreign_keys) == sorted(
+        [
+            "note→credit 100% on public.legacy_notes: validated",
+            "legacy_events_credit_id_fkey on public.legacy_events: validated",
+            "notes_tenant_fk on public.legacy_notes: NOT VALID, as in the backup",
+        ]
+    )
+    assert foreign_keys(db) == before
+    assert db.scalar(comment) == "kept for audits"
+    assert plan_restore(db.db, result.path).already_restored
+
+
+def test_parse_foreign_keys_reads_only_what_pg_restore_prints_for_them():
+    from tasks.restore import parse_foreign_keys
+
+    script = (
+        "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET statement_timeout = 0;\n"
+        "SELECT pg_catalog.set_config('search_path', '', false);\n\n"
+        'ALTER TABLE ONLY "Odd"."t;x"\n    ADD CONSTRAINT "fk""1" FOREIGN KEY (a) REFERENCES public.credits(id) '
+        "ON DELETE CASCADE DEFERRABLE NOT VALID;\n\n"
+        'COMMENT ON CONSTRAINT "fk""1" ON "Odd"."t;x" IS \'a; b\';\n\n\\unrestrict abc\n'
+    )
+    [key] = parse_foreign_keys(script)
+    assert (key.table, key.name, key.references, key.valid) == (
+        TableName("Odd", "t;x"),
+        'fk"1',
+        TableName("public", "credits"),
+        False,
+    )
+    assert key.add_statement(validate=False) == key.statement  # NOT VALID already: left as it was
+    assert key.comments == ('COMMENT ON CONSTRAINT "fk""1" ON "Odd"."t;x" IS \'a; b\'',)
+    with pytest.raises(ValueError, match="unexpected statement 'DROP TABLE public.credits'"):
+        parse_foreign_keys(script + "DROP TABLE public.credits;\n")

@@ -1,9 +1,10 @@
--- A DO block (no result) that takes ACCESS EXCLUSIVE on each relation of {oids} with NOWAIT, trying
--- again every 2 ms, until {wait_ms} milliseconds have passed; then it raises lock_not_available.
+-- A DO block (no result) that locks each relation of {oids} IN {mode} MODE with NOWAIT, trying again
+-- every 2 ms, until {wait_ms} milliseconds have passed; then it raises lock_not_available.
 -- For the locks a drop takes while it already holds others: a NOWAIT request never waits, so the
 -- drop never waits while holding a lock and can never close a deadlock cycle with the application
 -- (whose statement the deadlock detector would cancel). Placeholders are filled with psycopg2.sql
--- literals (an integer array and an integer); no identifier is pasted: each oid becomes regclass.
+-- literals (an integer array, a lock mode from a fixed list, an integer); no identifier is pasted:
+-- each oid becomes regclass, printed by the server.
 DO $spin$
 DECLARE
     deadline timestamptz := clock_timestamp() + make_interval(secs => {wait_ms} / 1000.0);
@@ -12,7 +13,7 @@ BEGIN
     FOREACH rel IN ARRAY CAST({oids} AS regclass[]) LOOP
         LOOP
             BEGIN
-                EXECUTE 'LOCK TABLE ' || rel::text || ' IN ACCESS EXCLUSIVE MODE NOWAIT';
+                EXECUTE 'LOCK TABLE ' || rel::text || ' IN ' || {mode} || ' MODE NOWAIT';
                 EXIT;
             EXCEPTION WHEN lock_not_available THEN
                 IF clock_timestamp() >= deadline THEN
