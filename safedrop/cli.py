@@ -413,11 +413,12 @@ def restore_main(args: argparse.Namespace) -> int:
         if url:
             database_from_url(url)
             os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
-        if not Path(args.backup).expanduser().exists():
-            raise UsageError(f"backup {args.backup} does not exist; pass the archive a run wrote")
+        from tasks.restore import find_backup
+
+        archive = find_backup(args.backup)  # a path, a file name in the backup directory, a flow run id
         try:
             params = RestoreParameters(
-                backup_path=str(Path(args.backup).expanduser().absolute()),
+                backup_path=str(archive),
                 database_secret_block=None if url else args.secret_block,
                 no_owner=args.no_owner,
                 dry_run=args.dry_run,

@@ -1624,6 +1624,19 @@ def take_backup(
     )
 
 
+def manifests_of_run(directory: Path, flow_run_id: str) -> Iterator[tuple[Path, BackupManifest]]:
+    """The manifests in ``directory`` of archives a flow run wrote (newest first) whose archive exists."""
+    if not flow_run_id or not directory.is_dir():
+        return
+    for manifest_file in sorted(directory.glob(f"*{MANIFEST_SUFFIX}"), reverse=True):
+        try:
+            manifest = BackupManifest.model_validate_json(manifest_file.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if manifest.flow_run_id == flow_run_id and (directory / manifest.archive).exists():
+            yield manifest_file, manifest
+
+
 def backup_of_run(backup_dir: Path, flow_run_id: str, server_version_num: int) -> BackupResult | None:
     """The archive an earlier attempt of this flow run wrote into ``backup_dir``, proven intact, or None.
 
@@ -1631,17 +1644,8 @@ def backup_of_run(backup_dir: Path, flow_run_id: str, server_version_num: int) -
     backup it took before (its manifest names the flow run) instead of dumping the database twice. An
     archive that no longer matches its manifest is not reused (a new one is taken).
     """
-    directory = Path(backup_dir)
-    if not flow_run_id or not directory.is_dir():
-        return None
-    for manifest_file in sorted(directory.glob(f"*{MANIFEST_SUFFIX}"), reverse=True):
-        try:
-            manifest = BackupManifest.model_validate_json(manifest_file.read_bytes())
-        except (OSError, ValueError):
-            continue
-        archive = directory / manifest.archive
-        if manifest.flow_run_id != flow_run_id or not archive.exists():
-            continue
+    for manifest_file, manifest in manifests_of_run(Path(backup_dir), flow_run_id):
+        archive = manifest_file.parent / manifest.archive
         size, digest, _ = archive_digest(archive)
         if (size, digest) != (manifest.bytes, manifest.sha256):
             continue

@@ -63,6 +63,7 @@ from safedrop.database import APPLICATION_NAME, Database, connect, execute_compo
 from safedrop.errors import BackupFailed, ConnectionFailed, SafedropError, UsageError, VerificationFailed
 from safedrop.locks import LOCK_NOT_AVAILABLE, LockWatch, describe_blockers, lock_watch
 from safedrop.migration import TableName
+from safedrop.paths import default_backup_dir
 from safedrop.report import (
     BackupManifest,
     ForeignKeyOutcome,
@@ -90,6 +91,7 @@ from tasks.backup import (
     find_pg_dump,
     human_bytes,
     manifest_path,
+    manifests_of_run,
     pin_text_settings,
     read_manifest,
     read_toc,
@@ -135,17 +137,36 @@ class RestoreLockTimeout(RestoreRefused):
 # --------------------------------------------------------------------------------------------------
 
 
-def locate_backup(path: str | Path) -> tuple[Path, BackupManifest]:
-    """The archive (a ``.dump`` file or a ``.dumpdir`` directory; its manifest's path is accepted too)
-    and its manifest. A missing archive is a usage error; a missing or unreadable manifest a refusal."""
-    raw = Path(path).expanduser()
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def find_backup(spec: str | Path) -> Path:
+    """The archive ``spec`` names: a path (absolute, or relative to the working directory), a file name
+    in this machine's backup directory (``SAFEDROP_BACKUP_DIR``), or the id of the flow run that took
+    the backup (found by its manifest there). Raises UsageError naming where it looked."""
+    raw = Path(spec).expanduser()
     if raw.name.endswith(MANIFEST_SUFFIX):
         raw = raw.with_name(raw.name[: -len(MANIFEST_SUFFIX)])
-    archive = raw.absolute()
-    if not archive.exists():
-        raise UsageError(
-            f"backup {archive} does not exist; pass the archive the drop wrote (backup_dir/<db>-<time>.dump)"
-        )
+    directory = default_backup_dir()
+    candidates = [raw.absolute()] + ([directory / raw] if not raw.is_absolute() else [])
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    if _UUID.match(str(spec).strip().lower()):
+        for manifest_file, manifest in manifests_of_run(directory, str(spec).strip().lower()):
+            return manifest_file.parent / manifest.archive
+    raise UsageError(
+        f"backup {spec} does not exist (looked in {Path.cwd()} and the backup directory {directory}); pass "
+        "the archive the drop wrote, its file name in the backup directory, or the id of the flow run "
+        "that dropped the tables"
+    )
+
+
+def locate_backup(path: str | Path) -> tuple[Path, BackupManifest]:
+    """The archive (a ``.dump`` file or a ``.dumpdir`` directory; its manifest's path is accepted too,
+    and whatever ``find_backup`` accepts) and its manifest. A missing archive is a usage error; a
+    missing or unreadable manifest a refusal."""
+    archive = find_backup(path)
     try:
         manifest = read_manifest(archive)
     except (ValueError, OSError) as exc:

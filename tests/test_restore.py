@@ -700,3 +700,26 @@ def test_parse_foreign_keys_reads_only_what_pg_restore_prints_for_them():
     assert key.comments == ('COMMENT ON CONSTRAINT "fk""1" ON "Odd"."t;x" IS \'a; b\'',)
     with pytest.raises(ValueError, match="unexpected statement 'DROP TABLE public.credits'"):
         parse_foreign_keys(script + "DROP TABLE public.credits;\n")
+
+
+def test_the_restore_finds_the_archive_by_file_name_or_by_the_drop_s_flow_run_id(
+    env_url, tmp_path, monkeypatch
+):
+    """A worker of the restore deployment has no path from the operator's shell: the file name in its
+    backup directory, or the id of the flow run that dropped the tables, is enough."""
+    seed(env_url)
+    monkeypatch.setenv("SAFEDROP_BACKUP_DIR", str(tmp_path / "b"))
+    drop_state, path = drop_run(tmp_path)
+    monkeypatch.chdir(tmp_path)  # not the backup directory
+    for spec in (str(drop_state.state_details.flow_run_id), Path(path).name):
+        state, report = restore(spec, dry_run=True)
+        assert report.status == "ready", (spec, report.reasons)
+        assert report.check.archive == path, (spec, report.check.archive)
+    state, report = restore("00000000-0000-4000-8000-000000000000", dry_run=True)
+    assert report.status == "failed"
+    [reason] = report.reasons
+    assert reason.startswith("backup 00000000-0000-4000-8000-000000000000 does not exist (looked in "), reason
+    assert reason.endswith(
+        "pass the archive the drop wrote, its file name in the backup directory, or the id of the flow run "
+        "that dropped the tables"
+    ), reason
