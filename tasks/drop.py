@@ -734,6 +734,27 @@ def drop_targets(
     def held_ms(since: float | None) -> float | None:
         return round((committed - since) * 1000, 2) if since is not None else None
 
+    return _result(
+        present,
+        removed_by_cascade,
+        started,
+        schedule,
+        tally,
+        writes_blocked_ms=held_ms(held.exclusive_at),
+        all_blocked_ms=held_ms(held.access_exclusive_at),
+        guard=held.guard,
+        content_check=held.content_check,
+    )
+
+
+def _result(
+    present: list[TableName],
+    removed_by_cascade: list[str],
+    started: float,
+    schedule: LockSchedule,
+    tally: Attempts,
+    **details,
+) -> DropResult:
     return DropResult(
         dropped=[t.qualified for t in present],
         removed_by_cascade=removed_by_cascade,
@@ -741,10 +762,7 @@ def drop_targets(
         lock_timeout_ms=schedule.first_timeout_ms,
         attempts=tally.count,
         lock_timeouts=tally.lock_timeouts,
-        writes_blocked_ms=held_ms(held.exclusive_at),
-        all_blocked_ms=held_ms(held.access_exclusive_at),
-        guard=held.guard,
-        content_check=held.content_check,
+        **details,
     )
 
 
@@ -795,13 +813,12 @@ def _after_lost_commit(
             f"the connection was lost during the drop's COMMIT ({lost}); the database shows it did not "
             "commit: no table was dropped — re-run"
         )
-    return DropResult(
-        dropped=[t.qualified for t in present],
-        removed_by_cascade=removed_by_cascade,
-        duration_s=round(time.monotonic() - started, 3),
-        lock_timeout_ms=schedule.first_timeout_ms,
-        attempts=tally.count,
-        lock_timeouts=tally.lock_timeouts,
+    return _result(
+        present,
+        removed_by_cascade,
+        started,
+        schedule,
+        tally,
         warnings=[
             f"the connection was lost during the drop's COMMIT ({lost}); the catalog and the ledger, read "
             "again, show that it committed"

@@ -264,17 +264,8 @@ class Stack:
             pass
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):  # last started first: server last
-            if process.poll() is not None:
-                continue
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
-            except ProcessLookupError:
-                pass
+        for name in reversed(list(self.processes)):  # last started first: server last
+            self.stop_one(name)
 
 
 @pytest.fixture

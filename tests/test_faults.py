@@ -136,14 +136,33 @@ def _pg_dump_sessions(db) -> int:
     )
 
 
-def _pg_dump_waiting(db, backups) -> int | None:
-    """pid of the real pg_dump writing into ``backups``, once its session waits for a lock."""
+def _tool_waiting(db, tool: str, backups: Path, *flags: bytes) -> int | None:
+    """pid of the real ``tool`` (pg_dump, pg_restore) working with ``backups`` (its argv holding
+    ``flags`` too), once its session waits for a lock."""
     waiting = db.scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
-        "AND datname = current_database() AND wait_event_type = 'Lock'"
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app "
+        "AND datname = current_database() AND wait_event_type = 'Lock'",
+        app=f"safedrop {tool}",
     )
     if not waiting:
         return None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                Path(argv[0].decode()).name == tool
+                and all(f in argv for f in flags)
+                and any(str(backups).encode() in a for a in argv)
+            ):
+                return int(entry.name)
+    return None
+
+
+def _pg_dump_waiting(db, backups) -> int | None:
+    return _tool_waiting(db, "pg_dump", backups)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -269,26 +288,7 @@ def _sessions(db, app: str) -> int:
 
 
 def _pg_restore_waiting(db, backups: Path) -> int | None:
-    """pid of the real pg_restore restoring from ``backups``, once its session waits for a lock."""
-    waiting = db.scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_restore' "
-        "AND datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    if not waiting:
-        return None
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if (
-                Path(argv[0].decode()).name == "pg_restore"
-                and b"--single-transaction" in argv
-                and any(str(backups).encode() in a for a in argv)
-            ):
-                return int(entry.name)
-    return None
+    return _tool_waiting(db, "pg_restore", backups, b"--single-transaction")
 
 
 def test_pg_restore_killed_while_it_waits_for_a_lock_leaves_no_session_and_restores_nothing(
