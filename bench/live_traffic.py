@@ -9,7 +9,8 @@ every --interval-ms on its own connection) runs
 
 1. alone, for --baseline seconds: the reference;
 2. while `safedrop run` (the console script, as an operator runs it) does the whole job;
-3. the same, while a long transaction holds credits — the targets' hot parent — for --hold seconds.
+3. the same, while a long transaction holds credits — the targets' hot parent — until the drop has
+   waited for it --hold seconds.
 
 Printed per operation: p50, p99 and worst latency, and errors by SQLSTATE; the ratios of (2) and (3)
 against (1) in the same run; the run's own lock figures from its report (how long the targets were
@@ -107,12 +108,33 @@ def scenario(
         holder = psycopg2.connect(url, application_name="bench-long-report")
         with holder.cursor() as cur:
             cur.execute("SELECT * FROM credits LIMIT 1")  # BEGIN …; held open
-        threading.Timer(hold_s, holder.commit).start()
+        threading.Thread(
+            target=release_after_the_drop_waited, args=(url, holder, hold_s), daemon=True
+        ).start()
     report, elapsed = safedrop_run(url, work, env)
     traffic = finish(app, report_file)
     if holder is not None:
         holder.close()
     return {"report": report, "elapsed": elapsed, "traffic": traffic}
+
+
+def release_after_the_drop_waited(url: str, holder, hold_s: float) -> None:
+    """Commit the long transaction once the drop has been waiting for credits for ``hold_s``."""
+    observer = psycopg2.connect(url, application_name="bench-observer")
+    observer.autocommit = True
+    deadline = time.monotonic() + 600
+    with observer.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted "
+                "AND l.relation = 'credits'::regclass AND a.application_name = 'safedrop'"
+            )
+            if cur.fetchone()[0]:
+                break
+            time.sleep(0.01)
+    observer.close()
+    time.sleep(hold_s)
+    holder.commit()
 
 
 def baseline(pg: LocalPostgres, work: Path, interval_ms: float, seconds: float) -> dict:
@@ -175,7 +197,7 @@ def main(argv: list[str]) -> int:
         print_run(plain)
         held = scenario(pg, work, env, args.interval_ms, args.hold)
         print_traffic(
-            f"the same, while a long transaction holds credits for {args.hold:g} s",
+            f"the same, while a long transaction holds credits until the drop waited {args.hold:g} s for it",
             held["traffic"],
             reference,
         )
