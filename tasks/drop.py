@@ -375,27 +375,56 @@ def lock_nowait_spin(oids: list[int], wait_ms: int, mode: str = "ACCESS EXCLUSIV
     )
 
 
-def lock_safe_batch(
+LATER_LOCKS = sql.Identifier("safedrop_later_locks")  # the savepoint before the NOWAIT locks
+
+
+def run_lock_safe(
+    conn: Connection,
     first: list[sql.Composable],
     first_wait_ms: int,
-    later_oids: list[int],
+    later: dict[TableName, int],
     spin_ms: int,
     rest: list[sql.Composable],
     *,
     mode: str = "ACCESS EXCLUSIVE",
-) -> sql.Composed:
-    """One round trip that never waits while it holds a lock it took: ``first`` may wait
-    ``first_wait_ms`` for its lock; every other relation ``rest`` needs is then locked NOWAIT
-    (``later_oids``, ``IN mode MODE``, within ``spin_ms``), so ``rest`` runs without waiting for anyone."""
+) -> None:
+    """Run statements in one transaction without ever waiting for a lock while holding one it took.
+
+    ``first`` may wait ``first_wait_ms`` for its lock. Every other relation ``rest`` needs (``later``:
+    each with its oid) is then locked ``IN mode MODE NOWAIT``, so ``rest`` runs without waiting for
+    anyone. Fast path, one round trip: ``first``, a savepoint, one ``LOCK … NOWAIT``, ``rest``. If
+    that NOWAIT fails (someone holds one of them this very moment), back to the savepoint, and the
+    locks are tried again server-side every 2 ms for at most ``spin_ms`` (``lock_nowait_spin``),
+    then ``rest`` — a second round trip only then.
+    """
 
     def lock_timeout(ms: int) -> sql.Composable:
         return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, ms)}ms"))
 
-    parts: list[sql.Composable] = [lock_timeout(first_wait_ms), *first]
-    if later_oids:
-        parts.append(lock_nowait_spin(later_oids, spin_ms, mode))
-    parts += [lock_timeout(min(spin_ms, 100)), *rest]
-    return sql.SQL("; ").join(parts)
+    tail = [lock_timeout(min(spin_ms, 100)), *rest]
+    if not later:
+        execute_composed(conn, sql.SQL("; ").join([lock_timeout(first_wait_ms), *first, *tail]))
+        return
+    if mode not in LOCK_MODES:
+        raise ValueError(f"lock mode {mode!r} is not one of {LOCK_MODES}")
+    nowait = sql.SQL("LOCK TABLE {} IN {} MODE NOWAIT").format(_tables(list(later)), sql.SQL(mode))
+    fast = [lock_timeout(first_wait_ms), *first, sql.SQL("SAVEPOINT {}").format(LATER_LOCKS), nowait, *tail]
+    try:
+        execute_composed(conn, sql.SQL("; ").join(fast))
+        return
+    except sa.exc.DBAPIError as exc:
+        if not _is_lock_timeout(exc) or not _back_to_savepoint(conn):
+            raise  # not the NOWAIT: ``first`` itself timed out, or something else failed
+    execute_composed(conn, sql.SQL("; ").join([lock_nowait_spin(list(later.values()), spin_ms, mode), *tail]))
+
+
+def _back_to_savepoint(conn: Connection) -> bool:
+    """Roll back to the savepoint before the NOWAIT locks; False when it was never reached."""
+    try:
+        execute_composed(conn, sql.SQL("ROLLBACK TO SAVEPOINT {}").format(LATER_LOCKS))
+        return True
+    except sa.exc.DBAPIError:
+        return False
 
 
 def needs_no_cascade(now: DependencyResult, fk_drops: list[ForeignKeyDrop]) -> bool:
@@ -430,7 +459,14 @@ def _deadlock_timeout_s(conn: Connection) -> float:
 
 
 def _oids_of(conn: Connection, tables: list[TableName]) -> list[int]:
-    return [r["oid"] for r in table_status(conn, tables) if r["oid"]] if tables else []
+    return list(_oids_by_table(conn, tables).values())
+
+
+def _oids_by_table(conn: Connection, tables: list[TableName]) -> dict[TableName, int]:
+    """The oid of each table that exists (those that do not are left out)."""
+    if not tables:
+        return {}
+    return {t: r["oid"] for t, r in zip(tables, table_status(conn, tables), strict=True) if r["oid"]}
 
 
 def _stop_if_changed(changes: list[str]) -> None:
@@ -669,6 +705,14 @@ def drop_targets(
                     flow_run_id=flow_run_id,
                 )
             restrict = bool(present) and needs_no_cascade(now, fk_drops)
+            # The final round trip's locks: the first parent's may wait; all others are taken NOWAIT.
+            groups = parent_groups(fk_drops, rounds - 1)
+            first, later = (groups[0], groups[1:]) if groups else ([], [])
+            others = [fk.other_table for group in later for fk in group[:1] if fk.other_table]
+            if not restrict:
+                others += [t for t in cascade_relations(now) if t not in oids]
+            held_first = {fk.other_table for fk in first}
+            later_locks = _oids_by_table(conn, [t for t in dict.fromkeys(others) if t not in held_first])
 
             # 2. ACCESS EXCLUSIVE (it waits for the targets' readers only), then one round trip.
             if present:
@@ -677,7 +721,6 @@ def drop_targets(
                     conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_tables(present))
                 )
                 held.access_exclusive_at = time.monotonic()
-            later_tables: list[TableName] = []
             if restrict:
                 held.guard = "DROP TABLE … RESTRICT"
                 drops: list[sql.Composable] = [sql.SQL("DROP TABLE {} RESTRICT").format(_tables(present))]
@@ -686,21 +729,15 @@ def drop_targets(
                     raise _changed_while_waiting("the dependencies of the targets moved")
                 held.guard = "dependency fingerprint"
                 drops = [render_drop(statement) for statement in migration.statements]
-                later_tables = [t for t in cascade_relations(now) if t not in oids]
-            groups = parent_groups(fk_drops, rounds - 1)
-            first, later = (groups[0], groups[1:]) if groups else ([], [])
-            later_tables = [fk.other_table for group in later for fk in group[:1] if fk.other_table] + [
-                t for t in later_tables if t not in {fk.other_table for fk in first}
-            ]
-            waits = lock_waits(_remaining_ms(deadline), 1 + len(later_tables), short_wait_ms)
-            batch = lock_safe_batch(
+            waits = lock_waits(_remaining_ms(deadline), 1 + len(later_locks), short_wait_ms)
+            run_lock_safe(
+                conn,
                 [fk.statement for fk in first],
                 waits[0],
-                _oids_of(conn, later_tables),
+                later_locks,
                 sum(waits[1:]) or short_wait_ms,
                 [fk.statement for group in later for fk in group] + drops,
             )
-            execute_composed(conn, batch)
             return held
 
         try:

@@ -100,7 +100,7 @@ from tasks.backup import (
     table_checksums,
 )
 from tasks.connection import table_status
-from tasks.drop import LockSchedule, lock_safe_batch, lock_waits
+from tasks.drop import LockSchedule, lock_waits, run_lock_safe
 
 NOTHING_CHANGED = "nothing was changed"
 NOTHING_RESTORED = "nothing was restored"
@@ -785,7 +785,7 @@ def replay_tables(
 
 def _key_order(keys: list[ForeignKey], rotation: int) -> list[ForeignKey]:
     """The keys that lock a surviving table first, rotated by ``rotation`` so each gets the one long
-    lock wait of an attempt in turn (``lock_safe_batch``: the later ones lock NOWAIT)."""
+    lock wait of an attempt in turn (``run_lock_safe``: the later ones lock NOWAIT)."""
     hot = [k for k in keys if k.survivor]
     if hot:
         hot = hot[rotation % len(hot) :] + hot[: rotation % len(hot)]
@@ -827,14 +827,6 @@ def add_foreign_keys(
         held_first = {first.table, first.references}
         later_tables = sorted({t for k in later for t in (k.table, k.references)} - held_first)
         waits = lock_waits(timeout_ms, 1 + len(later_tables), short_ms)
-        batch = lock_safe_batch(
-            _key_statements(first, partitioned),
-            waits[0],
-            [status[t]["oid"] for t in later_tables if status.get(t) and status[t]["oid"]],
-            sum(waits[1:]) or short_ms,
-            [s for k in later for s in _key_statements(k, partitioned)],
-            mode="SHARE ROW EXCLUSIVE",  # what ADD FOREIGN KEY takes on both tables
-        )
         try:
             with connect(db) as conn:
                 with conn.begin():
@@ -842,7 +834,15 @@ def add_foreign_keys(
                     queries.rows(
                         conn, "restore_session_settings", statement_timeout=f"{statement_timeout_s}s"
                     )
-                    execute_composed(conn, batch)
+                    run_lock_safe(
+                        conn,
+                        _key_statements(first, partitioned),
+                        waits[0],
+                        {t: status[t]["oid"] for t in later_tables if status.get(t) and status[t]["oid"]},
+                        sum(waits[1:]) or short_ms,
+                        [s for k in later for s in _key_statements(k, partitioned)],
+                        mode="SHARE ROW EXCLUSIVE",  # what ADD FOREIGN KEY takes on both tables
+                    )
             return []
         except sa.exc.DBAPIError as exc:
             if _pgcode(exc) not in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED):
