@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.database import database_from_url  # noqa: E402
+from safedrop.lockschedule import LockSchedule  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
 from safedrop.parameters import RestoreParameters  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
 from tasks.backup import _dbname_arg, _run, _session_env, take_backup  # noqa: E402
-from tasks.drop import LockSchedule  # noqa: E402
 from tasks.restore import plan_restore, run_restore  # noqa: E402
 
 FK = "credit_usage_allocation_id_fkey"

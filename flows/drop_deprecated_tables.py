@@ -8,6 +8,7 @@ from prefect.states import Completed, Failed, State
 
 from safedrop.database import resolve_database
 from safedrop.errors import PrecheckStop, RunEnded, SafedropError, SmokeCheckFailed, VerificationFailed
+from safedrop.lockschedule import LockSchedule
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.paths import backup_dir
@@ -20,7 +21,7 @@ from tasks.cleanup import cleanup_check
 from tasks.code_references import code_reference_scan
 from tasks.connection import connection_precheck, parse_table_list
 from tasks.dependencies import dependency_scan
-from tasks.drop import LockSchedule, drop
+from tasks.drop import drop
 from tasks.rehearsal import rehearsal
 from tasks.smoke_checks import smoke_checks
 from tasks.summary import RunRecord, summary

@@ -11,9 +11,9 @@ from prefect.states import Completed, Failed, State
 from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.database import resolve_database
 from safedrop.errors import SafedropError
+from safedrop.lockschedule import LockSchedule
 from safedrop.parameters import RestoreParameters
 from safedrop.report import RestoreCheck, RestoreReport, RestoreStatus, RestoreVerification
-from tasks.drop import LockSchedule
 from tasks.restore import restore, restore_precheck, restore_verification
 
 _HEADLINES = {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
+from psycopg2 import sql
 
 from safedrop import SQL_DIR
 from safedrop.errors import MigrationFileError
@@ -143,3 +144,17 @@ def load_migration(migration: str, *, default_schema: str = "public") -> Migrati
     except (OSError, UnicodeDecodeError) as exc:
         raise MigrationFileError(f"cannot read migration {path}: {exc.__class__.__name__}") from None
     return parse_migration(text, name=path.stem, path=path, default_schema=default_schema)
+
+
+def tables_sql(tables: list[TableName]) -> sql.Composable:
+    """``schema.table, …`` for a statement, each identifier quoted by the driver."""
+    return sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables)
+
+
+def render_drop(statement: DropStatement) -> sql.Composed:
+    """A DROP TABLE statement rebuilt from the parsed file, identifiers quoted by the driver."""
+    return sql.SQL("DROP TABLE {if_exists}{tables} {behavior}").format(
+        if_exists=sql.SQL("IF EXISTS " if statement.if_exists else ""),
+        tables=tables_sql(list(statement.tables)),
+        behavior=sql.SQL("CASCADE" if statement.cascade else "RESTRICT"),
+    )

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown, publish_table
 from safedrop.database import Database, connect, execute_composed
-from safedrop.migration import Migration, TableName
+from safedrop.migration import Migration, TableName, render_drop
 from safedrop.report import CascadeObject, DependencyResult, UntrackedReference
 
 Address = tuple[int, int, int]  # (classid, objid, objsubid), as in pg_depend
@@ -193,8 +193,6 @@ def rehearse(conn: Connection, migration: Migration) -> set[Address]:
     100-object cap). Needs a superuser. For tests and ``--rehearse`` on a scratch copy only: the
     production path reads the catalogs and never runs a DROP it has not approved.
     """
-    from tasks.drop import render_drop  # the very statements the drop step runs
-
     with conn.begin() as tx:
         conn.exec_driver_sql(queries.load("rehearsal_capture_setup").text)
         for statement in migration.statements:

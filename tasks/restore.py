@@ -14,7 +14,7 @@ Without queueing production behind it, in three steps:
    all of it or nothing. pg_restore sets its session's ``lock_timeout`` to 0 itself (PGOPTIONS cannot
    give it one), so ``safedrop.locks.LockWatch`` cancels a statement of it that waits for a lock longer
    than the attempt's lock_timeout; the transaction rolls back and is retried with a longer one,
-   backoff and jitter (``tasks.drop.LockSchedule``), until the lock-wait budget is spent: then nothing
+   backoff and jitter (``LockSchedule``), until the lock-wait budget is spent: then nothing
    was restored, and the message names the sessions holding the locks it waited for. On PostgreSQL 14+
    its session checks every second that pg_restore is still there, so a killed pg_restore leaves no
    session queued for a lock.
@@ -62,6 +62,7 @@ from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.database import APPLICATION_NAME, Database, connect, execute_composed
 from safedrop.errors import BackupFailed, ConnectionFailed, SafedropError, UsageError, VerificationFailed
 from safedrop.locks import LOCK_NOT_AVAILABLE, LockWatch, describe_blockers, lock_watch
+from safedrop.lockschedule import LockSchedule, lock_waits, run_lock_safe
 from safedrop.migration import TableName
 from safedrop.paths import default_backup_dir
 from safedrop.report import (
@@ -100,7 +101,6 @@ from tasks.backup import (
     table_checksums,
 )
 from tasks.connection import table_status
-from tasks.drop import LockSchedule, lock_waits, run_lock_safe
 
 NOTHING_CHANGED = "nothing was changed"
 NOTHING_RESTORED = "nothing was restored"

@@ -21,8 +21,9 @@ import psycopg2
 import pytest
 
 from safedrop.cli import main
+from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import LocalPostgres, free_port, wait_until
-from tasks.drop import LockSchedule, drop_targets
+from tasks.drop import drop_targets
 from tests.conftest import TARGETS
 from tests.helpers import credit_plan
 

@@ -19,9 +19,10 @@ from prefect.flow_runs import resume_flow_run
 
 from safedrop.database import database_from_url
 from safedrop.errors import DropFailed
+from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from safedrop.runlock import lock_label
-from tasks.drop import LockSchedule, drop_targets
+from tasks.drop import drop_targets
 from tests.conftest import SURVIVORS, TARGETS
 from tests.helpers import Background, credit_plan, holding, run, session
 from tests.pgproxy import CommitCutter

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from safedrop.errors import ChangedSinceBackup
+from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from tasks.backup import take_backup
-from tasks.drop import LockSchedule, drop_targets
+from tasks.drop import drop_targets
 from tests.conftest import ROOT, SURVIVORS, TARGETS
 from tests.helpers import credit_plan, holding, run, session
 

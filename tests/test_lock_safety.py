@@ -19,10 +19,11 @@ import psycopg2
 import pytest
 
 from safedrop.errors import DropFailed
+from safedrop.lockschedule import LockSchedule, lock_waits
 from safedrop.parameters import DropParameters
 from safedrop.pgserver import wait_until
 from safedrop.runlock import one_run_at_a_time
-from tasks.drop import LockSchedule, drop_targets, lock_waits
+from tasks.drop import drop_targets
 from tests.conftest import ROOT, SURVIVORS, TARGETS
 from tests.helpers import BLOCKER_APP, Background, artifacts_of, credit_plan, holding, run, session
 
@@ -403,7 +404,7 @@ def test_lock_waits_share_the_attempt_and_keep_later_waits_short():
 def _timeouts_until(schedule: LockSchedule, monkeypatch, limit_ms: int) -> list[tuple[float, int]]:
     """(elapsed ms, lock_timeout ms) of each attempt, every attempt timing out, on a simulated clock."""
     now = [0.0]
-    monkeypatch.setattr("tasks.drop.time.sleep", lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr("safedrop.lockschedule.time.sleep", lambda s: now.__setitem__(0, now[0] + s))
     out = []
     for _attempt, timeout_ms in schedule.attempts(clock=lambda: now[0]):
         out.append((now[0] * 1000, timeout_ms))
