@@ -3,7 +3,7 @@
 ``take_backup`` opens a REPEATABLE READ transaction, exports its snapshot, and runs ``pg_dump
 --snapshot=<id>`` while that transaction stays open; meanwhile, in the same snapshot, it counts each
 target's rows, takes an order-independent content checksum, reads the sequences the drop removes and
-records every catalog object the drop removes (``tasks.dependencies.predict_removal``). So the
+records every catalog object the drop removes (``safedrop.catalog.predict_removal``). So the
 archive and the numbers in its manifest describe the very same data.
 
 Scope ``database`` dumps the whole database. Scope ``targets`` dumps every definition of the database
@@ -1164,7 +1164,8 @@ def plan_dump(
     allow_cascade: Sequence[str] = (),
 ) -> DumpPlan:
     """Read, in the open snapshot, the targets' tables, the data to leave out and the removal set."""
-    from tasks.dependencies import PG_CLASS, classify, describe, predict_removal, statement_oids
+    from safedrop.cascade import classify
+    from safedrop.catalog import PG_CLASS, describe, predict_removal, statement_oids
 
     tables = queries.rows(
         conn, "backup_tables", schemas=[t.schema for t in targets], names=[t.name for t in targets]

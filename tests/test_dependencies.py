@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 
 from safedrop import queries
+from safedrop.cascade import analyse
+from safedrop.catalog import ORIGINAL, SILENT, describe, predict_removal, rehearse, statement_oids
 from safedrop.database import connect
 from safedrop.migration import load_migration, parse_migration
 from tasks.connection import table_status
-from tasks.dependencies import (
-    ORIGINAL,
-    SILENT,
-    analyse,
-    describe,
-    predict_removal,
-    rehearse,
-    statement_oids,
-)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CREDIT = "drop_credit_allocation_tables"
