@@ -9,7 +9,7 @@ from prefect.states import Completed, Failed, State
 from safedrop.database import resolve_database
 from safedrop.errors import PrecheckStop, RunEnded, SafedropError, SmokeCheckFailed, VerificationFailed
 from safedrop.lockschedule import LockSchedule
-from safedrop.migration import load_migration
+from safedrop.migration import load_migration, parse_table_list
 from safedrop.parameters import DropParameters
 from safedrop.paths import backup_dir
 from safedrop.report import RunReport, Status
@@ -19,7 +19,7 @@ from tasks.approval import await_approval
 from tasks.backup import backup
 from tasks.cleanup import cleanup_check
 from tasks.code_references import code_reference_scan
-from tasks.connection import connection_precheck, parse_table_list
+from tasks.connection import connection_precheck
 from tasks.dependencies import dependency_scan
 from tasks.drop import drop
 from tasks.rehearsal import rehearsal

@@ -233,3 +233,16 @@ def depend_fingerprint(conn: Connection, addresses: Sequence[Address]) -> str:
     return queries.one(
         conn, "depend_fingerprint", classids=[a[0] for a in addresses], objids=[a[1] for a in addresses]
     )["fingerprint"]
+
+
+def table_status(conn: Connection, tables: list[TableName]) -> list[dict]:
+    return queries.rows(
+        conn, "table_status", schemas=[t.schema for t in tables], names=[t.name for t in tables]
+    )
+
+
+def ledger_entries(conn: Connection, tables: list[TableName]) -> dict[TableName, dict]:
+    rows = queries.rows(
+        conn, "ledger_lookup", schemas=[t.schema for t in tables], names=[t.name for t in tables]
+    )
+    return {TableName(r["schema_name"], r["table_name"]): r for r in rows}

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from safedrop import SQL_DIR
@@ -50,9 +51,8 @@ def write_demo_app(root: Path) -> Path:
     return root
 
 
-def run_demo(*, as_json: bool = False) -> int:
-    from safedrop.cli import main
-
+def run_demo(main: Callable[[list[str]], int], *, as_json: bool = False) -> int:
+    """Seed a throwaway PostgreSQL, then run ``main(["plan", …])`` and ``main(["run", …])`` on it."""
     print("safedrop demo: starting a throwaway PostgreSQL …", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="safedrop-demo-"))
     try:

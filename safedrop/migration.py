@@ -14,7 +14,7 @@ from pglast.parser import ParseError
 from psycopg2 import sql
 
 from safedrop import SQL_DIR
-from safedrop.errors import MigrationFileError
+from safedrop.errors import MigrationFileError, UsageError
 
 
 @dataclass(frozen=True, order=True)
@@ -158,3 +158,13 @@ def render_drop(statement: DropStatement) -> sql.Composed:
         tables=tables_sql(list(statement.tables)),
         behavior=sql.SQL("CASCADE" if statement.cascade else "RESTRICT"),
     )
+
+
+def parse_table_list(names: list[str], default_schema: str) -> list[TableName]:
+    tables = []
+    for raw in names:
+        parts = [p.strip() for p in raw.split(".")]
+        if not all(parts) or len(parts) > 2:
+            raise UsageError(f"table name {raw!r} is empty or malformed; use table or schema.table")
+        tables.append(TableName(default_schema, parts[0]) if len(parts) == 1 else TableName(*parts))
+    return tables

@@ -14,13 +14,13 @@ from prefect.cache_policies import NO_CACHE
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
+from safedrop.catalog import table_status
 from safedrop.database import Database, connect
 from safedrop.errors import ConnectionFailed, PrecheckStop
 from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
 from safedrop.report import CleanupResult, ForeignKeyIn
 from safedrop.rowcounts import count_bounded, count_rows
-from tasks.connection import table_status
 
 
 def check_cleanup(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
+from safedrop.catalog import ledger_entries, table_status
 from safedrop.database import Database, connect
 from safedrop.errors import ConnectionFailed, UsageError
 from safedrop.migration import Migration, TableName
@@ -26,29 +26,6 @@ _KINDS = {
     "i": "an index",
     "c": "a composite type",
 }
-
-
-def parse_table_list(names: list[str], default_schema: str) -> list[TableName]:
-    tables = []
-    for raw in names:
-        parts = [p.strip() for p in raw.split(".")]
-        if not all(parts) or len(parts) > 2:
-            raise UsageError(f"table name {raw!r} is empty or malformed; use table or schema.table")
-        tables.append(TableName(default_schema, parts[0]) if len(parts) == 1 else TableName(*parts))
-    return tables
-
-
-def table_status(conn: Connection, tables: list[TableName]) -> list[dict]:
-    return queries.rows(
-        conn, "table_status", schemas=[t.schema for t in tables], names=[t.name for t in tables]
-    )
-
-
-def ledger_entries(conn: Connection, tables: list[TableName]) -> dict[TableName, dict]:
-    rows = queries.rows(
-        conn, "ledger_lookup", schemas=[t.schema for t in tables], names=[t.name for t in tables]
-    )
-    return {TableName(r["schema_name"], r["table_name"]): r for r in rows}
 
 
 def check_connection(db: Database, migration: Migration, keep: list[TableName]) -> ConnectionResult:

@@ -64,7 +64,7 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.artifacts import md_list, publish_markdown
 from safedrop.cascade import analyse, recheck_edges, recheck_functions, unapproved_changes
-from safedrop.catalog import depend_fingerprint
+from safedrop.catalog import depend_fingerprint, table_status
 from safedrop.database import Database, connect, execute_composed
 from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed, DropStopped
 from safedrop.lockschedule import (
@@ -82,7 +82,6 @@ from safedrop.migration import Migration, TableName, render_drop, tables_sql
 from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
 from tasks.backup import checksum_methods, pin_text_settings, table_checksums
 from tasks.cleanup import count_rows
-from tasks.connection import table_status
 
 QUERY_CANCELED = "57014"
 DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"  # DROP … RESTRICT refused: something new depends on a target

@@ -20,13 +20,12 @@ from psycopg2 import sql
 from pydantic import SecretStr
 
 from safedrop.artifacts import md_list, publish_markdown
-from safedrop.catalog import describe, predict_removal, rehearse, statement_oids
+from safedrop.catalog import describe, predict_removal, rehearse, statement_oids, table_status
 from safedrop.database import Database, connect, execute_composed
 from safedrop.errors import PrecheckStop, UsageError
 from safedrop.migration import Migration
 from safedrop.report import StepResult
 from tasks.backup import _tool_env, find_pg_dump
-from tasks.connection import table_status
 
 
 class RehearsalResult(StepResult):

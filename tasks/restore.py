@@ -59,6 +59,7 @@ from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_list, md_table, publish_markdown
+from safedrop.catalog import table_status
 from safedrop.database import APPLICATION_NAME, Database, connect, execute_composed
 from safedrop.errors import BackupFailed, ConnectionFailed, SafedropError, UsageError, VerificationFailed
 from safedrop.locks import LOCK_NOT_AVAILABLE, LockWatch, describe_blockers, lock_watch
@@ -100,7 +101,6 @@ from tasks.backup import (
     sequence_states,
     table_checksums,
 )
-from tasks.connection import table_status
 
 NOTHING_CHANGED = "nothing was changed"
 NOTHING_RESTORED = "nothing was restored"

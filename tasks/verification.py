@@ -17,12 +17,12 @@ from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
+from safedrop.catalog import table_status
 from safedrop.database import Database, connect
 from safedrop.errors import VerificationFailed
 from safedrop.migration import TableName
 from safedrop.report import CascadeObject, SurvivorCheck, TablePart, VerificationResult
 from safedrop.rowcounts import count_bounded
-from tasks.connection import table_status
 
 
 def table_structure(conn: Connection, tables: list[TableName]) -> dict[str, list[TablePart]]:

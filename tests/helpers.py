@@ -11,11 +11,11 @@ import psycopg2
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from safedrop.catalog import table_status
 from safedrop.database import connect
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
 from safedrop.report import RunReport
-from tasks.connection import table_status
 from tasks.dependencies import scan_dependencies
 
 BLOCKER_APP = "lock-test-blocker"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from safedrop.cli import main, parse_duration_ms
+from safedrop.cli import main
+from safedrop.commands import parse_duration_ms
 from safedrop.pgserver import find_server_bin, free_port
 from tasks.code_references import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
 from tests.conftest import ROOT, TARGETS

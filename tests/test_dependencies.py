@@ -14,10 +14,17 @@ import pytest
 
 from safedrop import queries
 from safedrop.cascade import analyse
-from safedrop.catalog import ORIGINAL, SILENT, describe, predict_removal, rehearse, statement_oids
+from safedrop.catalog import (
+    ORIGINAL,
+    SILENT,
+    describe,
+    predict_removal,
+    rehearse,
+    statement_oids,
+    table_status,
+)
 from safedrop.database import connect
 from safedrop.migration import load_migration, parse_migration
-from tasks.connection import table_status
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CREDIT = "drop_credit_allocation_tables"

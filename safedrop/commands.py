@@ -1,0 +1,235 @@
+"""The commands behind `safedrop plan|run|restore`: from parsed arguments to the flow, and its report.
+
+Each command validates the operator's input before anything else (no Prefect, no database), runs
+the flow in this process (Prefect's embedded server, or the one PREFECT_API_URL names), prints the
+report, and returns the exit code: 0 success (ready, succeeded, already applied), 3 stopped with
+nothing changed, 1 failed, 2 usage (bad flags or input, nothing touched). Imports stay inside the
+functions: `safedrop --help` must not pay for Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def parse_duration_ms(text: str) -> int:
+    """'500ms', '2s', '1.5s', '5m' or a bare number of milliseconds."""
+    from safedrop.errors import UsageError
+
+    raw = text.strip().lower()
+    units = (("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000))
+    for suffix, factor in units:
+        if raw.endswith(suffix) and raw[: -len(suffix)].replace(".", "", 1).isdigit():
+            return int(float(raw[: -len(suffix)]) * factor)
+    if raw.isdigit():
+        return int(raw)
+    raise UsageError(f"cannot read duration {text!r}; use e.g. 500ms, 2s or 5m")
+
+
+def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
+    """Validate the operator's input up front (no Prefect, no database) and build the flow's parameters."""
+    from pydantic import ValidationError
+
+    from safedrop.database import database_from_url
+    from safedrop.errors import UsageError
+    from safedrop.gitsource import is_git_source, parse_git_source
+    from safedrop.migration import load_migration, parse_table_list
+    from safedrop.parameters import DropParameters
+
+    code_paths = []
+    for code_path in args.code_path:
+        if is_git_source(code_path):
+            parse_git_source(code_path)  # a URL carrying credentials is refused here, secret-free
+            code_paths.append(code_path.strip())
+        else:
+            code_paths.append(str(Path(code_path)))
+
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if url:
+        database_from_url(url)  # a malformed or non-PostgreSQL URL stops here
+        os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
+    migration = load_migration(args.migration, default_schema=args.schema)
+    fields: dict[str, Any] = dict(
+        migration=str(migration.path)
+        if ("/" in args.migration or args.migration.endswith(".sql"))
+        else args.migration,
+        target_schema=args.schema,
+        code_paths=code_paths,
+        code_policy=args.code_policy,
+        code_secret_block=args.code_secret_block,
+        code_include=args.code_include,
+        code_exclude=args.code_exclude,
+        allow_cascade=args.allow_cascade,
+        allow_nonempty=args.allow_nonempty,
+        rehearse=args.rehearse,
+        dry_run=dry_run,
+        database_secret_block=None if url else args.secret_block,
+    )
+    if args.keep:  # repeatable, and each may be a comma-separated list
+        fields["keep"] = [name.strip() for value in args.keep for name in value.split(",") if name.strip()]
+    if getattr(args, "backup_dir", None):
+        fields["backup_dir"] = args.backup_dir
+    if args.command == "run":
+        from safedrop.smokechecks import check_url_syntax
+
+        for url in args.check_url:
+            check_url_syntax(url)
+        fields.update(
+            check_sql=args.check_sql,
+            check_urls=args.check_url,
+            backup_timeout_s=max(1, parse_duration_ms(args.backup_timeout) // 1000),
+        )
+    if getattr(args, "lock_timeout", None):
+        fields["lock_timeout_ms"] = parse_duration_ms(args.lock_timeout)
+        fields["max_lock_timeout_ms"] = parse_duration_ms(args.max_lock_timeout)
+        fields["lock_wait_budget_s"] = parse_duration_ms(args.lock_wait_budget) / 1000
+    if getattr(args, "backup_scope", None):
+        fields.update(
+            backup_scope=args.backup_scope,
+            backup_format=args.backup_format,
+            backup_jobs=args.backup_jobs,
+            backup_compression=args.compression,
+            verify_restore=args.verify_restore,
+        )
+    fields["approval"] = "skip"  # at the terminal, running the command is the approval
+    try:
+        params = DropParameters(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    parse_table_list(params.keep, params.target_schema)
+    for path in params.code_paths:
+        if not is_git_source(path) and not Path(path).exists():
+            raise UsageError(f"code path {path} does not exist")
+    return params
+
+
+def run_flow(params: Any):
+    """Run the flow in this process (Prefect's embedded server unless PREFECT_API_URL is set)."""
+    from flows.drop_deprecated_tables import drop_deprecated_tables
+
+    state = drop_deprecated_tables(params, return_state=True)
+    result = state.result(raise_on_failure=False)
+    from safedrop.errors import SafedropError
+    from safedrop.report import RunReport
+
+    if isinstance(result, RunReport):
+        return result
+    if isinstance(result, SafedropError) and isinstance(result.report, RunReport):
+        return result.report
+    # the flow crashed (a bug, not an expected failure): say so in one line
+    return RunReport(
+        status="failed",
+        reasons=[f"the flow run ended {state.name}: {state.message}"],
+        migration=params.migration,
+        dry_run=params.dry_run,
+    )
+
+
+def print_report(report: Any, *, as_json: bool, out=None) -> None:
+    out = out or sys.stdout
+    if as_json:
+        out.write(report.model_dump_json(indent=2) + "\n")
+        return
+    from safedrop.report_text import render_text
+
+    out.write(render_text(report))
+
+
+def _usage_report(message: str, migration: str, dry_run: bool) -> Any:
+    from safedrop.report import RunReport
+
+    return RunReport(status="failed", reasons=[message], migration=migration, dry_run=dry_run)
+
+
+def restore(args: argparse.Namespace) -> int:
+    """`safedrop restore`: the restore-dropped-tables flow in this process; exit 0/3/1, 2 for bad input."""
+    from pydantic import ValidationError
+
+    from safedrop.database import database_from_url
+    from safedrop.errors import UsageError
+    from safedrop.parameters import RestoreParameters
+    from safedrop.report import RestoreReport
+
+    try:
+        url = args.database_url or os.environ.get("DATABASE_URL")
+        if url:
+            database_from_url(url)
+            os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
+        from tasks.restore import find_backup
+
+        archive = find_backup(args.backup)  # a path, a file name in the backup directory, a flow run id
+        try:
+            params = RestoreParameters(
+                backup_path=str(archive),
+                database_secret_block=None if url else args.secret_block,
+                no_owner=args.no_owner,
+                dry_run=args.dry_run,
+                lock_timeout_ms=parse_duration_ms(args.lock_timeout),
+                max_lock_timeout_ms=parse_duration_ms(args.max_lock_timeout),
+                lock_wait_budget_s=parse_duration_ms(args.lock_wait_budget) / 1000,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except UsageError as exc:
+        if args.json:
+            print_report(RestoreReport(status="failed", reasons=[str(exc)], backup=args.backup), as_json=True)
+        print(f"safedrop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from flows.restore_dropped_tables import restore_dropped_tables
+
+    try:
+        state = restore_dropped_tables(params, return_state=True)
+        report = state.result(raise_on_failure=False)
+        if not isinstance(report, RestoreReport):  # the flow crashed: a bug, said in one line
+            report = RestoreReport(
+                status="failed",
+                backup=args.backup,
+                reasons=[f"the flow run ended {state.name}: {state.message}"],
+            )
+    except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        report = RestoreReport(
+            status="failed",
+            backup=args.backup,
+            reasons=[f"Prefect could not run the flow ({type(exc).__name__}: {first})"],
+        )
+    if args.json:
+        print_report(report, as_json=True)
+    else:
+        from tasks.restore import render_text
+
+        sys.stdout.write(render_text(report))
+    return report.exit_code
+
+
+def plan_or_run(args: argparse.Namespace) -> int:
+    """`safedrop plan` (every precheck, nothing changed) or `safedrop run` (the whole job)."""
+    from safedrop.errors import UsageError
+
+    dry_run = args.command == "plan"
+    try:
+        params = parameters_from_args(args, dry_run=dry_run)
+    except UsageError as exc:
+        if args.json:
+            print_report(_usage_report(str(exc), args.migration, dry_run), as_json=True)
+        print(f"safedrop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = run_flow(params)
+    except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        message = f"Prefect could not run the flow ({type(exc).__name__}: {first})"
+        if args.json:
+            print_report(_usage_report(message, args.migration, dry_run), as_json=True)
+        print(f"safedrop: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    print_report(report, as_json=args.json)
+    return report.exit_code
