@@ -19,7 +19,7 @@ from safedrop.cli import main
 from safedrop.commands import parse_duration_ms
 from safedrop.pgserver import find_server_bin, free_port
 from tasks.code_references import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
-from tests.conftest import ROOT, TARGETS
+from tests.conftest import TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -371,4 +371,3 @@ def test_make_demo_runs_the_whole_job(tmp_path):
     assert "READY" in result.stdout and "SUCCEEDED" in result.stdout
     assert list((tmp_path / "backups" / "demo").glob("*.dump"))
     assert not list(Path("/tmp").glob("safedrop-demo-*"))
-    _ = ROOT

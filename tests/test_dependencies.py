@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from safedrop import queries
 from safedrop.cascade import analyse
 from safedrop.catalog import (
     ORIGINAL,
@@ -213,7 +212,6 @@ def test_a_restrict_migration_rehearses_like_the_server(guide_db):
     with connect(guide_db.db) as conn:
         with pytest.raises(Exception, match="other objects depend on it"):
             rehearse(conn, migration)
-    _ = queries
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -5,12 +5,14 @@ Every stop is triggered by a real fixture, and after each the database is checke
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from safedrop.pgserver import find_server_bin
 from tasks.code_references import NO_SOURCE_REASON, SKIPPED_WARNING
@@ -323,7 +325,14 @@ def test_the_url_comes_from_a_prefect_secret_block(guide_db, tmp_path, monkeypat
     Secret(value=guide_db.url).save("safedrop-test-url", overwrite=True)
     state, report = run(database_secret_block="safedrop-test-url", dry_run=True)
     assert report.status == "ready", report.reasons
-    assert guide_db.server.password not in state.message
+    # everything the run left behind: the report, its state, its artifacts, its stored parameters
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(report.flow_run_id)
+    texts = [report.model_dump_json(), state.message or "", json.dumps(stored.parameters)]
+    texts += [str(a.data) for a in artifacts_of(report.flow_run_id).values()]
+    assert len(texts) > 5  # the artifacts are there to be read
+    leaks = [i for i, text in enumerate(texts) if guide_db.server.password in text]
+    assert not leaks, f"the password is in {len(leaks)} of the run's texts"  # not the text itself
 
 
 def test_no_url_anywhere_fails_with_instructions(tmp_path, monkeypatch):
