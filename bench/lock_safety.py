@@ -53,7 +53,7 @@ from safedrop.report import BackupResult, TableChecksum  # noqa: E402
 from tasks.backup import pin_text_settings, table_checksums  # noqa: E402
 from tasks.cleanup import count_rows  # noqa: E402
 from tasks.dependencies import scan_dependencies  # noqa: E402
-from tasks.drop import drop_targets  # noqa: E402
+from tasks.drop import DropRequest, drop_targets  # noqa: E402
 
 MIGRATION = "drop_credit_allocation_tables"
 PLAIN_SQL = (SQL_DIR / f"{MIGRATION}.sql").read_text()
@@ -202,15 +202,17 @@ def safedrop_drop(url: str, record_in_ledger: bool = False):
     db, migration, oids, approved, expected = plan(url)
     return drop_targets(
         db,
-        migration,
-        oids,
-        approved=approved,
-        expected_rows=expected,
-        allow_cascade=[],
+        DropRequest(
+            migration,
+            oids,
+            approved=approved,
+            expected_rows=expected,
+            allow_cascade=[],
+            record_in_ledger=record_in_ledger,
+            backup=backup_checksums(db, list(oids)),
+        ),
         schedule=LockSchedule.from_parameters(DropParameters(migration=MIGRATION)),
         statement_timeout_s=120,
-        record_in_ledger=record_in_ledger,
-        backup=backup_checksums(db, list(oids)),
     )
 
 

@@ -21,7 +21,7 @@ from tasks.cleanup import cleanup_check
 from tasks.code_references import code_reference_scan
 from tasks.connection import connection_precheck
 from tasks.dependencies import dependency_scan
-from tasks.drop import drop
+from tasks.drop import DropRequest, drop
 from tasks.rehearsal import rehearsal
 from tasks.smoke_checks import smoke_checks
 from tasks.summary import RunRecord, summary
@@ -127,20 +127,19 @@ def drop_deprecated_tables(params: DropParameters) -> State:
                     artifact_prefix=prefix,
                 )
             structure_before = survivor_structure(db, present_keep)  # what verification holds them to
-            run.drop = drop(
-                db,
+            request = DropRequest(
                 migration,
                 oids,
-                run.dependencies,
-                run.cleanup.target_rows,
-                params.allow_cascade,
-                LockSchedule.from_parameters(params),
-                params.statement_timeout_s,
-                run.connection.ledger != "unavailable",
-                run.backup,
-                run.flow_run_id,
-                run_lock.pid,
-                prefix,
+                approved=run.dependencies,
+                allow_cascade=params.allow_cascade,
+                expected_rows=run.cleanup.target_rows,
+                backup=run.backup,
+                record_in_ledger=run.connection.ledger != "unavailable",
+                flow_run_id=run.flow_run_id,
+                run_lock_pid=run_lock.pid,
+            )
+            run.drop = drop(
+                db, request, LockSchedule.from_parameters(params), params.statement_timeout_s, prefix
             )
 
         # 4. Verification: targets gone, survivors whole (row counts reported, not judged); then the

@@ -23,7 +23,7 @@ import pytest
 from safedrop.cli import main
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import LocalPostgres, free_port, wait_until
-from tasks.drop import drop_targets
+from tasks.drop import DropRequest, drop_targets
 from tests.conftest import TARGETS
 from tests.helpers import credit_plan
 
@@ -139,15 +139,17 @@ def test_already_dropped_and_never_existed_are_told_apart(guide_db, capsys, tmp_
     migration, oids, approved = credit_plan(guide_db)
     drop_targets(
         guide_db.db,
-        migration,
-        oids,
-        approved=approved,
-        expected_rows={f"public.{t}": 0 for t in TARGETS},
-        allow_cascade=[],
+        DropRequest(
+            migration,
+            oids,
+            approved=approved,
+            expected_rows={f"public.{t}": 0 for t in TARGETS},
+            allow_cascade=[],
+            record_in_ledger=True,
+            flow_run_id="earlier-run",
+        ),
         schedule=LockSchedule(),
         statement_timeout_s=30,
-        record_in_ledger=True,
-        flow_run_id="earlier-run",
     )
     code, report, _ = cli_json(capsys, "plan", "--database-url", guide_db.url)
     assert code == 0 and report["status"] == "already-applied", report["reasons"]

@@ -22,7 +22,7 @@ from safedrop.errors import DropFailed
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from safedrop.runlock import lock_label
-from tasks.drop import drop_targets
+from tasks.drop import DropRequest, drop_targets
 from tests.conftest import SURVIVORS, TARGETS
 from tests.helpers import Background, credit_plan, holding, run, session
 from tests.pgproxy import CommitCutter
@@ -192,15 +192,17 @@ def test_a_connection_lost_during_commit_reports_what_the_database_says(guide_db
         job = Background(
             lambda: drop_targets(
                 db,
-                migration,
-                oids,
-                approved=approved,
-                expected_rows={f"public.{t}": 0 for t in TARGETS},
-                allow_cascade=[],
+                DropRequest(
+                    migration,
+                    oids,
+                    approved=approved,
+                    expected_rows={f"public.{t}": 0 for t in TARGETS},
+                    allow_cascade=[],
+                    record_in_ledger=True,
+                    flow_run_id="lost-commit-test",
+                ),
                 schedule=LockSchedule(budget_ms=20_000),
                 statement_timeout_s=30,
-                record_in_ledger=True,
-                flow_run_id="lost-commit-test",
             )
         )
         job.wait(120)

@@ -25,7 +25,7 @@ from safedrop.errors import ChangedSinceBackup
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from tasks.backup import take_backup
-from tasks.drop import drop_targets
+from tasks.drop import DropRequest, drop_targets
 from tests.conftest import ROOT, SURVIVORS, TARGETS
 from tests.helpers import credit_plan, holding, run, session
 
@@ -151,15 +151,17 @@ def test_a_row_updated_nine_times_after_the_backup_is_one_changed_row(guide_db, 
     with pytest.raises(ChangedSinceBackup) as caught:
         drop_targets(
             guide_db.db,
-            migration,
-            oids,
-            approved=approved,
-            expected_rows={},
-            allow_cascade=[],
+            DropRequest(
+                migration,
+                oids,
+                approved=approved,
+                expected_rows={},
+                allow_cascade=[],
+                record_in_ledger=True,
+                backup=backup,
+            ),
             schedule=LockSchedule(budget_ms=10_000),
             statement_timeout_s=30,
-            record_in_ledger=True,
-            backup=backup,
         )
     assert str(caught.value).startswith(
         "1 row of public.credit_allocations changed after the backup (1 written since its snapshot, 1 of "

@@ -23,7 +23,7 @@ from safedrop.lockschedule import LockSchedule, lock_waits
 from safedrop.parameters import DropParameters
 from safedrop.pgserver import wait_until
 from safedrop.runlock import one_run_at_a_time
-from tasks.drop import drop_targets
+from tasks.drop import DropRequest, drop_targets
 from tests.conftest import ROOT, SURVIVORS, TARGETS
 from tests.helpers import BLOCKER_APP, Background, artifacts_of, credit_plan, holding, run, session
 
@@ -73,14 +73,16 @@ def drop_now(tdb, plan, schedule: LockSchedule, *, allow: list[str] | None = Non
     migration, oids, approved = plan
     return drop_targets(
         tdb.db,
-        migration,
-        oids,
-        approved=approved,
-        expected_rows={f"public.{t}": 0 for t in TARGETS},
-        allow_cascade=allow or [],
+        DropRequest(
+            migration,
+            oids,
+            approved=approved,
+            expected_rows={f"public.{t}": 0 for t in TARGETS},
+            allow_cascade=allow or [],
+            record_in_ledger=ledger,
+        ),
         schedule=schedule,
         statement_timeout_s=60,
-        record_in_ledger=ledger,
     )
 
 
