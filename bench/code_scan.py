@@ -27,14 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from safedrop.codescan import RG_BASE_FLAGS, exclude_args, find_rg, scan_code  # noqa: E402
+from safedrop.identifiers import search_pattern  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
-from tasks.code_references import (  # noqa: E402
-    RG_BASE_FLAGS,
-    exclude_args,
-    find_rg,
-    scan_code,
-    search_pattern,
-)
 
 SEED = 20240601
 TARGETS = [TableName("public", "credit_allocations"), TableName("public", "credit_allocation_transactions")]

@@ -67,6 +67,13 @@ class PrecheckStop(SafedropError):
         return (self.__class__, (self.reasons,))
 
 
+class CodeSourceError(SafedropError):
+    """A git code source could not be fetched. Nothing was changed; the run stops."""
+
+    exit_code = 3
+    status = "stopped"
+
+
 class BackupFailed(SafedropError):
     """pg_dump failed or its archive did not verify. The drop did not run."""
 

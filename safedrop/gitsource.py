@@ -17,11 +17,8 @@ Every failure is one secret-free line, raised as ``CodeSourceError``.
 
 from __future__ import annotations
 
-import base64
-import ipaddress
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -34,16 +31,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
-
-from safedrop.errors import SafedropError, UsageError
+from safedrop.errors import CodeSourceError, UsageError
+from safedrop.gitauth import SCHEMES, GitCredential, git_environment, is_loopback
 
 TIMEOUT_ENV = "SAFEDROP_GIT_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0  # the whole fetch of one source, retries included
 RETRY_DELAYS_S = (2.0, 5.0)  # transient network failures only
-TOKEN_USER = "x-access-token"  # the user name sent with a bare token (GitHub's; GitLab, Gitea take any)
 
-_SCHEMES = ("file", "http", "https", "ssh")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 _TRANSPORT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")  # git's <transport>::<address>, e.g. ext::
 # scp-like: user@host:path, no slash before the colon (git's own rule); the user part may hold a
@@ -82,13 +76,6 @@ _AUTH = (
     "access denied",
 )
 _NO_SUCH_REF = ("couldn't find remote ref", "not our ref", "unadvertised object", "no such remote ref")
-
-
-class CodeSourceError(SafedropError):
-    """A git code source could not be fetched. Nothing was changed; the run stops."""
-
-    exit_code = 3
-    status = "stopped"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +137,7 @@ def parse_git_source(text: str) -> GitSource:
                 "git@host:org/repo.git or file://"
             )
         scheme = match.group("scheme").lower()
-        if scheme not in _SCHEMES:
+        if scheme not in SCHEMES:
             raise UsageError(
                 f"code path {scheme}://… is not a supported git URL; use https://, ssh://, "
                 "git@host:org/repo.git or file://"
@@ -182,126 +169,6 @@ def parse_git_source(text: str) -> GitSource:
             "use e.g. #main, #v1.4.0 or a commit sha"
         )
     return GitSource(url=url, ref=ref or None, scheme=scheme, host=host, safe_url=safe)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------------------------------
-# credentials
-
-
-@dataclass(frozen=True)
-class GitCredential:
-    """What a Prefect Secret block holds for private repositories: an HTTPS token or an SSH key."""
-
-    kind: Literal["token", "ssh-key"]
-    secret: SecretStr
-    block: str  # the Secret block's name, for messages
-    username: str = TOKEN_USER
-
-    @property
-    def description(self) -> str:
-        what = "HTTPS token" if self.kind == "token" else "SSH private key"
-        return f"the {what} in Prefect Secret block {self.block!r}"
-
-    def scrub(self, text: str) -> str:
-        """``text`` with the secret (and its basic-auth encoding) replaced by ``***``."""
-        value = self.secret.get_secret_value()
-        for secret in (value, _basic(self.username, value)) if self.kind == "token" else (value,):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
-
-def credential_from_secret(value: object, block: str) -> GitCredential:
-    """Read a Secret block's value: ``TOKEN``, ``USER:TOKEN`` or an OpenSSH/PEM private key."""
-    if not isinstance(value, str) or not value.strip():
-        raise CodeSourceError(
-            f"Prefect Secret block {block!r} (code_secret_block) holds no text; store an HTTPS token "
-            "(or USER:TOKEN) or an SSH private key in it"
-        )
-    text = value.strip()
-    if text.startswith("-----BEGIN") and "PRIVATE KEY-----" in text:
-        return GitCredential("ssh-key", SecretStr(text + "\n"), block)
-    if any(c.isspace() for c in text):
-        raise CodeSourceError(
-            f"Prefect Secret block {block!r} (code_secret_block) holds neither a token nor an SSH "
-            "private key; store an HTTPS token (or USER:TOKEN) or a key beginning -----BEGIN"
-        )
-    user, sep, token = text.partition(":")
-    if sep and user and token:
-        return GitCredential("token", SecretStr(token), block, username=user)
-    return GitCredential("token", SecretStr(text), block)
-
-
-def _basic(user: str, token: str) -> str:
-    return base64.b64encode(f"{user}:{token}".encode()).decode("ascii")
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-# --------------------------------------------------------------------------------------------------
-# running git
-
-
-# Passed through from our environment: proxies and CA bundles the network may need.
-_PASSTHROUGH = (
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-    "GIT_SSL_CAINFO",
-    "GIT_SSL_CAPATH",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "CURL_CA_BUNDLE",
-)
-
-
-def git_environment(source: GitSource, credential: GitCredential | None, work: Path) -> dict[str, str]:
-    """The whole environment git runs with: nothing inherited but PATH, HOME, proxies and CA bundles."""
-    env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
-    env.update(
-        PATH=os.environ.get("PATH", os.defpath),
-        HOME=os.environ.get("HOME") or str(Path.home()),  # ssh reads ~/.ssh/known_hosts and config
-        LC_ALL="C",  # messages in English: they are read below
-        GIT_TERMINAL_PROMPT="0",  # never ask for a user name or password
-        GIT_CONFIG_NOSYSTEM="1",  # no credential helper or url rewrite from the machine's config
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_ALLOW_PROTOCOL=":".join(_SCHEMES),
-    )
-    config = [("advice.detachedHead", "false"), ("init.defaultBranch", "main"), ("credential.helper", "")]
-    ssh = ["ssh", "-o", "BatchMode=yes"]  # no passphrase, password or host-key prompt
-    if credential is not None and credential.kind == "token":
-        parts = urlsplit(source.url)
-        prefix = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-        header = f"Authorization: Basic {_basic(credential.username, credential.secret.get_secret_value())}"
-        config.append((f"http.{prefix}/.extraHeader", header))  # sent to this scheme://host[:port] only
-    elif credential is not None and credential.kind == "ssh-key":
-        keydir = work / "ssh"
-        keydir.mkdir(mode=0o700)
-        key = keydir / "id"
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(credential.secret.get_secret_value())
-        ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    elif "SSH_AUTH_SOCK" in os.environ:
-        env["SSH_AUTH_SOCK"] = os.environ["SSH_AUTH_SOCK"]  # no key given: the worker's agent may hold one
-    env["GIT_SSH_COMMAND"] = shlex.join(ssh)
-    env["GIT_CONFIG_COUNT"] = str(len(config))
-    for i, (key_name, value) in enumerate(config):
-        env[f"GIT_CONFIG_KEY_{i}"] = key_name
-        env[f"GIT_CONFIG_VALUE_{i}"] = value
-    return env
 
 
 class _Timeout(Exception):
@@ -438,7 +305,7 @@ def checkout(
                 f"cannot fetch the code at {source.safe_url}: {credential.description} does not fit an "
                 f"{source.scheme} URL; give the repository as {other}, or store the other kind of credential"
             )
-        elif source.scheme == "http" and not _is_loopback(source.host):
+        elif source.scheme == "http" and not is_loopback(source.host):
             raise CodeSourceError(
                 f"cannot fetch the code at {source.safe_url}: will not send {credential.description} over "
                 "plain http; use the https:// URL"
@@ -453,7 +320,7 @@ def checkout(
     deadline = started + timeout
     work = Path(tempfile.mkdtemp(prefix="safedrop-git-"))
     try:
-        env = git_environment(source, credential, work)
+        env = git_environment(source.url, credential, work)
         repo = work / "repo"
 
         def run(*args: str) -> tuple[int, str, str]:

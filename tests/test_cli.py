@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from safedrop.cli import main
+from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
 from safedrop.commands import parse_duration_ms
 from safedrop.pgserver import find_server_bin, free_port
-from tasks.code_references import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
 from tests.conftest import TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
 

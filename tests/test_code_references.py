@@ -10,10 +10,12 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from safedrop.codescan import SKIPPED_WARNING, scan_code
 from safedrop.errors import UsageError
+from safedrop.identifiers import identifier_variants
 from safedrop.migration import TableName
 from safedrop.report import CodeScanResult
-from tasks.code_references import SKIPPED_WARNING, code_reference_scan, identifier_variants, scan_code
+from tasks.code_references import code_reference_scan
 
 TARGETS = [TableName("public", "credit_allocation_transactions"), TableName("public", "credit_allocations")]
 

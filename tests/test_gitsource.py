@@ -19,18 +19,11 @@ from pathlib import Path
 import pytest
 
 from safedrop import gitsource
-from safedrop.errors import UsageError
-from safedrop.gitsource import (
-    CodeSourceError,
-    GitCredential,
-    checkout,
-    credential_from_secret,
-    git_environment,
-    is_git_source,
-    parse_git_source,
-)
+from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING, scan_code
+from safedrop.errors import CodeSourceError, UsageError
+from safedrop.gitauth import GitCredential, credential_from_secret, git_environment
+from safedrop.gitsource import checkout, is_git_source, parse_git_source
 from safedrop.migration import TableName
-from tasks.code_references import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING, scan_code
 from tests.gitrepos import (
     CLEAN_FILES,
     MAIN_FILES,
@@ -284,7 +277,7 @@ def test_git_runs_in_a_minimal_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-git")
     source = parse_git_source("https://git.example.com:8443/acme/billing.git#main")
 
-    env = git_environment(source, token("ci-bot:" + TOKEN), tmp_path)
+    env = git_environment(source.url, token("ci-bot:" + TOKEN), tmp_path)
 
     assert not {"GIT_DIR", "GIT_ASKPASS", "AWS_SECRET_ACCESS_KEY"} & set(env)
     assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_CONFIG_NOSYSTEM"] == "1"
