@@ -307,52 +307,84 @@ def scan_code(
             return CodeScanResult(status="skipped", roots=[], references=[], warnings=[SKIPPED_WARNING])
         return CodeScanResult(status="skipped", roots=[], references=[], reasons=[NO_SOURCE_REASON])
     checked = _check_roots(roots)
-    roots = [root for root, _ in checked]
     if not targets:
-        return CodeScanResult(status="done", roots=roots, references=[])
-
-    argv = [find_rg(), *RG_BASE_FLAGS, "--json", *exclude_args(exclude), "-e", search_pattern(targets)]
-    references: list[CodeReference] = []
-    sources: list[CodeSource] = []
-    failed: list[str] = []
-    loaded: list[GitCredential] = []
+        return CodeScanResult(status="done", roots=[root for root, _ in checked], references=[])
+    scan = _Scan(include, exclude, credential)
     with tempfile.TemporaryDirectory(prefix="safedrop-scan-") as tmp:
-        if include:
-            rules = Path(tmp) / "include.ignore"
-            rules.write_text(include_rules(include))
-            argv[1:1] = ["--ignore-file", str(rules)]
+        argv = scan.argv(targets, Path(tmp))
         for root, where in checked:
-            if isinstance(where, Path):
-                references += _scan_one(root, where, argv, include, exclude)
-                sources.append(CodeSource(root=root, kind="path"))
-                continue
-            try:
-                if credential is not None and where.needs_network and not loaded:
-                    loaded.append(credential())
-                with checkout(where, credential=loaded[0] if loaded else None) as fetched:
-                    references += _scan_one(root, fetched.path, argv, include, exclude)
-                    sources.append(
-                        CodeSource(
-                            root=root,
-                            kind="git",
-                            url=where.safe_url,
-                            ref=where.ref,
-                            commit=fetched.commit,
-                            fetch_s=fetched.duration_s,
-                        )
-                    )
-            except CodeSourceError as exc:
-                failed.append(str(exc))
+            scan.source(root, where, argv)
+    return _result(scan, [root for root, _ in checked], policy)
 
+
+class _Scan:
+    """What the scan of several code sources gathers: references, the sources scanned, failures."""
+
+    def __init__(
+        self, include: Sequence[str], exclude: Sequence[str], credential: Callable[[], GitCredential] | None
+    ) -> None:
+        self.include, self.exclude, self._credential = include, exclude, credential
+        self._loaded: GitCredential | None = None
+        self.references: list[CodeReference] = []
+        self.sources: list[CodeSource] = []
+        self.failed: list[str] = []
+
+    def argv(self, targets: Sequence[TableName], tmp: Path) -> list[str]:
+        """ripgrep's command line; include globs go through an ignore file in ``tmp``."""
+        argv = [
+            find_rg(),
+            *RG_BASE_FLAGS,
+            "--json",
+            *exclude_args(self.exclude),
+            "-e",
+            search_pattern(targets),
+        ]
+        if self.include:
+            rules = tmp / "include.ignore"
+            rules.write_text(include_rules(self.include))
+            argv[1:1] = ["--ignore-file", str(rules)]
+        return argv
+
+    def credential(self, source: GitSource) -> GitCredential | None:
+        """The credential, read once, when the first source over the network needs it."""
+        if self._credential is not None and source.needs_network and self._loaded is None:
+            self._loaded = self._credential()
+        return self._loaded
+
+    def source(self, root: str, where: Path | GitSource, argv: list[str]) -> None:
+        if isinstance(where, Path):
+            self.references += _scan_one(root, where, argv, self.include, self.exclude)
+            self.sources.append(CodeSource(root=root, kind="path"))
+            return
+        try:
+            with checkout(where, credential=self.credential(where)) as fetched:
+                self.references += _scan_one(root, fetched.path, argv, self.include, self.exclude)
+        except CodeSourceError as exc:
+            self.failed.append(str(exc))
+            return
+        self.sources.append(
+            CodeSource(
+                root=root,
+                kind="git",
+                url=where.safe_url,
+                ref=where.ref,
+                commit=fetched.commit,
+                fetch_s=fetched.duration_s,
+            )
+        )
+
+
+def _result(scan: _Scan, roots: list[str], policy: CodePolicy) -> CodeScanResult:
+    """The references in root order; under policy ``fail`` a reason, under ``warn`` a warning."""
     order = {root: index for index, root in enumerate(roots)}
-    references.sort(key=lambda r: (order[r.root], r.path, r.line, r.column))
-    scanned = {s.root for s in sources}
+    references = sorted(scan.references, key=lambda r: (order[r.root], r.path, r.line, r.column))
+    scanned = {s.root for s in scan.sources}
     result = CodeScanResult(
-        status="done" if sources else "skipped",
+        status="done" if scan.sources else "skipped",
         roots=[root for root in roots if root in scanned],
         references=references,
-        sources=sources,
-        reasons=failed,
+        sources=scan.sources,
+        reasons=scan.failed,
     )
     if references:
         files = len({(r.root, r.path) for r in references})

@@ -295,21 +295,7 @@ def checkout(
     however it ends. Raises CodeSourceError with one secret-free line when the fetch fails.
     """
     timeout = timeout_s or _timeout_s()
-    if credential is not None:
-        wants = "ssh-key" if source.scheme == "ssh" else "token"
-        if not source.needs_network:
-            credential = None  # a local repository needs none
-        elif credential.kind != wants:
-            other = "an https:// URL" if credential.kind == "token" else "an ssh:// or git@host: URL"
-            raise CodeSourceError(
-                f"cannot fetch the code at {source.safe_url}: {credential.description} does not fit an "
-                f"{source.scheme} URL; give the repository as {other}, or store the other kind of credential"
-            )
-        elif source.scheme == "http" and not is_loopback(source.host):
-            raise CodeSourceError(
-                f"cannot fetch the code at {source.safe_url}: will not send {credential.description} over "
-                "plain http; use the https:// URL"
-            )
+    credential = _fitting(source, credential)
     git = shutil.which("git")
     if git is None:
         raise CodeSourceError(
@@ -317,68 +303,13 @@ def checkout(
             "PATH); install git, or pass a local checkout as --code-path"
         )
     started = time.monotonic()
-    deadline = started + timeout
     work = Path(tempfile.mkdtemp(prefix="safedrop-git-"))
     try:
-        env = git_environment(source.url, credential, work)
-        repo = work / "repo"
-
-        def run(*args: str) -> tuple[int, str, str]:
-            return _git(git, args, env, deadline)
-
-        def network(*args: str) -> tuple[int, str]:
-            """A fetch, retried (bounded) when the failure looks like the network's."""
-            for delay in (*RETRY_DELAYS_S, None):
-                code, _, err = run(*args)
-                if code == 0 or delay is None or not any(s in err.lower() for s in _TRANSIENT):
-                    return code, err
-                if time.monotonic() + delay >= deadline:
-                    return code, err
-                time.sleep(delay)
-            raise AssertionError("unreachable")
-
+        fetch = _Fetch(
+            git, source, credential, git_environment(source.url, credential, work), started + timeout
+        )
         try:
-            code, _, err = run("init", "--quiet", "--template=", str(repo))
-            if code != 0:
-                raise _failure(source, err, credential)
-            repo_args = ("-C", str(repo))
-            want = source.ref or "HEAD"
-            code, err = network(
-                *repo_args, "fetch", "--quiet", "--depth", "1", "--no-tags", "--", source.url, want
-            )
-            if (
-                code != 0
-                and source.ref
-                and _HEX.match(source.ref)
-                and any(s in err.lower() for s in _NO_SUCH_REF)
-            ):
-                # a commit sha the server will not hand out by itself (an abbreviated sha, or a server
-                # without allowAnySHA1InWant): fetch every branch and tag, then look for it
-                code, err = network(
-                    *repo_args,
-                    "fetch",
-                    "--quiet",
-                    "--no-tags",
-                    "--",
-                    source.url,
-                    "+refs/heads/*:refs/remotes/origin/*",
-                    "+refs/tags/*:refs/tags/*",
-                )
-                if code == 0:
-                    found, sha, _ = run(
-                        *repo_args, "rev-parse", "--verify", "--quiet", f"{source.ref}^{{commit}}"
-                    )
-                    if found != 0:
-                        raise _failure(source, "couldn't find remote ref", credential)
-                    commit = sha.strip()
-            elif code == 0:
-                code, sha, err = run(*repo_args, "rev-parse", "--verify", "FETCH_HEAD^{commit}")
-                commit = sha.strip()
-            if code != 0:
-                raise _failure(source, err, credential)
-            code, _, err = run(*repo_args, "checkout", "--quiet", "--detach", commit)
-            if code != 0:
-                raise _failure(source, err, credential)
+            commit = fetch.into(work / "repo")
         except _Timeout:
             raise CodeSourceError(
                 f"cannot fetch the code at {source.safe_url}: git took longer than {timeout:g} s; check "
@@ -389,6 +320,95 @@ def checkout(
                 f"cannot fetch the code at {source.safe_url}: cannot run git ({exc.strerror or exc}); "
                 "install git, or pass a local checkout as --code-path"
             ) from None
-        yield Checkout(source, repo, commit, round(time.monotonic() - started, 2))
+        yield Checkout(source, work / "repo", commit, round(time.monotonic() - started, 2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fitting(source: GitSource, credential: GitCredential | None) -> GitCredential | None:
+    """The credential, if the source should get it: a token for https, a key for ssh, none for file://."""
+    if credential is None or not source.needs_network:
+        return None  # a local repository needs none
+    wants = "ssh-key" if source.scheme == "ssh" else "token"
+    if credential.kind != wants:
+        other = "an https:// URL" if credential.kind == "token" else "an ssh:// or git@host: URL"
+        raise CodeSourceError(
+            f"cannot fetch the code at {source.safe_url}: {credential.description} does not fit an "
+            f"{source.scheme} URL; give the repository as {other}, or store the other kind of credential"
+        )
+    if source.scheme == "http" and not is_loopback(source.host):
+        raise CodeSourceError(
+            f"cannot fetch the code at {source.safe_url}: will not send {credential.description} over "
+            "plain http; use the https:// URL"
+        )
+    return credential
+
+
+class _Fetch:
+    """The git commands of one shallow fetch, all within one deadline."""
+
+    def __init__(
+        self,
+        git: str,
+        source: GitSource,
+        credential: GitCredential | None,
+        env: dict[str, str],
+        deadline: float,
+    ) -> None:
+        self.git, self.source, self.credential, self.env, self.deadline = (
+            git,
+            source,
+            credential,
+            env,
+            deadline,
+        )
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        return _git(self.git, args, self.env, self.deadline)
+
+    def network(self, *args: str) -> tuple[int, str]:
+        """A fetch, retried (bounded) when the failure looks like the network's."""
+        for delay in (*RETRY_DELAYS_S, None):
+            code, _, err = self.run(*args)
+            if code == 0 or delay is None or not any(s in err.lower() for s in _TRANSIENT):
+                return code, err
+            if time.monotonic() + delay >= self.deadline:
+                return code, err
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def ok(self, *args: str) -> str:
+        """Run git; its stdout, or CodeSourceError from its stderr."""
+        code, out, err = self.run(*args)
+        if code != 0:
+            raise _failure(self.source, err, self.credential)
+        return out
+
+    def into(self, repo: Path) -> str:
+        """``git init`` + a shallow fetch of the ref + a detached checkout; the commit's sha."""
+        source, at = self.source, ("-C", str(repo))
+        self.ok("init", "--quiet", "--template=", str(repo))
+        code, err = self.network(
+            *at, "fetch", "--quiet", "--depth", "1", "--no-tags", "--", source.url, source.ref or "HEAD"
+        )
+        if code == 0:
+            commit = self.ok(*at, "rev-parse", "--verify", "FETCH_HEAD^{commit}").strip()
+        elif source.ref and _HEX.match(source.ref) and any(s in err.lower() for s in _NO_SUCH_REF):
+            commit = self.by_sha(repo)
+        else:
+            raise _failure(source, err, self.credential)
+        self.ok(*at, "checkout", "--quiet", "--detach", commit)
+        return commit
+
+    def by_sha(self, repo: Path) -> str:
+        """A commit sha the server will not hand out by itself (an abbreviated sha, or a server without
+        allowAnySHA1InWant): fetch every branch and tag, then look for it."""
+        source, at = self.source, ("-C", str(repo))
+        heads, tags = "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"
+        code, err = self.network(*at, "fetch", "--quiet", "--no-tags", "--", source.url, heads, tags)
+        if code != 0:
+            raise _failure(source, err, self.credential)
+        found, sha, _ = self.run(*at, "rev-parse", "--verify", "--quiet", f"{source.ref}^{{commit}}")
+        if found != 0:
+            raise _failure(source, "couldn't find remote ref", self.credential)
+        return sha.strip()
