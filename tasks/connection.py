@@ -29,77 +29,52 @@ _KINDS = {
 
 
 def check_connection(db: Database, migration: Migration, keep: list[TableName]) -> ConnectionResult:
+    """The server, the ledger and every table's status, in one session; what stops the run."""
     targets = migration.targets
     overlap = sorted(str(t) for t in set(targets) & set(keep))
     if overlap:
         raise UsageError(
             f"{', '.join(overlap)} is both a target of the migration and a table to keep; fix --keep"
         )
-    reasons: list[str] = []
-    warnings: list[str] = []
     with connect(db) as conn:
         info = queries.one(conn, "server_info")
-        if info["in_recovery"]:
-            reasons.append(
-                f"the server at {db.display} is a read-only standby (pg_is_in_recovery); "
-                "point the database URL at the primary"
-            )
         target_rows = table_status(conn, targets)
         keep_rows = table_status(conn, keep)
         ledger = queries.one(conn, "ledger_status")
-        ledger_state = (
-            "present"
-            if ledger["ledger_exists"] and ledger["can_record"]
-            else "creatable"
-            if not ledger["ledger_exists"] and ledger["can_create_schema"]
-            else "unavailable"
-        )
         absent = [t for t, r in zip(targets, target_rows, strict=True) if r["oid"] is None]
         dropped_before = ledger_entries(conn, absent) if absent and ledger["ledger_exists"] else {}
         conn.rollback()
-
-    statuses: list[TableStatus] = []
+    reasons = (
+        [
+            f"the server at {db.display} is a read-only standby (pg_is_in_recovery); point the database URL "
+            "at the primary"
+        ]
+        if info["in_recovery"]
+        else []
+    )
+    statuses = []
     for table, row in zip(targets, target_rows, strict=True):
-        status = TableStatus(
-            name=row["qualified"],
-            exists=row["oid"] is not None,
-            oid=row["oid"],
-            owner=row["owner"],
-            can_drop=row["can_drop"],
-        )
-        statuses.append(status)
-        if not row["schema_exists"]:
-            reasons.append(
-                f"schema {table.schema} does not exist; check --schema and the migration's table names"
-            )
-        elif row["oid"] is None:
-            if table not in dropped_before:
-                reasons.append(
-                    f"{row['qualified']} does not exist and safedrop's ledger has no record of dropping it: "
-                    "check the migration's table names and --schema (if it was dropped by hand, remove it "
-                    "from the migration)"
-                )
-        elif row["relkind"] not in ("r", "p"):
-            reasons.append(
-                f"{row['qualified']} is {_KINDS.get(row['relkind'], 'not a table')}, not a table; "
-                "a safedrop migration drops tables only"
-            )
-        elif not row["can_drop"]:
-            reasons.append(
-                f"role {info['current_user']} may not drop {row['qualified']} (owner {row['owner']}); run as "
-                f"{row['owner']}, a member of it, or the schema's owner"
-            )
-    keep_status: list[TableStatus] = []
-    for row in keep_rows:
-        keep_status.append(
+        statuses.append(
             TableStatus(
-                name=row["qualified"], exists=row["oid"] is not None, oid=row["oid"], owner=row["owner"]
+                name=row["qualified"],
+                exists=row["oid"] is not None,
+                oid=row["oid"],
+                owner=row["owner"],
+                can_drop=row["can_drop"],
             )
         )
-        if row["oid"] is None:
-            reasons.append(
-                f"{row['qualified']} must survive the drop but does not exist; check --keep for a typo"
-            )
+        reasons += _target_reasons(table, row, dropped_before, info["current_user"])
+    keep_status = [
+        TableStatus(name=r["qualified"], exists=r["oid"] is not None, oid=r["oid"], owner=r["owner"])
+        for r in keep_rows
+    ]
+    reasons += [
+        f"{r['qualified']} must survive the drop but does not exist; check --keep for a typo"
+        for r in keep_rows
+        if r["oid"] is None
+    ]
+    ledger_state = _ledger_state(ledger)
+    warnings = []
     if ledger_state == "unavailable" and any(s.exists for s in statuses):
         warnings.append(
             "safedrop cannot keep its ledger here (no CREATE on the database, or no INSERT on "
@@ -118,6 +93,37 @@ def check_connection(db: Database, migration: Migration, keep: list[TableName]) 
         reasons=reasons,
         warnings=warnings,
     )
+
+
+def _ledger_state(ledger: dict) -> str:
+    if ledger["ledger_exists"] and ledger["can_record"]:
+        return "present"
+    return "creatable" if not ledger["ledger_exists"] and ledger["can_create_schema"] else "unavailable"
+
+
+def _target_reasons(table: TableName, row: dict, dropped_before: dict, current_user: str) -> list[str]:
+    """Why this target cannot be dropped (none, usually): no such schema or table, not a table, not ours."""
+    if not row["schema_exists"]:
+        return [f"schema {table.schema} does not exist; check --schema and the migration's table names"]
+    if row["oid"] is None:
+        if table in dropped_before:
+            return []  # dropped by an earlier run: already applied
+        return [
+            f"{row['qualified']} does not exist and safedrop's ledger has no record of dropping it: "
+            "check the migration's table names and --schema (if it was dropped by hand, remove it "
+            "from the migration)"
+        ]
+    if row["relkind"] not in ("r", "p"):
+        return [
+            f"{row['qualified']} is {_KINDS.get(row['relkind'], 'not a table')}, not a table; "
+            "a safedrop migration drops tables only"
+        ]
+    if not row["can_drop"]:
+        return [
+            f"role {current_user} may not drop {row['qualified']} (owner {row['owner']}); run as "
+            f"{row['owner']}, a member of it, or the schema's owner"
+        ]
+    return []
 
 
 def render(result: ConnectionResult) -> str:
