@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from safedrop.artifacts import md_list, md_table, publish_markdown, publish_table
+from safedrop.artifacts import publish_markdown, publish_table
 from safedrop.errors import SafedropError
 from safedrop.parameters import DropParameters
 from safedrop.report import (
@@ -27,6 +27,7 @@ from safedrop.report import (
     StepResult,
     VerificationResult,
 )
+from safedrop.report_markdown import HEADLINES, render_markdown
 
 
 @dataclass
@@ -124,117 +125,13 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
     )
 
 
-_HEADLINES = {
-    "ready": "Ready: every precheck passed; the drop would go ahead",
-    "succeeded": "Succeeded: backed up, dropped and verified",
-    "already-applied": "Already applied: the targets are gone and the survivors are intact",
-    "stopped": "Stopped before any change",
-    "failed": "Failed",
-}
-
-
-def render(report: RunReport) -> str:
-    out = [f"# {_HEADLINES[report.status]}", ""]
-    out.append(
-        f"Migration `{report.migration}` on `{report.database or '?'}`"
-        f"{' (PostgreSQL ' + report.server_version + ')' if report.server_version else ''}"
-        f"{' — dry run' if report.dry_run else ''}; {report.duration_s} s."
-    )
-    out.append("")
-    if report.reasons:
-        out += ["## Why", "", md_list(report.reasons)]
-    if report.warnings:
-        out += ["## Warnings", "", md_list(report.warnings)]
-    if report.targets or report.keep:
-        rows = [
-            {"table": t.name, "role": "target", "status": "exists" if t.exists else "absent", "rows": t.rows}
-            for t in report.targets
-        ]
-        rows += [
-            {"table": t.name, "role": "keep", "status": "exists" if t.exists else "MISSING", "rows": t.rows}
-            for t in report.keep
-        ]
-        out += ["## Table status", "", md_table(rows)]
-    if report.cascade:
-        out += [
-            "## CASCADE would also remove",
-            "",
-            md_table([o.model_dump() for o in report.cascade], ["kind", "name", "owner_table", "why"]),
-        ]
-    if report.untracked:
-        out += [
-            "## References PostgreSQL does not track",
-            "",
-            md_table([u.model_dump() for u in report.untracked], ["kind", "name", "breaks"]),
-        ]
-    if report.code_scan == "skipped":
-        out += ["## Code references", "", "Skipped: the application's code was not scanned.", ""]
-    elif report.code_scan == "done":
-        scanned = [
-            f"`{s.root}`" + (f" at commit `{s.commit}`" if s.commit else "") for s in report.code_sources
-        ]
-        out += ["## Code references", ""] + ([f"Scanned {', '.join(scanned)}.", ""] if scanned else [])
-        if report.code_references:
-            out.append(
-                md_table(
-                    [c.model_dump() for c in report.code_references[:50]],
-                    ["path", "line", "identifier", "text"],
-                )
-            )
-    if report.backup:
-        out += [
-            "## Backup",
-            "",
-            f"`{report.backup.path}` — {report.backup.bytes:,} bytes, sha256 `{report.backup.sha256}`",
-            "",
-        ]
-    if report.dropped:
-        out += ["## Dropped", "", md_list(report.dropped)]
-    if report.verification:
-        out += [
-            "## Verification",
-            "",
-            "passed" if not report.verification.reasons else md_list(report.verification.reasons),
-        ]
-        out += [
-            "",
-            md_table(
-                [
-                    {
-                        "table": s.table,
-                        "rows before": f"{s.rows_before:,}" if s.rows_before is not None else "",
-                        "rows after": (
-                            f"~{s.rows_after:,} (estimate)" if s.rows_after_estimated else f"{s.rows_after:,}"
-                        )
-                        if s.rows_after is not None
-                        else "",
-                        "structure": "intact" if not s.problems else "; ".join(s.problems),
-                    }
-                    for s in report.verification.survivors
-                ]
-            ),
-        ]
-    if report.smoke_checks and report.smoke_checks.checks:
-        out += [
-            "## Smoke checks",
-            "",
-            md_table(
-                [
-                    {"check": f"{c.kind}: {c.check}", "result": c.problem or "passed"}
-                    for c in report.smoke_checks.checks
-                ]
-            ),
-        ]
-    return "\n".join(out)
-
-
 @task(name="summary", cache_policy=NO_CACHE)
 def summary(
     record: RunRecord, status: Status, error: SafedropError | None, artifact_prefix: str
 ) -> RunReport:
     """The run report, published as the run's summary artifact."""
     report = build_report(record, status, error)
-    publish_markdown(f"{artifact_prefix}-summary", render(report), _HEADLINES[report.status])
+    publish_markdown(f"{artifact_prefix}-summary", render_markdown(report), HEADLINES[report.status])
     publish_table(
         f"{artifact_prefix}-table-status",
         [{"table": t.name, "role": "target", "exists": t.exists, "rows": t.rows} for t in report.targets]
