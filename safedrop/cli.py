@@ -58,7 +58,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--keep",
         metavar="TABLE",
         action="append",
-        help="a table that must survive (repeatable, or comma-separated; default: the five credit tables)",
+        help="a table that must survive (repeatable, or comma-separated; default: the migration's own "
+        "keep list)",
     )
     p.add_argument(
         "--code-path",
@@ -354,6 +355,7 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    params = params.for_migration(migration)  # no --keep: the migration's own list
     parse_table_list(params.keep, params.target_schema)
     for path in params.code_paths:
         if not is_git_source(path) and not Path(path).exists():
