@@ -37,14 +37,16 @@ def drop_deprecated_tables(params: DropParameters) -> State:
     URL comes from the Secret block named in the parameters, else DATABASE_URL (environment or .env).
 
     Args:
-        params: The migration to apply, the tables that must survive, the code to scan, the backup
-            directory, lock timeouts and approval. Give the whole object when overriding it: a
-            deployment run's parameters replace the deployment's `params` as a whole.
+        params: The migration to apply, the tables that must survive and the code to scan (by default
+            the migration's own), the backup directory, lock timeouts and approval. Give the whole
+            object when overriding it: a deployment run's parameters replace the deployment's `params`
+            as a whole.
     """
     run = RunRecord(params=params, migration=params.migration, flow_run_id=flow_run.get_id())
     prefix = "safedrop"
     try:
         migration = load_migration(params.migration, default_schema=params.target_schema)
+        run.params = params = params.for_migration(migration)  # its own keep list and code source
         run.migration, prefix = migration.name, migration.slug
         keep = parse_table_list(params.keep, params.target_schema)
         db = resolve_database(params.database_secret_block)

@@ -66,8 +66,8 @@ MIGRATION: list[Option] = [
         dict(
             metavar="TABLE",
             action="append",
-            help="a table that must survive (repeatable, or comma-separated; "
-            "default: the five credit tables)",
+            help="a table that must survive (repeatable, or comma-separated; default: the migration's own "
+            "keep list)",
         ),
     ),
     (

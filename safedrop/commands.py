@@ -103,6 +103,7 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UsageError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    params = params.for_migration(migration)  # no --keep: the migration's own list
     parse_table_list(params.keep, params.target_schema)
     for path in params.code_paths:
         if not is_git_source(path) and not Path(path).exists():

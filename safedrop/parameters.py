@@ -6,13 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CREDIT_SURVIVORS = [
-    "credits",
-    "credit_transactions",
-    "credit_purchases",
-    "credit_usage",
-    "credit_configurations",
-]
+from safedrop.migration import Migration
 
 
 class DropParameters(BaseModel):
@@ -31,17 +25,20 @@ class DropParameters(BaseModel):
         min_length=1,
         max_length=63,
     )
-    keep: list[str] = Field(
-        default_factory=lambda: list(CREDIT_SURVIVORS),
+    keep: list[str] | None = Field(
+        None,
         description="Tables that must survive the drop (schema.table or table). Each must exist before "
-        "the drop and keep its row count after it; a typo here stops the run.",
+        "the drop and keep its row count after it; a typo here stops the run. Not given (null): the "
+        "migration's own list, `keep` in its [safedrop] settings; an empty list checks none.",
     )
-    code_paths: list[str] = Field(
-        default_factory=list,
+    code_paths: list[str] | None = Field(
+        None,
         description="The application's code to scan for references to the targets: local paths, or git "
         "URLs (https://, ssh://, git@host:org/repo.git, file://) with an optional #BRANCH, #TAG or "
         "#COMMIT, fetched shallow for the run. Never put credentials in a URL: use code_secret_block. "
-        "Empty: a dry run warns; a run that would drop stops, unless code_policy is 'skip'.",
+        "Not given (null): the migration's own code source, `code_paths` and `code_secret_block` in its "
+        "[safedrop] settings. Empty list: a dry run warns; a run that would drop stops, unless "
+        "code_policy is 'skip'.",
     )
     code_policy: Literal["fail", "warn", "skip"] = Field(
         "fail",
@@ -51,7 +48,8 @@ class DropParameters(BaseModel):
     code_secret_block: str | None = Field(
         None,
         description="Name of a Prefect Secret block holding the credential for private git code sources: "
-        "an HTTPS token (or USER:TOKEN) or an SSH private key. The credential itself is never a parameter.",
+        "an HTTPS token (or USER:TOKEN) or an SSH private key. The credential itself is never a parameter. "
+        "When code_paths is not given, the migration's own (with its code_paths).",
     )
     code_include: list[str] = Field(
         default_factory=list,
@@ -65,7 +63,7 @@ class DropParameters(BaseModel):
     allow_cascade: list[str] = Field(
         default_factory=list,
         description="Objects outside the targets that CASCADE may remove, by the name the report prints "
-        "(e.g. public.org_credit_overview or credit_usage_allocation_id_fkey).",
+        "(e.g. a view public.orders_overview, or a foreign key order_lines_order_id_fkey).",
     )
     allow_nonempty: bool = Field(
         False,
@@ -185,6 +183,20 @@ class DropParameters(BaseModel):
             raise ValueError("backup_jobs > 1 needs backup_format 'directory'")
         return self
 
+    def for_migration(self, migration: Migration) -> DropParameters:
+        """These parameters with what the run did not give taken from the migration's own settings: the
+        tables to keep, and the code source (code_paths with its code_secret_block). A migration file
+        without settings has neither: no table to keep, no code source."""
+        settings = migration.settings
+        update: dict[str, object] = {}
+        if self.keep is None:
+            update["keep"] = list(settings.keep) if settings else []
+        if self.code_paths is None:
+            update["code_paths"] = list(settings.code_paths) if settings else []
+            if self.code_secret_block is None and settings:
+                update["code_secret_block"] = settings.code_secret_block
+        return self.model_copy(update=update)
+
 
 class RestoreParameters(BaseModel):
     """Which backup to restore the dropped tables from, into which database."""
@@ -224,9 +236,10 @@ class RestoreParameters(BaseModel):
         ge=50,
         le=60_000,
         description="How long, in milliseconds, the restore's first attempt may wait for any one lock (on "
-        "a surviving table such as credits or tenants) before it rolls back, holding nothing, and retries "
-        "with a longer wait, backoff and jitter. Short, so queries queued behind a waiting restore never "
-        "wait long. Also the first lock_timeout of adding and of validating each foreign key.",
+        "a surviving table, such as one the restored foreign keys point at) before it rolls back, holding "
+        "nothing, and retries with a longer wait, backoff and jitter. Short, so queries queued behind a "
+        "waiting restore never wait long. Also the first lock_timeout of adding and of validating each "
+        "foreign key.",
     )
     max_lock_timeout_ms: int = Field(
         3000,

@@ -24,7 +24,8 @@ BLOCKER_APP = "lock-test-blocker"
 def run(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Any, RunReport]:
     """Run the flow in-process (inside the test harness); returns (state, report).
 
-    Without ``code_paths`` the code policy defaults to ``skip``.
+    Without ``code_paths`` the run scans no code (not the migration's own code source, a placeholder
+    URL in sql/) and the code policy defaults to ``skip``.
     """
     from flows.drop_deprecated_tables import drop_deprecated_tables
 
@@ -35,6 +36,7 @@ def run(params: dict[str, Any] | None = None, **overrides: Any) -> tuple[Any, Ru
         **(params or {}),
         **overrides,
     }
+    fields.setdefault("code_paths", [])
     # a run that would drop needs a code source or an explicit skip; tests that give no code path
     # do not care about the code
     if not fields.get("code_paths"):

@@ -68,6 +68,94 @@ def test_keep_takes_repeated_and_comma_separated_tables(guide_db, capsys):
     assert [t["name"] for t in report["keep"]] == ["public.credits", "public.credit_usage", "public.tenants"]
 
 
+def test_keep_defaults_to_the_migrations_own_list(guide_db, capsys):
+    code, out, _ = cli(capsys, "plan", "--database-url", guide_db.url, "--json")
+    report = json.loads(out)
+    assert code == 0, report["reasons"]
+    assert [t["name"] for t in report["keep"]] == [
+        f"public.{t}"
+        for t in [
+            "credits",
+            "credit_transactions",
+            "credit_purchases",
+            "credit_usage",
+            "credit_configurations",
+        ]
+    ]  # keep = [...] in sql/drop_credit_allocation_tables.sql
+
+    before = guide_db.snapshot()
+    code, out, _ = cli(
+        capsys, "plan", "--database-url", guide_db.url, "--migration", "drop_legacy_invoice_exports", "--json"
+    )
+    report = json.loads(out)
+    assert code == 3 and report["status"] == "stopped"
+    assert [t["name"] for t in report["keep"]] == ["public.invoices", "public.invoice_exports"]
+    for table in ("public.invoices", "public.invoice_exports"):
+        assert (
+            f"{table} must survive the drop but does not exist; check --keep for a typo" in report["reasons"]
+        )
+    assert guide_db.snapshot() == before
+
+
+SETTINGS = (
+    "-- [safedrop]\n"
+    '-- deployment = "allocations"\n'
+    '-- keep = ["credits"]\n'
+    '-- code_paths = ["https://git.example.com/app.git#main"]\n'
+    '-- schedule = { cron = "0 3 * * SUN", timezone = "UTC", active = false }\n'
+    '-- readiness = { cron = "0 2 * * *", timezone = "UTC", active = true }\n'
+    "DROP TABLE credit_allocations;\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("keep =", "kep ="),
+            "settings: keep is missing; unknown setting kep",
+        ),
+        (
+            ("active = false", 'active = "false"'),
+            "settings: schedule.active: Input should be a valid boolean",
+        ),
+        (
+            ("0 3 * * SUN", "0 3 * *"),
+            'settings: schedule: Invalid cron string: "0 3 * *"',
+        ),
+        (
+            ('-- keep = ["credits"]', '-- keep = ["credits"'),
+            "settings do not parse: Unclosed array (line 4)",
+        ),
+        (
+            ('"allocations"', '"Allocations Q3"'),
+            "settings: deployment: 'Allocations Q3' is not a deployment name: use lowercase letters, "
+            'digits and single hyphens (at most 60), e.g. "legacy-invoice-exports"',
+        ),
+        (
+            ("https://git.example.com", "https://deploy:s3cret@git.example.com"),
+            "settings: code_paths: code path https://git.example.com/app.git carries credentials in its "
+            "URL, and Prefect stores parameters in plain text; put the token or key in a Prefect Secret "
+            "block and pass --code-secret-block NAME (code_secret_block) with the URL alone",
+        ),
+        (
+            ("DROP TABLE credit_allocations;\n", "DROP TABLE credit_allocations;\n-- [safedrop]\n"),
+            "line 8: one [safedrop] settings block may open the file, before the first statement",
+        ),
+    ],
+    ids=["unknown", "type", "cron", "toml", "name", "credentials", "late"],
+)
+def test_a_migration_with_bad_settings_is_refused_in_one_line(guide_db, capsys, tmp_path, change, message):
+    bad = tmp_path / "drop_allocations.sql"
+    bad.write_text(SETTINGS.replace(*change))
+    before = guide_db.snapshot()
+    code, out, err = cli(capsys, "plan", "--database-url", guide_db.url, "--migration", str(bad))
+    assert code == 2 and out == ""
+    assert err.strip() == f"safedrop: migration {bad} {message}"
+    assert "s3cret" not in err
+    assert guide_db.snapshot() == before
+
+
 def test_plan_json_names_every_reason_and_exits_3(guide_db, capsys, tmp_path):
     guide_db.execute(
         "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "

@@ -1,18 +1,23 @@
-"""Everything declared in prefect.yaml loads and builds; one run goes end to end through a real worker.
+"""The deployments follow from the migrations in sql/; one run goes end to end through a real worker.
 
-The fast tests import each entrypoint, validate each deployment's parameters against the flow's
-parameter schema (the check the server makes when a run is created) and build deployments/serve.py's
-deployments without serving them. The e2e test starts a real ``prefect server``, deploys prefect.yaml
-to the ``safedrop`` process pool, runs ``credit-allocations`` through a real worker whose environment
-holds no DATABASE_URL (so the URL can only come from the Secret block), and checks the database.
+The fast tests build every deployment deployments/deploy.py makes from the migrations' ``[safedrop]``
+settings (contacting no server), import each entrypoint, validate each deployment's parameters
+against the flow's parameter schema (the check the server makes when a run is created), check the
+credit-allocations deployments are what they always were, build deployments/serve.py's deployments
+without serving them, and follow the README's "To retire another table" on its example migration.
+The e2e test starts a real ``prefect server``, deploys with the README's command to the ``safedrop``
+process pool, runs ``credit-allocations`` through a real worker whose environment holds no
+DATABASE_URL (so the URL can only come from the Secret block), and checks the database.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,12 +27,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import httpx
 import psycopg2
 import pytest
-import yaml
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -36,6 +39,7 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
 )
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flow_runs import resume_flow_run
 from prefect.flows import load_flow_from_entrypoint
 from prefect.input.actions import read_flow_run_input
@@ -44,32 +48,45 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 from prefect.utilities.schema_tools import validate
 
+from deployments import deploy
+from safedrop.cli import main as safedrop_main
+from safedrop.errors import MigrationFileError
+from safedrop.migration import load_migration, migration_paths
 from safedrop.parameters import DropParameters
 from tests.conftest import SURVIVORS, TARGETS
 from tests.gitrepos import make_app_repo
+from tests.helpers import run as run_flow
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFECT_YAML = ROOT / "prefect.yaml"
 SERVE_PY = ROOT / "deployments" / "serve.py"
+DEPLOY = [sys.executable, "-m", "deployments.deploy"]  # the README's command, from any directory
 PREFECT = str(Path(sys.executable).with_name("prefect"))  # the venv's CLI: the worker's runs use its Python
 FLOW_NAME = "drop-deprecated-tables"
 POOL = "safedrop"
 SECRET_BLOCK = "safedrop-database-url"
 MANUAL, SCHEDULED = "credit-allocations", "credit-allocations-scheduled"
 READINESS = "credit-allocations-readiness"
+RESTORE = "restore-dropped-tables"
 LEASE_S = 30  # the shortest deployment concurrency lease Prefect allows (default 300 s)
 
 
-def specs() -> list[dict[str, Any]]:
-    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+@functools.cache
+def _built() -> tuple[RunnerDeployment, ...]:
+    return tuple(deploy.build_deployments())
 
 
-def spec(name: str) -> dict[str, Any]:
-    return next(s for s in specs() if s["name"] == name)
+def built() -> dict[str, RunnerDeployment]:
+    """Every deployment deploy.py makes for the work pool, by name, in its order. Contacts no server."""
+    return {d.name: d for d in _built()}
+
+
+def params_of(name: str) -> dict:
+    """A deployment's parameters, as a fresh copy a test may change."""
+    return json.loads(json.dumps(built()[name].parameters))
 
 
 def load_serve() -> ModuleType:
-    """deployments/serve.py as a module (deployments/ is a folder of scripts, not a package)."""
+    """deployments/serve.py as the script it is run as."""
     module_spec = importlib.util.spec_from_file_location("safedrop_deployments_serve", SERVE_PY)
     assert module_spec and module_spec.loader
     module = importlib.util.module_from_spec(module_spec)
@@ -77,55 +94,79 @@ def load_serve() -> ModuleType:
     return module
 
 
-# --- prefect.yaml: everything declared loads ---------------------------------------------------------
+# --- the deployments follow from the migrations -------------------------------------------------------
 
 
-def test_prefect_yaml_declares_both_deployments_on_the_safedrop_pool():
-    config = yaml.safe_load(PREFECT_YAML.read_text())
-    names = [s["name"] for s in config["deployments"]]
-    assert [n for n in names if n.startswith("credit-allocations")] == [MANUAL, SCHEDULED, READINESS]
-    # Nothing points at the deploying machine: no pull step, no build step, module entrypoints.
-    assert config["pull"] == [] and config["build"] == [] and config["push"] == []
-    for s in config["deployments"]:
-        assert s["work_pool"]["name"] == POOL, s["name"]
-        assert s["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}, s["name"]
-        assert s["description"].strip() and "safedrop" in s["tags"], s["name"]
-        module, _, name = s["entrypoint"].partition(":")
-        assert "/" not in module and not module.endswith(".py"), s["entrypoint"]
-        assert callable(getattr(importlib.import_module(module), name)), s["entrypoint"]
-
-
-RESTORE = "restore-dropped-tables"
+def test_every_migration_makes_three_deployments_on_the_safedrop_pool():
+    expected = []
+    for path in migration_paths():
+        name = load_migration(str(path)).settings.deployment
+        expected += [name, f"{name}-scheduled", f"{name}-readiness"]
+    assert list(built()) == [*expected, RESTORE]
+    assert [n for n in built() if n.startswith("credit-allocations")] == [MANUAL, SCHEDULED, READINESS]
+    for name, d in built().items():
+        assert d.work_pool_name == POOL, name
+        assert d.concurrency_limit == 1, name
+        assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW", name
+        assert d.description.strip() and "safedrop" in d.tags, name
+        # Nothing points at the deploying machine: a module entrypoint, no storage (so no pull step),
+        # no path, no job variables; deploy.py builds no image.
+        assert d.entrypoint_type == EntrypointType.MODULE_PATH, name
+        assert d.storage is None and d._path is None and d.job_variables == {}, name
+        module, _, attribute = d.entrypoint.rpartition(".")
+        assert "/" not in module and not module.endswith(".py"), d.entrypoint
+        assert callable(getattr(importlib.import_module(module), attribute)), d.entrypoint
 
 
 def test_restore_deployment_loads_and_is_manual_only():
-    s = spec(RESTORE)
-    flow = load_flow_from_entrypoint(s["entrypoint"], use_placeholder_flow=False)
-    assert flow.name == "restore-dropped-tables"
-    assert not s.get("schedules")
-    assert "://" not in json.dumps(s.get("parameters") or {})
+    d = built()[RESTORE]
+    flow = load_flow_from_entrypoint(d.entrypoint, use_placeholder_flow=False)
+    assert flow.name == "restore-dropped-tables" == d.flow_name
+    assert d.schedules == [] and d.parameters == {}
 
 
-@pytest.mark.parametrize("name", [s["name"] for s in specs() if s["name"] != RESTORE])
+@pytest.mark.parametrize("name", [n for n in built() if n != RESTORE])
 def test_entrypoint_loads_and_parameters_validate(name):
-    s = spec(name)
-    flow = load_flow_from_entrypoint(s["entrypoint"], use_placeholder_flow=False)
-    assert flow.name == FLOW_NAME
+    d = built()[name]
+    flow = load_flow_from_entrypoint(d.entrypoint, use_placeholder_flow=False)
+    assert flow.name == FLOW_NAME == d.flow_name
 
     # What the server does when a run is created (enforce_parameter_schema): raises on a bad parameter.
-    validate(s["parameters"], flow.parameters.model_dump(), raise_on_error=True)
+    validate(d.parameters, flow.parameters.model_dump(), raise_on_error=True)
     # What the flow does when it starts: the pydantic model (extra="forbid" catches a misspelled field).
-    params = flow.validate_parameters(s["parameters"])["params"]
+    params = flow.validate_parameters(d.parameters)["params"]
     assert isinstance(params, DropParameters)
-    assert params.migration == "drop_credit_allocation_tables"
-    assert params.keep == SURVIVORS
+    settings = load_migration(params.migration).settings
+    assert settings.deployment in d.tags and name.startswith(settings.deployment)
+    assert params.keep == settings.keep  # the migration's own list, written once in its file
+    assert params.code_paths == settings.code_paths
     assert params.database_secret_block == SECRET_BLOCK
     assert params.backup_dir is None  # the worker's own backup directory, never a checkout's
     assert params.code_paths and all("://" in p for p in params.code_paths)  # cloned where the run runs
-    assert params.dry_run is (name == READINESS)  # readiness: the dry run only
+    assert params.dry_run is name.endswith("-readiness")  # readiness: the dry run only
     # The database URL is never a parameter: nothing but the code's git URLs looks like a URL.
-    others = {k: v for k, v in s["parameters"]["params"].items() if k != "code_paths"}
+    others = {k: v for k, v in d.parameters["params"].items() if k != "code_paths"}
     assert "://" not in json.dumps(others)
+
+
+def test_credit_allocations_deployments_are_what_they_were():
+    """The values prefect.yaml declared before the deployments followed from the migration file."""
+    params = {
+        "migration": "drop_credit_allocation_tables",
+        "keep": SURVIVORS,
+        "database_secret_block": SECRET_BLOCK,
+        "code_paths": ["https://github.com/acme/wrapper-backend.git#main"],
+    }
+    assert built()[MANUAL].parameters == {"params": {**params, "approval": "required"}}
+    assert built()[SCHEDULED].parameters == {"params": {**params, "approval": "required"}}
+    assert built()[READINESS].parameters == {"params": {**params, "dry_run": True}}
+    assert built()[MANUAL].tags == ["safedrop", "destructive", MANUAL, "manual"]
+    assert built()[SCHEDULED].tags == ["safedrop", "destructive", MANUAL, "scheduled"]
+    assert built()[READINESS].tags == ["safedrop", "read-only", MANUAL, "readiness"]
+    assert built()[RESTORE].tags == ["safedrop", "restore", "manual"]
+    assert "suspended until an operator approves" in built()[MANUAL].description
+    assert "INACTIVE" in built()[SCHEDULED].description
+    assert "`safedrop-database-url`" in built()[RESTORE].description
 
 
 def test_parameter_form_describes_every_field():
@@ -147,42 +188,185 @@ def test_parameter_form_describes_every_field():
     ]
     assert not missing, f"fields without a description (blank in the UI form): {missing}"
     assert set(definitions["DropParameters"]["properties"]) == set(DropParameters.model_fields)
+    keep = definitions["DropParameters"]["properties"]["keep"]
+    assert "the migration's own list" in keep["description"] and keep.get("default") is None
 
 
 def test_scheduled_deployment_is_declared_inactive_and_manual_has_no_schedule():
-    assert spec(MANUAL)["schedules"] == []
-    (schedule,) = spec(SCHEDULED)["schedules"]
-    assert schedule["active"] is False
-    assert schedule["cron"] == "0 3 * * SUN" and schedule["timezone"] == "UTC"
-    assert spec(SCHEDULED)["parameters"] == spec(MANUAL)["parameters"]
+    assert built()[MANUAL].schedules == []
+    (schedule,) = built()[SCHEDULED].schedules
+    assert schedule.active is False and schedule.slug == "maintenance-window"
+    assert schedule.schedule.cron == "0 3 * * SUN" and schedule.schedule.timezone == "UTC"
+    assert built()[SCHEDULED].parameters == built()[MANUAL].parameters
 
 
 def test_readiness_deployment_is_a_nightly_active_dry_run():
-    (schedule,) = spec(READINESS)["schedules"]
-    assert schedule["active"] is True and schedule["cron"] == "0 2 * * *"
-    assert spec(READINESS)["parameters"]["params"]["dry_run"] is True
+    (schedule,) = built()[READINESS].schedules
+    assert schedule.active is True and schedule.slug == "nightly"
+    assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
+    assert built()[READINESS].parameters["params"]["dry_run"] is True
 
 
-def test_serve_builds_the_prefect_yaml_deployments_without_serving():
-    built = {d.name: d for d in load_serve().build_deployments()}
-    assert [n for n in built if n.startswith("credit-allocations")] == [MANUAL, SCHEDULED, READINESS]
-    assert built[RESTORE].flow_name == "restore-dropped-tables" and built[RESTORE].schedules == []
-    for name, d in built.items():
-        if name == RESTORE:
-            continue
-        s = spec(name)
-        assert d.flow_name == FLOW_NAME
-        assert d.entrypoint == s["entrypoint"].replace(":", ".")  # the same module path
-        assert d.parameters == s["parameters"]
-        assert d.description == s["description"] and d.tags == s["tags"]
+def test_serve_builds_the_same_deployments_without_a_work_pool():
+    served = {d.name: d for d in load_serve().build_deployments()}
+    assert list(served) == list(built())
+    for name, d in served.items():
+        b = built()[name]
+        assert d.flow_name == b.flow_name and d.entrypoint == b.entrypoint
+        assert d.parameters == b.parameters
+        assert d.description == b.description and d.tags == b.tags
+        assert [(s.schedule, s.active, s.slug) for s in d.schedules] == [
+            (s.schedule, s.active, s.slug) for s in b.schedules
+        ]
         assert d.work_pool_name is None  # served: no work pool, no worker
         assert d.concurrency_limit == 1
-        assert d.concurrency_options is not None
         assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
-    assert built[MANUAL].schedules == []
-    (schedule,) = built[SCHEDULED].schedules
-    assert schedule.active is False
-    assert schedule.schedule.cron == "0 3 * * SUN" and schedule.schedule.timezone == "UTC"
+
+
+def _settings(deployment: str = "orders-archive", **replace: str) -> str:
+    lines = {
+        "deployment": f'"{deployment}"',
+        "keep": '["orders"]',
+        "code_paths": '["https://git.example.com/shop.git#main"]',
+        "schedule": '{ cron = "0 3 * * SUN", timezone = "UTC", active = false }',
+        "readiness": '{ cron = "0 2 * * *", timezone = "UTC", active = true }',
+        **replace,
+    }
+    body = "".join(f"-- {key} = {value}\n" for key, value in lines.items() if value)
+    return f"-- Retire orders_archive.\n-- [safedrop]\n{body}DROP TABLE orders_archive;\n"
+
+
+def test_a_migration_without_settings_or_with_a_taken_name_makes_no_deployment(tmp_path, monkeypatch):
+    bare = tmp_path / "drop_orders_archive.sql"
+    bare.write_text("DROP TABLE orders_archive;\n")
+    with pytest.raises(MigrationFileError) as error:
+        deploy.migration_deployments(load_migration(str(bare)))
+    assert str(error.value) == (
+        f"migration {bare} has no [safedrop] settings, so no deployment follows from it; open the file "
+        "with them (see the README's 'To retire another table')"
+    )
+
+    first, second = tmp_path / "a.sql", tmp_path / "b.sql"
+    first.write_text(_settings("orders-archive"))
+    second.write_text(_settings("orders-archive"))
+    monkeypatch.setattr(deploy, "migration_paths", lambda: [first, second])
+    with pytest.raises(MigrationFileError) as error:
+        deploy.build_deployments()
+    assert str(error.value) == (
+        f"migrations {first} and {second} both make the deployment 'orders-archive'; give each its own "
+        "`deployment` in its [safedrop] settings"
+    )
+
+
+def test_a_window_that_runs_unattended_says_so(tmp_path):
+    path = tmp_path / "drop_orders_archive.sql"
+    path.write_text(
+        _settings(schedule='{ cron = "0 3 * * SUN", timezone = "UTC", active = true, approval = "skip" }')
+    )
+    manual, scheduled, readiness = deploy.migration_deployments(load_migration(str(path)))
+    assert manual.parameters["params"]["approval"] == "required"
+    assert scheduled.parameters["params"]["approval"] == "skip"
+    assert [s.active for s in scheduled.schedules] == [True]
+    assert "no approval pause" in scheduled.description and "ACTIVE" in scheduled.description
+    assert "approval" not in readiness.parameters["params"]
+
+
+# --- to retire another table: the README's steps, on its example ----------------------------------------
+
+EXAMPLE = ROOT / "sql" / "drop_legacy_invoice_exports.sql"
+INVOICE_SCHEMA = """
+CREATE TABLE invoices (
+    id         bigserial PRIMARY KEY,
+    tenant_id  bigint NOT NULL REFERENCES tenants (id),
+    total      numeric(12, 2) NOT NULL
+);
+CREATE TABLE invoice_exports (
+    id           bigserial PRIMARY KEY,
+    invoice_id   bigint NOT NULL REFERENCES invoices (id),
+    exported_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Deprecated: replaced by invoice_exports, empty since.
+CREATE TABLE legacy_invoice_exports (
+    id          bigserial PRIMARY KEY,
+    invoice_id  bigint REFERENCES invoices (id),
+    payload     text
+);
+INSERT INTO invoices (tenant_id, total) SELECT id, 10 * id FROM tenants;
+INSERT INTO invoice_exports (invoice_id) SELECT id FROM invoices WHERE id % 2 = 0;
+"""
+
+
+def _readme_example() -> tuple[str, str]:
+    """The migration file the README's "To retire another table" shows: its name and its text."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## To retire another table", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"`sql/([a-z0-9_]+\.sql)`.*?```sql\n(.*?)```", section, re.S)
+    assert match, "the README's 'To retire another table' shows no migration file"
+    return match[1], match[2]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_newcomer_retires_another_table(guide_db, tmp_path, monkeypatch, capsys):
+    # 1. The file the README shows is the one in sql/, word for word.
+    name, text = _readme_example()
+    assert (ROOT / "sql" / name).read_text() == text and ROOT / "sql" / name == EXAMPLE
+
+    # 2. `python -m deployments.deploy --check`, from any directory: its three deployments, validated.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    checked = subprocess.run(
+        [*DEPLOY, "--check"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert f"checked {FLOW_NAME}/legacy-invoice-exports: manual only" in checked.stdout.splitlines()
+    assert (
+        f"checked {FLOW_NAME}/legacy-invoice-exports-scheduled: cron `0 4 * * SAT` UTC, INACTIVE"
+        in checked.stdout.splitlines()
+    )
+    assert (
+        f"checked {FLOW_NAME}/legacy-invoice-exports-readiness: cron `30 2 * * *` UTC, active"
+        in checked.stdout.splitlines()
+    )
+    keep = ["invoices", "invoice_exports"]
+    assert built()["legacy-invoice-exports"].parameters["params"]["keep"] == keep
+
+    # 3. `safedrop plan --migration drop_legacy_invoice_exports`: the migration's own keep list.
+    guide_db.execute(INVOICE_SCHEMA)
+    app = tmp_path / "billing-service"
+    (app / "src").mkdir(parents=True)
+    (app / "src" / "exports.js").write_text("await db.query('SELECT * FROM invoice_exports');\n")
+    monkeypatch.setenv("DATABASE_URL", "unset")  # so monkeypatch removes what main() exports
+    code = safedrop_main(
+        [
+            "plan",
+            "--migration",
+            EXAMPLE.stem,
+            "--code-path",
+            str(app),
+            "--database-url",
+            guide_db.url,
+            "--json",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["status"] == "ready", report["reasons"]
+    assert [t["name"] for t in report["keep"]] == [f"public.{t}" for t in keep]
+    assert [t["name"] for t in report["targets"]] == ["public.legacy_invoice_exports"]
+
+    # 4. The flow with only migration=<it> (what a deployment run does, minus the UI's approval):
+    #    its table goes, its survivors are intact, the credit tables untouched.
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    survivors = {t: guide_db.count(t) for t in [*keep, *SURVIVORS, *TARGETS]}
+    state, report = run_flow(migration=EXAMPLE.stem, backup_dir=str(tmp_path / "backups"))
+    assert state.is_completed() and report.status == "succeeded", report.reasons
+    assert report.dropped == ["public.legacy_invoice_exports"]
+    assert [k.name for k in report.keep] == [f"public.{t}" for t in keep]
+    assert not guide_db.exists("public.legacy_invoice_exports")
+    assert {t: guide_db.count(t) for t in survivors} == survivors
+    assert [(s.table, s.exists, s.problems) for s in report.verification.survivors] == [
+        (f"public.{t}", True, []) for t in keep
+    ]
 
 
 # --- end to end: server, pool, Secret block, deploy, worker, run --------------------------------------
@@ -220,16 +404,19 @@ class Stack:
     def cli(self, *args: str, timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         """One `prefect` command (from the repository root unless ``cwd``); its output goes into the
         transcript."""
+        return self.command([PREFECT, *args], timeout=timeout, cwd=cwd)
+
+    def command(self, argv: list[str], timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        shown = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
         t0 = time.monotonic()
         try:
             result = subprocess.run(
-                [PREFECT, *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+                argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
             )
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(self.explain(f"`prefect {' '.join(args)}` ran over {timeout} s")) from exc
+            raise AssertionError(self.explain(f"`{shown}` ran over {timeout} s")) from exc
         self.transcript.append(
-            f"$ prefect {' '.join(args)}  # exit {result.returncode}, {time.monotonic() - t0:.1f} s\n"
-            f"{result.stdout}{result.stderr}"
+            f"$ {shown}  # exit {result.returncode}, {time.monotonic() - t0:.1f} s\n{result.stdout}{result.stderr}"
         )
         return result
 
@@ -354,7 +541,7 @@ def _processes_mentioning(text: str) -> dict[int, str]:
 def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, code: str):
     """Start a manual run, cancel it while pg_dump waits for a lock; returns the cancelled run's id."""
     before = guide_db.snapshot()
-    params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
+    params = params_of(MANUAL)
     params["params"]["backup_dir"] = str(backup_dir)
     params["params"]["code_paths"] = [code]
     blocker = psycopg2.connect(guide_db.url, application_name="e2e-lock-holder")
@@ -463,7 +650,7 @@ def _sessions_of_safedrop(guide_db) -> int:
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, guide_db, tmp_path):
-    """prefect.yaml deployed from a directory that is then deleted; workers that have safedrop
+    """Deployed with the README's command from a directory that is then deleted; workers that have safedrop
     installed (a wheel, not this checkout) in directories of their own; the application's code from a
     git URL; an approval that comes after the deployment concurrency lease would have expired and after
     the worker was restarted."""
@@ -524,13 +711,16 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         Secret(value=guide_db.url).save(SECRET_BLOCK, overwrite=True)
     mark("pool, worker started, secret")
 
-    # 4. Deploy prefect.yaml from a directory that holds nothing else, then remove that directory.
+    # 4. Deploy every migration's deployments with the README's command, from a directory that holds
+    #    nothing, then remove that directory.
     deploy_dir = tmp_path / "deploy-from"
     deploy_dir.mkdir()
-    shutil.copy(PREFECT_YAML, deploy_dir / "prefect.yaml")
-    out = " ".join(stack.ok("--no-prompt", "deploy", "--all", timeout=90, cwd=deploy_dir).split())
-    for name in (MANUAL, SCHEDULED):
-        assert f"'{FLOW_NAME}/{name}' successfully" in out, stack.explain(f"{name} not deployed")
+    deployed = stack.command(DEPLOY, timeout=120, cwd=deploy_dir)
+    assert deployed.returncode == 0, stack.explain(f"deploy exited {deployed.returncode}")
+    for name in built():
+        assert f" {built()[name].flow_name}/{name}: " in deployed.stdout, stack.explain(
+            f"{name} not deployed"
+        )
     shutil.rmtree(deploy_dir)
     mark("deployed")
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
@@ -540,7 +730,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     # 5. Readiness first, while a view over a target and the application's code (main, over file://)
     #    still use the targets: the dry run completes (it is a report) and its summary names both.
     guide_db.execute("CREATE VIEW org_credit_overview AS SELECT tenant_id FROM credit_allocations")
-    readiness = json.loads(json.dumps(spec(READINESS)["parameters"]))
+    readiness = params_of(READINESS)
     readiness["params"]["code_paths"] = [repo.url]
     stack.ok(
         "deployment",
@@ -577,10 +767,10 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     cancelled = _cancel_mid_backup(stack, api, guide_db, tmp_path / "cancelled", code=f"{repo.url}#cleanup")
     mark("cancelled mid-backup")
 
-    # 7. The manual deployment with prefect.yaml's parameters, but the code from the cleanup branch (no
+    # 7. The manual deployment with its deployed parameters, but the code from the cleanup branch (no
     #    references left) and no backup_dir (the worker's own). It is suspended for approval: no
     #    process, no database session held while the operator reads the plan.
-    params = json.loads(json.dumps(spec(MANUAL)["parameters"]))
+    params = params_of(MANUAL)
     params["params"]["code_paths"] = [f"{repo.url}#cleanup"]
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         manual = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
@@ -643,9 +833,9 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         run = client.read_flow_run(flow_run.id)
     assert run.parameters == params, stack.explain(f"run parameters {run.parameters}")
     assert manual.pull_steps in (None, []), stack.explain(f"pull steps {manual.pull_steps}")
-    assert manual.entrypoint == spec(MANUAL)["entrypoint"]
+    assert manual.entrypoint == built()[MANUAL].entrypoint
     for d in (manual, scheduled):
-        assert d.work_pool_name == POOL and d.parameters == spec(d.name)["parameters"]
+        assert d.work_pool_name == POOL and d.parameters == built()[d.name].parameters
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
         assert d.concurrency_options is not None
         assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"

@@ -234,6 +234,46 @@ def test_a_git_source_that_cannot_be_fetched_stops_the_run(env_url, tmp_path, mo
     assert leftovers(temp_root) == []
 
 
+def test_keep_and_the_code_source_come_from_the_migration_unless_the_run_gives_them(
+    env_url, tmp_path, monkeypatch, app_repo
+):
+    temp_root = private_tempdir(monkeypatch, tmp_path)
+    migration = tmp_path / "drop_allocations.sql"
+    migration.write_text(
+        "-- [safedrop]\n"
+        '-- deployment = "allocations"\n'
+        '-- keep = ["credits", "tenants"]\n'
+        f'-- code_paths = ["{app_repo.url}#main"]\n'
+        '-- schedule = { cron = "0 3 * * SUN", active = false }\n'
+        '-- readiness = { cron = "0 2 * * *", active = true }\n'
+        "DROP TABLE credit_allocation_transactions, credit_allocations;\n"
+    )
+    before = env_url.snapshot()
+    # Neither keep nor code_paths given: the migration's own (main still reads credit_allocations).
+    state, report = run(migration=str(migration), code_paths=None, code_policy="fail", dry_run=True)
+    assert state.is_completed() and report.status == "stopped", report.reasons
+    assert [k.name for k in report.keep] == ["public.credits", "public.tenants"]
+    assert [(s.root, s.commit) for s in report.code_sources] == [(f"{app_repo.url}#main", app_repo.main)]
+    assert [(r.path, r.identifier) for r in report.code_references] == [
+        ("src/services/billing.js", "credit_allocations")
+    ]
+
+    # Given, they win.
+    cleanup = f"{app_repo.url}#cleanup"
+    state, report = run(
+        migration=str(migration),
+        keep=["credit_usage"],
+        code_paths=[cleanup],
+        code_policy="fail",
+        dry_run=True,
+    )
+    assert state.is_completed() and report.status == "ready", report.reasons
+    assert [k.name for k in report.keep] == ["public.credit_usage"]
+    assert [s.root for s in report.code_sources] == [cleanup]
+    assert env_url.snapshot() == before
+    assert leftovers(temp_root) == []
+
+
 def test_a_run_without_a_code_source_stops_and_a_dry_run_warns(env_url, tmp_path):
     before = env_url.snapshot()
     state, report = run(code_policy="fail", backup_dir=str(tmp_path / "b"))

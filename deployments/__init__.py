@@ -1,0 +1,1 @@
+"""The deployments every migration in sql/ implies: deploy.py (to the work pool), serve.py (without)."""
