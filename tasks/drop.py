@@ -65,6 +65,7 @@ from safedrop import queries
 from safedrop.artifacts import md_list, publish_markdown
 from safedrop.cascade import analyse, recheck_edges, recheck_functions, unapproved_changes
 from safedrop.catalog import depend_fingerprint
+from safedrop.checksums import checksum_methods, pin_text_settings, table_checksums
 from safedrop.database import Database, connect, execute_composed
 from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed, DropStopped
 from safedrop.lockschedule import (
@@ -80,7 +81,6 @@ from safedrop.lockschedule import (
 )
 from safedrop.migration import Migration, TableName, render_drop, tables_sql
 from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
-from tasks.backup import checksum_methods, pin_text_settings, table_checksums
 from tasks.cleanup import count_rows
 from tasks.connection import table_status
 
