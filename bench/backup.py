@@ -34,10 +34,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from safedrop.archive import read_toc, sha256_file  # noqa: E402
 from safedrop.database import database_from_url  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
-from tasks.backup import find_pg_dump, read_toc, sha256_file, take_backup  # noqa: E402
+from safedrop.pgtools import find_pg_dump  # noqa: E402
+from tasks.backup import BackupOptions, take_backup  # noqa: E402
 from tasks.restore import plan_restore, run_restore, verify_restored  # noqa: E402
 
 DB = "bench"
@@ -211,8 +213,8 @@ def main() -> None:
 
             def backup(scope: str, **kw) -> object:
                 directory = work / f"sd-{scope}-{time.monotonic_ns()}"
-                result = take_backup(db, TARGETS, directory, server_version_num=version, scope=scope, **kw)
-                return result
+                options = BackupOptions(scope=scope, **kw)
+                return take_backup(db, TARGETS, directory, options, server_version_num=version)
 
             print("warming the cache …", flush=True)
             raw_dump("--compress=0")

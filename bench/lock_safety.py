@@ -44,13 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.catalog import table_status  # noqa: E402
+from safedrop.checksums import pin_text_settings, table_checksums  # noqa: E402
 from safedrop.database import connect, database_from_url  # noqa: E402
 from safedrop.lockschedule import LockSchedule  # noqa: E402
 from safedrop.migration import load_migration  # noqa: E402
 from safedrop.parameters import DropParameters  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
 from safedrop.report import BackupResult, TableChecksum  # noqa: E402
-from tasks.backup import pin_text_settings, table_checksums  # noqa: E402
 from tasks.cleanup import count_rows  # noqa: E402
 from tasks.dependencies import scan_dependencies  # noqa: E402
 from tasks.drop import DropRequest, drop_targets  # noqa: E402

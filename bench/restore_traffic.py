@@ -45,7 +45,8 @@ from safedrop.lockschedule import LockSchedule  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
 from safedrop.parameters import RestoreParameters  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
-from tasks.backup import _dbname_arg, _run, _session_env, take_backup  # noqa: E402
+from safedrop.processes import dbname_arg, run, session_env  # noqa: E402
+from tasks.backup import BackupOptions, take_backup  # noqa: E402
 from tasks.restore import plan_restore, run_restore  # noqa: E402
 
 FK = "credit_usage_allocation_id_fkey"
@@ -76,7 +77,8 @@ def build_template(pg: LocalPostgres, rows: int, usage_rows: int, work: Path) ->
     )
     db = database_from_url(pg.url("bench_restore"), "bench")
     version = int(pg.psql("SHOW server_version_num", database="bench_restore"))
-    result = take_backup(db, TARGETS, work, server_version_num=version, scope="targets", allow_cascade=[FK])
+    options = BackupOptions(scope="targets")
+    result = take_backup(db, TARGETS, work, options, server_version_num=version, allow_cascade=[FK])
     pg.psql("DROP TABLE credit_allocation_transactions, credit_allocations CASCADE", database="bench_restore")
     return result.path
 
@@ -145,10 +147,10 @@ def plain_pg_restore(url: str, archive: str) -> None:
         listing = Path(tmp) / "all.list"
         listing.write_text("".join(e.line + "\n" for e in plan.entries))
         args = ["--single-transaction", "--exit-on-error", f"--use-list={listing}", "--no-password"]
-        _run(
+        run(
             plan.tools.pg_restore,
-            [*args, _dbname_arg(db.url.database or ""), archive],
-            env=_session_env(db, "pg_restore", plan.server_version_num),
+            [*args, dbname_arg(db.url.database or ""), archive],
+            env=session_env(db, "pg_restore", plan.server_version_num),
             timeout_s=3600,
         )
 

@@ -16,7 +16,7 @@ from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
 from tasks.activity import activity_check
 from tasks.approval import await_approval
-from tasks.backup import backup
+from tasks.backup import BackupOptions, backup
 from tasks.cleanup import cleanup_check
 from tasks.code_references import code_reference_scan
 from tasks.connection import connection_precheck
@@ -104,15 +104,9 @@ def drop_deprecated_tables(params: DropParameters) -> State:
                 db,
                 list(oids),
                 backup_dir(params.backup_dir),
+                BackupOptions.from_parameters(params),  # scope, format, jobs, compression, timeouts, …
                 server_version_num=run.connection.server_version_num,
                 artifact_prefix=prefix,
-                scope=params.backup_scope,
-                archive_format=params.backup_format,
-                jobs=params.backup_jobs,
-                compression=params.backup_compression,
-                timeout_s=params.backup_timeout_s,
-                lock_wait_s=params.lock_wait_budget_s,
-                verify_restore=params.verify_restore,
                 migration=migration,  # the manifest records what the drop removes, for the restore
                 allow_cascade=params.allow_cascade,
                 flow_run_id=run.flow_run_id,

@@ -1,4 +1,5 @@
-"""Publishing step summaries as Prefect artifacts (markdown and tables), keyed so runs compare in the UI.
+"""Publishing step summaries as Prefect artifacts (markdown, tables, progress), keyed so runs compare in
+the UI.
 
 Keys allow only lowercase letters, digits and '-'. Outside a flow or task run nothing is published.
 """
@@ -9,8 +10,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from safedrop.progress import Progress
+from safedrop.runlog import in_run, run_logger
 
 
 def artifact_key(*parts: str) -> str:
@@ -19,19 +27,39 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-{2,}", "-", key).strip("-")[:100]
 
 
-def _in_run() -> bool:
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
 def publish_markdown(key: str, markdown: str, description: str) -> None:
-    if _in_run():
+    if in_run():
         create_markdown_artifact(key=artifact_key(key), markdown=markdown, description=description)
 
 
 def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
-    if _in_run() and rows:
+    if in_run() and rows:
         table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
         create_table_artifact(key=artifact_key(key), table=table, description=description)
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact: the ``ProgressSink`` of a ``Progress`` inside a run."""
+
+    def __init__(self, artifact_id) -> None:
+        self.artifact_id = artifact_id
+
+    def update(self, percent: float) -> None:
+        update_progress_artifact(self.artifact_id, progress=percent)
+
+
+def run_progress(what: str, key: str | None) -> Progress:
+    """A ``Progress`` that logs into the run's log and, inside a run with a ``key``, updates a progress
+    artifact (never failing the step when it cannot be created)."""
+    sink = None
+    if key and in_run():
+        try:
+            sink = ProgressArtifact(
+                create_progress_artifact(progress=0.0, key=artifact_key(key), description=what)
+            )
+        except Exception:  # progress is a nicety: never let it fail the step
+            sink = None
+    return Progress(what, sink=sink, logger=run_logger())
 
 
 def _cell(value: Any) -> str:

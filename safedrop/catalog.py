@@ -61,13 +61,7 @@ class DependGraph:
             fetched.update(batch)
             if not batch:
                 break
-            rows = queries.rows(
-                conn,
-                "depend_edges",
-                classids=[a[0] for a in batch],
-                objids=[a[1] for a in batch],
-                objsubids=[a[2] for a in batch],
-            )
+            rows = address_rows(conn, "depend_edges", batch)
             frontier = []
             for r in rows:
                 source = (r["from_classid"], r["from_objid"], r["from_objsubid"])
@@ -200,17 +194,28 @@ def rehearse(conn: Connection, migration: Migration) -> set[Address]:
 # --------------------------------------------------------------------------------------------------
 
 
-def describe(conn: Connection, objects: Sequence[Address]) -> dict[Address, dict[str, Any]]:
-    if not objects:
-        return {}
-    rows = queries.rows(
+def address_rows(conn: Connection, query: str, objects: Sequence[Address]) -> list[dict[str, Any]]:
+    """The rows of a catalog query over objects passed as ``classids``/``objids``/``objsubids`` arrays."""
+    return queries.rows(
         conn,
-        "describe_objects",
+        query,
         classids=[a[0] for a in objects],
         objids=[a[1] for a in objects],
         objsubids=[a[2] for a in objects],
     )
-    return {(r["classid"], r["objid"], r["objsubid"]): r for r in rows}
+
+
+def rows_by_address(
+    conn: Connection, query: str, objects: Sequence[Address]
+) -> dict[Address, dict[str, Any]]:
+    """``address_rows`` keyed by each row's (classid, objid, objsubid)."""
+    if not objects:
+        return {}
+    return {(r["classid"], r["objid"], r["objsubid"]): r for r in address_rows(conn, query, objects)}
+
+
+def describe(conn: Connection, objects: Sequence[Address]) -> dict[Address, dict[str, Any]]:
+    return rows_by_address(conn, "describe_objects", objects)
 
 
 def removal_digest(descriptions: Iterable[str]) -> str:

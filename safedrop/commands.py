@@ -163,7 +163,7 @@ def restore(args: argparse.Namespace) -> int:
         if url:
             database_from_url(url)
             os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
-        from tasks.restore import find_backup
+        from safedrop.manifest import find_backup
 
         archive = find_backup(args.backup)  # a path, a file name in the backup directory, a flow run id
         try:
@@ -205,7 +205,7 @@ def restore(args: argparse.Namespace) -> int:
     if args.json:
         print_report(report, as_json=True)
     else:
-        from tasks.restore import render_text
+        from safedrop.restorereport import render_text
 
         sys.stdout.write(render_text(report))
     return report.exit_code

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from pydantic import SecretStr
@@ -177,13 +178,25 @@ def make_engine(url: URL, **kwargs) -> Engine:
     return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args, **kwargs)
 
 
+def mask_password(text: str, db: Database) -> str:
+    """``text`` with the database password, as typed and URL-quoted, replaced by ``***``."""
+    password = db.password
+    if password:
+        for form in {str(password), quote(str(password), safe=""), quote(str(password))}:
+            if form:
+                text = text.replace(form, "***")
+    return text
+
+
+def error_line(exc: BaseException, db: Database) -> str:
+    """The first line of a database error (the driver's message), with the password masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return mask_password(text[0] if text else type(exc).__name__, db)
+
+
 def describe_connect_error(exc: BaseException, db: Database) -> str:
     """One secret-free line for a failed connection attempt."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    if db.password:
-        first = first.replace(str(db.password), "***")
-    first = re.sub(r"^connection to server at [^,]*, port \d+ failed: ", "", first)
+    first = re.sub(r"^connection to server at [^,]*, port \d+ failed: ", "", error_line(exc, db))
     return f"cannot connect to {db.display}: {first}"
 
 

@@ -18,12 +18,12 @@ from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.catalog import table_status
+from safedrop.checksums import checksum_methods, pin_text_settings, table_checksums
 from safedrop.database import Database, connect
 from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed, DropStopped
 from safedrop.migration import TableName
 from safedrop.report import BackupResult, DependencyResult, TableChecksum
 from safedrop.rowcounts import count_rows
-from tasks.backup import checksum_methods, pin_text_settings, table_checksums
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")*"|[^".]+)\.("(?:[^"]|"")*"|[^".]+)$')
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# How a failure message ends: what did not happen.
+DID_NOT_RUN = "the drop did not run"  # a backup failure: nothing was dropped
+NOTHING_CHANGED = "nothing was changed"  # a restore refusal
+NOTHING_RESTORED = "nothing was restored"  # a restore whose transaction rolled back
+
 
 class SafedropError(Exception):
     """Base class: an expected failure with an instructive, secret-free message."""
@@ -81,6 +86,16 @@ class BackupFailed(SafedropError):
     status = "stopped"
 
 
+class TransientBackupFailure(BackupFailed):
+    """A BackupFailed that a retry may fix (the connection failed or was closed).
+
+    ``transient`` is a class attribute so it survives pickling (``SafedropError.__reduce__`` keeps only
+    the message).
+    """
+
+    transient = True
+
+
 class DropFailed(SafedropError):
     """The drop transaction failed and was rolled back; nothing was dropped."""
 
@@ -94,6 +109,21 @@ class DropStopped(DropFailed):
 
 class ChangedSinceBackup(DropStopped):
     """Under the drop's lock, a target no longer matched the backup: nothing was dropped, re-run."""
+
+
+class RestoreRefused(SafedropError):
+    """The restore did not start: the archive, its manifest or the database says no. Nothing changed."""
+
+    exit_code = 3
+    status = "refused"
+
+
+class RestoreFailed(SafedropError):
+    """pg_restore failed; its single transaction was rolled back."""
+
+
+class RestoreLockTimeout(RestoreRefused):
+    """pg_restore did not get its locks within the lock-wait budget; nothing was restored."""
 
 
 class SmokeCheckFailed(SafedropError):

@@ -6,7 +6,7 @@ rolls back, holding nothing, and ``LockSchedule`` retries it with a longer timeo
 until a total budget is spent. Within an attempt, ``run_lock_safe`` lets only the first lock wait:
 every later one is taken ``NOWAIT``, so the attempt never waits while it holds a lock, can never close
 a wait cycle with an application statement, and the deadlock detector never cancels the application.
-Used by the drop (tasks/drop.py) and by the restore's foreign keys (tasks/restore.py).
+Used by the drop (tasks/drop.py) and by the restore (safedrop/restoring.py, safedrop/foreignkeys.py).
 """
 
 from __future__ import annotations
@@ -151,10 +151,16 @@ def lock_safe(
             logger.info("%s: lock not granted within %d ms (attempt %d); retrying", what, timeout_ms, attempt)
     blockers = describe_blockers(db, lock_oids, [pid] if pid else [])
     raise DropFailed(
-        f"gave up on {what} after {tally.count} attempts within the lock-wait budget "
-        f"{schedule.budget_ms / 1000:g} s (lock_timeout up to {schedule.largest_timeout_ms} ms); "
-        f"blocked by: {'; '.join(blockers) or 'a session that has since finished'}. "
-        "Let it finish (or end it) and re-run"
+        f"{gave_up(f'on {what}', tally.count, schedule, blockers)}. Let it finish (or end it) and re-run"
+    )
+
+
+def gave_up(what: str, attempts: int, schedule: LockSchedule, blockers: list[str]) -> str:
+    """How every lock-safe step says it spent its budget: ``gave up <what> after N attempts …``."""
+    return (
+        f"gave up {what} after {attempts} attempts within the lock-wait budget "
+        f"{schedule.budget_ms / 1000:g} s (lock_timeout up to {schedule.largest_timeout_ms} ms); blocked by: "
+        f"{'; '.join(blockers) or 'a session that has since finished'}"
     )
 
 

@@ -352,10 +352,5 @@ def render_drop(statement: DropStatement) -> sql.Composed:
 
 
 def parse_table_list(names: list[str], default_schema: str) -> list[TableName]:
-    tables = []
-    for raw in names:
-        parts = [p.strip() for p in raw.split(".")]
-        if not all(parts) or len(parts) > 2:
-            raise UsageError(f"table name {raw!r} is empty or malformed; use table or schema.table")
-        tables.append(TableName(default_schema, parts[0]) if len(parts) == 1 else TableName(*parts))
-    return tables
+    """Each ``table`` or ``schema.table`` as the operator wrote it (``TableName.parse``)."""
+    return [TableName.parse(raw, default_schema) for raw in names]

@@ -16,10 +16,11 @@ from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.catalog import table_status
 from safedrop.database import Database, connect
-from safedrop.errors import ConnectionFailed, PrecheckStop
+from safedrop.errors import PrecheckStop
 from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
 from safedrop.report import CleanupResult, ForeignKeyIn
+from safedrop.retries import retry_if_transient
 from safedrop.rowcounts import count_bounded, count_rows
 
 
@@ -102,16 +103,11 @@ def render(result: CleanupResult) -> str:
     return text
 
 
-def _transient(task, task_run, state) -> bool:
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, ConnectionFailed) and error.transient
-
-
 @task(
     name="cleanup-check",
     retries=2,
     retry_delay_seconds=[1, 5],
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
 )
 def cleanup_check(

@@ -14,9 +14,10 @@ from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.catalog import ledger_entries, table_status
 from safedrop.database import Database, connect
-from safedrop.errors import ConnectionFailed, UsageError
+from safedrop.errors import UsageError
 from safedrop.migration import Migration, TableName
 from safedrop.report import ConnectionResult, TableStatus
+from safedrop.retries import retry_if_transient
 
 _KINDS = {
     "v": "a view",
@@ -156,17 +157,12 @@ def render(result: ConnectionResult) -> str:
     return text
 
 
-def _transient(task, task_run, state) -> bool:
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, ConnectionFailed) and error.transient
-
-
 @task(
     name="connection-precheck",
     retries=3,
     retry_delay_seconds=[1, 2, 4],
     retry_jitter_factor=0.2,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
 )
 def connection_precheck(

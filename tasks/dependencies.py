@@ -16,6 +16,7 @@ from safedrop.cascade import analyse
 from safedrop.database import Database, connect
 from safedrop.migration import Migration, TableName
 from safedrop.report import DependencyResult
+from safedrop.retries import retry_if_transient
 
 
 def scan_dependencies(
@@ -58,7 +59,7 @@ def render(result: DependencyResult) -> str:
     retries=2,
     retry_delay_seconds=[1, 5],
     cache_policy=NO_CACHE,
-    retry_condition_fn=lambda task, run, state: _transient(state),
+    retry_condition_fn=retry_if_transient,
 )
 def dependency_scan(
     db: Database,
@@ -82,10 +83,3 @@ def dependency_scan(
         "Objects outside the targets that CASCADE would remove",
     )
     return result
-
-
-def _transient(state) -> bool:
-    from safedrop.errors import ConnectionFailed
-
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, ConnectionFailed) and error.transient

@@ -13,7 +13,6 @@ import secrets
 import tempfile
 from pathlib import Path
 
-import sh
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from psycopg2 import sql
@@ -24,8 +23,9 @@ from safedrop.catalog import describe, predict_removal, rehearse, statement_oids
 from safedrop.database import Database, connect, execute_composed
 from safedrop.errors import PrecheckStop, UsageError
 from safedrop.migration import Migration
+from safedrop.pgtools import find_pg_dump
+from safedrop.processes import ToolFailed, run, tool_env
 from safedrop.report import StepResult
-from tasks.backup import _tool_env, find_pg_dump
 
 
 class RehearsalResult(StepResult):
@@ -66,26 +66,20 @@ def rehearse_on_copy(db: Database, migration: Migration, server_version_num: int
     try:
         with tempfile.TemporaryDirectory(prefix="safedrop-rehearsal-") as tmp:
             schema = Path(tmp) / "schema.dump"
-            env = {**_tool_env(), **db.libpq_env("rehearsal")}
+            env = {**tool_env(), **db.libpq_env("rehearsal")}
+            dump = ["--schema-only", "--format=custom", f"--file={schema}", "--no-password"]
             try:
-                sh.Command(str(tools.pg_dump))(
-                    "--schema-only",
-                    "--format=custom",
-                    f"--file={schema}",
-                    "--no-password",
-                    _env=env,
-                    _timeout=600,
+                run(tools.pg_dump, dump, env=env, timeout_s=600)
+                run(
+                    tools.pg_restore,
+                    ["--exit-on-error", "--no-password", f"--dbname={name}", str(schema)],
+                    env=env,
+                    timeout_s=600,
                 )
-                sh.Command(str(tools.pg_restore))(
-                    "--exit-on-error",
-                    "--no-password",
-                    f"--dbname={name}",
-                    str(schema),
-                    _env=env,
-                    _timeout=600,
-                )
-            except sh.ErrorReturnCode as exc:
-                first = exc.stderr.decode(errors="replace").strip().splitlines()[:1]
+            except ToolFailed as exc:
+                if exc.kind not in ("exit", "signal"):  # pg_dump or pg_restore failed
+                    raise
+                first = exc.stderr.strip().splitlines()[:1]
                 raise PrecheckStop(
                     [f"could not copy the schema for the rehearsal: {' '.join(first)}"]
                 ) from None

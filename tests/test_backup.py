@@ -24,24 +24,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from safedrop.archive import sha256_file, verify_archive
+from safedrop.backupfiles import reserve_backup_file
 from safedrop.database import database_from_url
-from safedrop.errors import BackupFailed, UsageError
+from safedrop.errors import BackupFailed, TransientBackupFailure, UsageError
+from safedrop.manifest import manifest_path
 from safedrop.migration import TableName
+from safedrop.pgdump import run_pg_dump
 from safedrop.pgserver import free_port, wait_until
-from tasks.backup import (
-    PgTools,
-    TransientBackupFailure,
-    backup,
-    find_pg_dump,
-    installed_tools,
-    is_transient,
-    manifest_path,
-    reserve_backup_file,
-    run_pg_dump,
-    sha256_file,
-    take_backup,
-    verify_archive,
-)
+from safedrop.pgtools import PgTools, find_pg_dump, installed_tools
+from safedrop.retries import is_transient
+from tasks.backup import BackupOptions, backup, take_backup
 from tests.helpers import Background
 
 TARGETS = [TableName("public", "credit_allocation_transactions"), TableName("public", "credit_allocations")]
@@ -119,10 +112,12 @@ def table_locked(guide_db, table: str = "credits") -> Iterator[None]:
         engine.dispose()
 
 
-def start_blocked_backup(guide_db, backup_dir: Path, version: int, **kwargs) -> tuple[Background, int, list]:
+def start_blocked_backup(guide_db, backup_dir: Path, version: int, **options) -> tuple[Background, int, list]:
     """take_backup in a thread, returned once its pg_dump process is waiting on our lock."""
     db = guide_db.db
-    job = Background(lambda: take_backup(db, TARGETS, backup_dir, server_version_num=version, **kwargs))
+    job = Background(
+        lambda: take_backup(db, TARGETS, backup_dir, BackupOptions(**options), server_version_num=version)
+    )
     pid, argv = wait_until(lambda: pg_dump_writing_into(backup_dir), deadline_s=20, what="pg_dump to start")
     wait_until(lambda: pg_dump_is_waiting(guide_db), deadline_s=20, what="pg_dump to wait on the lock")
     return job, pid, argv
@@ -537,7 +532,7 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
 
 
 def checksums_now(guide_db, tables) -> dict[str, tuple[int, str]]:
-    from tasks.backup import pin_text_settings, table_checksums
+    from safedrop.checksums import pin_text_settings, table_checksums
 
     engine = guide_db.engine()
     try:
@@ -617,9 +612,8 @@ def test_targets_scope_keeps_every_definition_but_only_the_targets_rows(
         guide_db.db,
         TARGETS,
         tmp_path / "t",
+        BackupOptions(scope="targets", verify_restore=True),
         server_version_num=server_version_num,
-        scope="targets",
-        verify_restore=True,
     )
 
     listing = toc(Path(result.path), tools)
@@ -660,7 +654,11 @@ def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(
     tools = find_pg_dump(server_version_num)
     for scope in ("targets", "database"):
         result = take_backup(
-            guide_db.db, target, tmp_path / scope, server_version_num=server_version_num, scope=scope
+            guide_db.db,
+            target,
+            tmp_path / scope,
+            BackupOptions(scope=scope),
+            server_version_num=server_version_num,
         )
         assert result.tables_in_archive == ["public.allocation_events"]
         listing = toc(Path(result.path), tools)
@@ -684,17 +682,15 @@ def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(
 
 
 def test_directory_format_with_parallel_jobs(guide_db, server_version_num, tmp_path):
-    from tasks.backup import archive_digest
+    from safedrop.archive import archive_digest
 
     seed_targets(guide_db)
     result = take_backup(
         guide_db.db,
         TARGETS,
         tmp_path,
+        BackupOptions(archive_format="directory", jobs=2, compression=0),
         server_version_num=server_version_num,
-        archive_format="directory",
-        jobs=2,
-        compression=0,
     )
     path = Path(result.path)
     assert path.is_dir() and path.name.endswith(".dumpdir") and stat.S_IMODE(path.stat().st_mode) == 0o700
@@ -710,7 +706,9 @@ def test_directory_format_with_parallel_jobs(guide_db, server_version_num, tmp_p
     assert files == {f.name: sha256_file(f) for f in path.iterdir()} and "toc.dat" in files
     assert manifest["jobs"] == 2 and result.tables_in_archive == QUALIFIED
     with pytest.raises(UsageError, match="parallel dumps \\(jobs > 1\\) need the directory format"):
-        take_backup(guide_db.db, TARGETS, tmp_path, server_version_num=server_version_num, jobs=2)
+        take_backup(
+            guide_db.db, TARGETS, tmp_path, BackupOptions(jobs=2), server_version_num=server_version_num
+        )
 
 
 def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_version_num, tmp_path):
@@ -725,7 +723,11 @@ def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_v
         limited = database_from_url(guide_db.server.url(guide_db.name, user=role, password=password))
         with pytest.raises(BackupFailed) as caught:
             take_backup(
-                limited, TARGETS, tmp_path, server_version_num=server_version_num, verify_restore=True
+                limited,
+                TARGETS,
+                tmp_path,
+                BackupOptions(verify_restore=True),
+                server_version_num=server_version_num,
             )
         assert str(caught.value) == (
             f"verify_restore needs a role that may create a scratch database: role {role} has no CREATEDB; "
@@ -737,56 +739,69 @@ def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_v
 
 
 @contextmanager
-def tiny_filesystem(path: Path, size: str = "16k") -> Iterator[bool]:
-    """A tmpfs of ``size`` at ``path`` if this host lets us mount one (yields whether it did)."""
+def tiny_filesystem(path: Path, size: str = "16k") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path``; skips the test (saying why) where this host cannot mount one."""
     path.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a tiny tmpfs, and mounting one needs root (this test runs as a user)")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
     )
+    if mount.returncode != 0:
+        why = mount.stderr.strip() or f"exit code {mount.returncode}"
+        pytest.skip(f"a full disk needs a tiny tmpfs, and this host refuses to mount one: {why}")
     try:
-        yield mounted
+        yield path
     finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(path)], check=False)
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_a_full_disk_or_size_limit_stops_the_backup_and_leaves_nothing(
-    guide_db, server_version_num, tmp_path
-):
+def seed_many(guide_db) -> None:
+    """Enough rows for a dump larger than 8 KiB (the size limit) and 16 KiB (the tiny file system)."""
     seed_targets(guide_db)
     guide_db.execute(
         "INSERT INTO credit_allocation_transactions (allocation_id, amount) "
         "SELECT 1, g FROM generate_series(1, 5000) g"
     )
+
+
+def test_a_size_limit_stops_the_backup_and_leaves_nothing(guide_db, server_version_num, tmp_path):
+    seed_many(guide_db)
     before = guide_db.snapshot()
     # RLIMIT_FSIZE on pg_dump: its writes fail past the limit, as on a full disk
     with pytest.raises(BackupFailed) as caught:
         take_backup(
-            guide_db.db, TARGETS, tmp_path / "cap", server_version_num=server_version_num, max_bytes=8192
+            guide_db.db,
+            TARGETS,
+            tmp_path / "cap",
+            BackupOptions(max_bytes=8192),
+            server_version_num=server_version_num,
         )
     message = str(caught.value)
     assert message.startswith("pg_dump failed: could not write to output file: File too large")
     assert "free space there or choose another backup_dir); the drop did not run" in message
     assert files_in(tmp_path / "cap") == [] and not is_transient(caught.value)
+    assert guide_db.snapshot() == before
 
-    with tiny_filesystem(tmp_path / "tiny") as mounted:
-        if mounted:  # the real thing: ENOSPC
-            with pytest.raises(
-                BackupFailed,
-                match=r"^pg_dump failed: could not write to output file: "
-                r"No space left on device \(the backup directory's file system is full",
-            ):
-                take_backup(guide_db.db, TARGETS, tmp_path / "tiny", server_version_num=server_version_num)
-            assert files_in(tmp_path / "tiny") == []
+
+def test_a_full_disk_stops_the_backup_and_leaves_nothing(guide_db, server_version_num, tmp_path):
+    seed_many(guide_db)
+    before = guide_db.snapshot()
+    with tiny_filesystem(tmp_path / "tiny") as tiny:  # the real thing: ENOSPC
+        with pytest.raises(
+            BackupFailed,
+            match=r"^pg_dump failed: could not write to output file: "
+            r"No space left on device \(the backup directory's file system is full",
+        ):
+            take_backup(guide_db.db, TARGETS, tiny, server_version_num=server_version_num)
+        assert files_in(tiny) == []
     assert guide_db.snapshot() == before
 
 
 def test_the_exported_snapshot_does_not_see_later_commits(guide_db):
-    from tasks.backup import exported_snapshot
+    from safedrop.dumpplan import exported_snapshot
 
     with exported_snapshot(guide_db.db) as (conn, exported):
         assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", exported["snapshot_id"])

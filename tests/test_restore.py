@@ -20,10 +20,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from safedrop.cli import main
+from safedrop.manifest import manifest_path
 from safedrop.migration import TableName
 from safedrop.parameters import RestoreParameters
 from safedrop.pgserver import wait_until
-from tasks.backup import manifest_path
 from tests.helpers import BLOCKER_APP, artifacts_of, holding, run, session
 from tests.test_backup import Background, cmdlines
 
@@ -383,7 +383,7 @@ def test_no_password_in_argv_logs_or_artifacts_of_pg_dump_and_pg_restore(env_url
 def test_a_partitioned_target_comes_back_with_its_partitions(guide_db, tmp_path):
     """The plain functions, no Prefect: back up a partitioned target, drop it, restore it."""
     from safedrop.migration import TableName
-    from tasks.backup import take_backup
+    from tasks.backup import BackupOptions, take_backup
     from tasks.restore import plan_restore, run_restore, verify_restored
 
     db = guide_db
@@ -418,7 +418,7 @@ def test_a_partitioned_target_comes_back_with_its_partitions(guide_db, tmp_path)
         db.db,
         [TableName("public", "allocation_events")],
         tmp_path,
-        scope="targets",
+        BackupOptions(scope="targets"),
         server_version_num=int(db.server.psql("SHOW server_version_num")),
     )
     # json has no hash function: this table's checksum is md5 over the row text (TimeZone pinned)
@@ -622,7 +622,7 @@ def test_foreign_keys_odd_names_comments_not_valid_ones_and_partitioned_tables(g
     that was NOT VALID in the backup stays so; one on a partitioned table (which PostgreSQL < 18 cannot
     add NOT VALID) is added validated."""
     from safedrop.migration import TableName
-    from tasks.backup import take_backup
+    from tasks.backup import BackupOptions, take_backup
     from tasks.restore import plan_restore, run_restore, verify_restored
 
     db = guide_db
@@ -645,7 +645,7 @@ def test_foreign_keys_odd_names_comments_not_valid_ones_and_partitioned_tables(g
         db.db,
         targets,
         tmp_path,
-        scope="targets",
+        BackupOptions(scope="targets"),
         server_version_num=int(db.server.psql("SHOW server_version_num")),
     )
     db.execute("DROP TABLE legacy_notes, legacy_events")
@@ -680,7 +680,7 @@ def test_foreign_keys_odd_names_comments_not_valid_ones_and_partitioned_tables(g
 
 
 def test_parse_foreign_keys_reads_only_what_pg_restore_prints_for_them():
-    from tasks.restore import parse_foreign_keys
+    from safedrop.foreignkeys import parse_foreign_keys
 
     script = (
         "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET statement_timeout = 0;\n"
