@@ -159,51 +159,40 @@ def migration_deployments(migration: Migration, work_pool: str | None = POOL) ->
     )
     dry_run = _validated(migration, {"params": {**common, "dry_run": True}})
     text = _descriptions(migration)
+    kinds = [  # (name, (kind, trigger) tags, parameters, schedules)
+        (name, ("destructive", "manual"), manual, []),
+        # `deploy` sets the window's schedule back to what the settings say (and deletes its scheduled
+        # runs): an operator who switched it on resumes it again after every deploy.
+        (
+            f"{name}-scheduled",
+            ("destructive", "scheduled"),
+            in_window,
+            [_schedule(window, "maintenance-window")],
+        ),
+        (
+            f"{name}-readiness",
+            ("read-only", "readiness"),
+            dry_run,
+            [_schedule(settings.readiness, "nightly")],
+        ),
+    ]
     return [
         _deployment(
             drop_deprecated_tables,
             work_pool,
-            name=name,
-            description=text[name],
-            tags=["safedrop", "destructive", name, "manual"],
-            parameters=manual,
-            schedules=[],
-        ),
-        _deployment(
-            drop_deprecated_tables,
-            work_pool,
-            name=f"{name}-scheduled",
-            description=text[f"{name}-scheduled"],
-            tags=["safedrop", "destructive", name, "scheduled"],
-            parameters=in_window,
-            # `deploy` sets the schedule back to what the settings say (and deletes its scheduled
-            # runs): an operator who switched it on resumes it again after every deploy.
-            schedules=[
-                Schedule(
-                    cron=window.cron,
-                    timezone=window.timezone,
-                    active=window.active,
-                    slug="maintenance-window",
-                )
-            ],
-        ),
-        _deployment(
-            drop_deprecated_tables,
-            work_pool,
-            name=f"{name}-readiness",
-            description=text[f"{name}-readiness"],
-            tags=["safedrop", "read-only", name, "readiness"],
-            parameters=dry_run,
-            schedules=[
-                Schedule(
-                    cron=settings.readiness.cron,
-                    timezone=settings.readiness.timezone,
-                    active=settings.readiness.active,
-                    slug="nightly",
-                )
-            ],
-        ),
+            name=deployment,
+            description=text[deployment],
+            tags=["safedrop", kind, name, trigger],
+            parameters=parameters,
+            schedules=schedules,
+        )
+        for deployment, (kind, trigger), parameters, schedules in kinds
     ]
+
+
+def _schedule(when, slug: str) -> Schedule:
+    """A migration's schedule setting (cron, timezone, active) as a Prefect schedule."""
+    return Schedule(cron=when.cron, timezone=when.timezone, active=when.active, slug=slug)
 
 
 def restore_deployment(work_pool: str | None = POOL) -> RunnerDeployment:

@@ -4,12 +4,13 @@
 foreign keys, policies, partitions, a column typed by a target's row — each allowed or not by
 ``--allow-cascade``, plus the references PostgreSQL does not track (plpgsql bodies, string-body SQL
 functions, pg_cron jobs: a word-boundary search of function bodies, with the triggers that call
-them). The drop reruns it, cheaply, under its lock (``recheck_edges``, ``recheck_functions``).
+them). The drop reruns it, cheaply, under its lock (``Recheck``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -248,20 +249,18 @@ def analyse(
             f"{describe(conn, [owner]).get(owner, {}).get('description', owner)}; PostgreSQL refuses to "
             "drop it on its own — drop the owning object instead"
         )
-    for obj in cascade:
-        if not obj.allowed:
-            where = f" on {obj.owner_table}" if obj.owner_table else ""
-            reasons.append(
-                f"DROP … CASCADE would also remove {obj.kind} {obj.name}{where}: {obj.why}; "
-                f"remove it first, or allow it with --allow-cascade {obj.name}"
-            )
-    for ref in untracked:
-        if not ref.allowed:
-            where = f" on {ref.owner_table}" if ref.owner_table else ""
-            reasons.append(
-                f"{ref.kind} {ref.name}{where} still uses {ref.mentions} (PostgreSQL does not track it): "
-                f"{ref.breaks}; change it first, or allow it with --allow-cascade {ref.name.split('(')[0]}"
-            )
+    reasons += [
+        f"DROP … CASCADE would also remove {o.kind} {o.name}{_on(o.owner_table)}: {o.why}; "
+        f"remove it first, or allow it with --allow-cascade {o.name}"
+        for o in cascade
+        if not o.allowed
+    ]
+    reasons += [
+        f"{u.kind} {u.name}{_on(u.owner_table)} still uses {u.mentions} (PostgreSQL does not track it): "
+        f"{u.breaks}; change it first, or allow it with --allow-cascade {u.name.split('(')[0]}"
+        for u in untracked
+        if not u.allowed
+    ]
     allowed_unused = [a for a in allow if not _allow_matches_any(a, cascade, untracked)]
     warnings = [f"--allow-cascade {a} matches nothing the drop would remove or break" for a in allowed_unused]
     return DependencyResult(
@@ -275,43 +274,41 @@ def analyse(
     )
 
 
-def recheck_functions(
-    conn: Connection,
-    migration: Migration,
-    oids: dict[TableName, int],
-    allow: Sequence[str],
-    approved: DependencyResult,
-    preflight: DependencyResult,
-) -> list[str]:
-    """Function bodies (which pg_depend does not track) searched again: what now mentions a target unapproved.
-
-    Creating a function takes no lock on the tables it mentions, so no lock makes this search any
-    surer: the drop runs it before taking its locks.
-    """
-    functions = {a[1] for a in preflight.addresses if a[0] == PG_PROC}
-    untracked = untracked_references(conn, migration, oids, functions, allow)
-    return unapproved_changes(approved, preflight.model_copy(update={"untracked": untracked}))
+def _on(owner_table: str | None) -> str:
+    return f" on {owner_table}" if owner_table else ""
 
 
-def recheck_edges(
-    conn: Connection,
-    migration: Migration,
-    oids: dict[TableName, int],
-    allow: Sequence[str],
-    approved: DependencyResult,
-    preflight: DependencyResult,
-    preflight_fingerprint: str,
-) -> tuple[DependencyResult, list[str], str]:
-    """What DROP … CASCADE would remove now, against the approval, cheaply when nothing changed.
+@dataclass(frozen=True)
+class Recheck:
+    """What the drop rechecks against under its lock: the approved scan and the one it made just
+    before its first attempt (which matched the approval), for this migration and these targets."""
 
-    If the dependency edges around the removal set are as they were at the preflight (whose full
-    analysis already matched the approval), the walk would find the same set. Otherwise the full
-    analysis runs. Returns (the removal set now, what is new in it, its edges' fingerprint).
-    """
-    if depend_fingerprint(conn, preflight.addresses) == preflight_fingerprint:
-        return preflight, [], preflight_fingerprint
-    now = analyse(conn, migration, oids, allow)
-    return now, unapproved_changes(approved, now), depend_fingerprint(conn, now.addresses)
+    migration: Migration
+    oids: dict[TableName, int]
+    allow: Sequence[str]
+    approved: DependencyResult
+    preflight: DependencyResult
+    preflight_fingerprint: str  # the pg_depend edges around the preflight's removal set
+
+    def functions(self, conn: Connection) -> list[str]:
+        """Function bodies (which pg_depend does not track) searched again: what now mentions a target
+        unapproved. Creating a function takes no lock on the tables it mentions, so no lock makes this
+        search any surer: the drop runs it before taking its locks."""
+        functions = {a[1] for a in self.preflight.addresses if a[0] == PG_PROC}
+        untracked = untracked_references(conn, self.migration, self.oids, functions, self.allow)
+        return unapproved_changes(self.approved, self.preflight.model_copy(update={"untracked": untracked}))
+
+    def edges(self, conn: Connection) -> tuple[DependencyResult, list[str], str]:
+        """What DROP … CASCADE would remove now, against the approval, cheaply when nothing changed.
+
+        If the dependency edges around the removal set are as they were at the preflight (whose full
+        analysis already matched the approval), the walk would find the same set. Otherwise the full
+        analysis runs. Returns (the removal set now, what is new in it, its edges' fingerprint).
+        """
+        if depend_fingerprint(conn, self.preflight.addresses) == self.preflight_fingerprint:
+            return self.preflight, [], self.preflight_fingerprint
+        now = analyse(conn, self.migration, self.oids, self.allow)
+        return now, unapproved_changes(self.approved, now), depend_fingerprint(conn, now.addresses)
 
 
 def unapproved_changes(approved: DependencyResult, now: DependencyResult) -> list[str]:

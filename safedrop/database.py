@@ -225,3 +225,29 @@ def execute_composed(conn: Connection, statement) -> None:
     """
     text = statement.as_string(conn.connection.dbapi_connection)
     conn.exec_driver_sql(text, execution_options={"no_parameters": True})
+
+
+@contextmanager
+def reading(
+    db: Database,
+    *,
+    snapshot: bool = False,
+    lock_timeout_ms: int | None = None,
+    statement_timeout_ms: int | None = None,
+) -> Iterator[Connection]:
+    """A READ ONLY transaction for the block (``snapshot``: REPEATABLE READ, one view of every table),
+    with its own lock and statement timeouts when given; rolled back at the end."""
+    with connect(db) as conn:
+        with conn.begin():
+            isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
+            conn.exec_driver_sql(f"SET TRANSACTION {isolation}READ ONLY")
+            if lock_timeout_ms is not None or statement_timeout_ms is not None:
+                from safedrop import queries
+
+                queries.rows(
+                    conn,
+                    "set_local_timeouts",
+                    lock_timeout=f"{lock_timeout_ms or 0}ms",
+                    statement_timeout=f"{statement_timeout_ms or 0}ms",
+                )
+            yield conn

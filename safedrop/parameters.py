@@ -8,6 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from safedrop.migration import Migration
 
+# Both flows find the database the same way: the URL itself is never a parameter.
+DATABASE_SECRET_BLOCK = Field(
+    "safedrop-database-url",
+    description="Name of a Prefect Secret block holding the database URL. If no such block exists, "
+    "DATABASE_URL from the environment, then from a .env file, is used. The URL itself is never a "
+    "parameter.",
+)
+
 
 class DropParameters(BaseModel):
     """What to drop, what must survive, and how carefully."""
@@ -119,12 +127,7 @@ class DropParameters(BaseModel):
         "(safedrop_verify_<random>, dropped afterwards) and compare row counts and checksums with the "
         "manifest before the drop. Needs CREATEDB.",
     )
-    database_secret_block: str | None = Field(
-        "safedrop-database-url",
-        description="Name of a Prefect Secret block holding the database URL. If no such block exists, "
-        "DATABASE_URL from the environment, then from a .env file, is used. The URL itself is never a "
-        "parameter.",
-    )
+    database_secret_block: str | None = DATABASE_SECRET_BLOCK
     lock_timeout_ms: int = Field(
         500,
         ge=50,
@@ -212,12 +215,7 @@ class RestoreParameters(BaseModel):
         "it says what to restore and proves the archive is intact.",
         min_length=1,
     )
-    database_secret_block: str | None = Field(
-        "safedrop-database-url",
-        description="Name of a Prefect Secret block holding the database URL. If no such block exists, "
-        "DATABASE_URL from the environment, then from a .env file, is used. The URL itself is never a "
-        "parameter.",
-    )
+    database_secret_block: str | None = DATABASE_SECRET_BLOCK
     no_owner: bool = Field(
         False,
         description="Restore without setting each object's owner (for a role that may not take the "

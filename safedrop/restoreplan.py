@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.archive import TocEntry
 from safedrop.checksums import checksum_methods, pin_text_settings, table_checksums
-from safedrop.database import Database, connect
+from safedrop.database import Database, reading
 from safedrop.foreignkeys import ForeignKey, foreign_key_states
 from safedrop.migration import TableName
 from safedrop.pgtools import PgTools
@@ -126,25 +126,19 @@ def read_existing(
     db: Database, manifest: BackupManifest, objects: list[RemovedObject], keys: list[ForeignKey]
 ) -> Existing:
     """In one REPEATABLE READ, READ ONLY transaction: what of the restore's objects exists now."""
-    with connect(db) as conn:
-        with conn.begin():
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            pin_text_settings(conn)
-            present = [o for o in objects if object_exists(conn, o)]
-            present_targets = [
-                t for t in manifest.targets if _exists(conn, _quoted(t.schema_name, t.table_name))
-            ]
-            survivors = sorted({c.owner_table for c in manifest.cascade if c.owner_table})
-            return Existing(
-                present=present,
-                present_targets=present_targets,
-                missing_survivors=[s for s in survivors if not _exists(conn, s)],
-                compared=compare_tables(conn, manifest)
-                if len(present_targets) == len(manifest.targets)
-                else [],
-                ledger=_ledger_entries(conn, manifest),
-                keys=foreign_key_states(conn, keys),
-            )
+    with reading(db, snapshot=True) as conn:
+        pin_text_settings(conn)
+        present = [o for o in objects if object_exists(conn, o)]
+        present_targets = [t for t in manifest.targets if _exists(conn, _quoted(t.schema_name, t.table_name))]
+        survivors = sorted({c.owner_table for c in manifest.cascade if c.owner_table})
+        return Existing(
+            present=present,
+            present_targets=present_targets,
+            missing_survivors=[s for s in survivors if not _exists(conn, s)],
+            compared=compare_tables(conn, manifest) if len(present_targets) == len(manifest.targets) else [],
+            ledger=_ledger_entries(conn, manifest),
+            keys=foreign_key_states(conn, keys),
+        )
 
 
 def repair_note(missing: list[RemovedObject], unvalidated: list[ForeignKey]) -> str:

@@ -7,10 +7,13 @@ This module provides:
 - ``looks_transient(text)``: whether a libpq or pg_dump message speaks of such a failure (and of
   nothing a retry cannot change, like a wrong password);
 - ``backup_failure(message)``: a ``BackupFailed``, or its transient subclass when the text says so;
-- ``retry_if_transient``: the ``retry_condition_fn`` every task with retries uses.
+- ``retry_if_transient``: the ``retry_condition_fn`` every task with retries uses;
+- ``retrying(*delays_s)``: those tasks' keyword arguments, in one place.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from safedrop.errors import BackupFailed, TransientBackupFailure
 
@@ -70,3 +73,17 @@ def retry_if_transient(task, task_run, state) -> bool:
     except Exception:
         return False
     return isinstance(error, BaseException) and is_transient(error)
+
+
+def retrying(*delays_s: float, jitter: float = 0.0) -> dict[str, Any]:
+    """A task's keyword arguments: retry a transient failure after each of ``delays_s`` seconds, nothing
+    else; never cache (every run must look at the database as it is now)."""
+    from prefect.cache_policies import NO_CACHE
+
+    return dict(
+        retries=len(delays_s),
+        retry_delay_seconds=list(delays_s),
+        retry_jitter_factor=jitter or None,
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+    )

@@ -13,8 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import sqlalchemy as sa
 
-from safedrop import queries
-from safedrop.database import Database, connect
+from safedrop.database import Database, reading
 from safedrop.errors import UsageError
 from safedrop.report import SmokeCheck, SmokeCheckResult
 
@@ -39,16 +38,9 @@ def check_url_syntax(url: str) -> None:
 def sql_check(db: Database, query: str, *, timeout_s: float) -> str:
     """'' when the query returns no rows or only true; else what it returned instead."""
     try:
-        with connect(db) as conn:
-            with conn.begin():
-                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                queries.rows(
-                    conn,
-                    "set_local_timeouts",
-                    lock_timeout=f"{int(timeout_s * 1000)}ms",
-                    statement_timeout=f"{int(timeout_s * 1000)}ms",
-                )
-                rows = conn.exec_driver_sql(query.replace("%", "%%")).fetchmany(1000)
+        limit_ms = int(timeout_s * 1000)
+        with reading(db, lock_timeout_ms=limit_ms, statement_timeout_ms=limit_ms) as conn:
+            rows = conn.exec_driver_sql(query, execution_options={"no_parameters": True}).fetchmany(1000)
     except sa.exc.DBAPIError as exc:
         first = (str(exc.orig).strip().splitlines() or [type(exc).__name__])[0]
         return f"it raised: {first}"

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from safedrop.archive import TocEntry, archive_digest, read_toc, verify_archive
 from safedrop.artifacts import md_table, publish_markdown, run_progress
@@ -51,7 +50,7 @@ from safedrop.migration import Migration, TableName
 from safedrop.pgtools import PgTools, find_pg_dump
 from safedrop.progress import human_bytes
 from safedrop.report import BackupManifest, BackupResult
-from safedrop.retries import retry_if_transient
+from safedrop.retries import retrying
 from safedrop.runlog import run_logger
 from safedrop.scratchrestore import verify_by_restore
 from safedrop.snapshotdump import BackupOptions, Dumped, dump_in_snapshot
@@ -291,13 +290,7 @@ def backup_markdown(result: BackupResult, db: Database) -> str:
     return text
 
 
-@task(
-    name="backup",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="backup", **retrying(2, 10))
 def backup(
     db: Database,
     targets: list[TableName],

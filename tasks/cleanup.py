@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.catalog import table_status
-from safedrop.database import Database, connect
+from safedrop.database import Database, connect, reading
 from safedrop.errors import PrecheckStop
 from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
 from safedrop.report import CleanupResult, ForeignKeyIn
-from safedrop.retries import retry_if_transient
+from safedrop.retries import retrying
 from safedrop.rowcounts import count_bounded, count_rows
 
 
@@ -36,23 +35,15 @@ def check_cleanup(
     """Counts in one snapshot. A count waits at most ``lock_wait_s`` for a table someone holds
     exclusively (a migration, a VACUUM FULL): then the run stops naming who holds it."""
     try:
-        with connect(db) as conn:
-            with conn.begin():
-                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                queries.rows(
-                    conn,
-                    "set_local_timeouts",
-                    lock_timeout=f"{int(lock_wait_s * 1000)}ms",
-                    statement_timeout="0",
+        with reading(db, snapshot=True, lock_timeout_ms=int(lock_wait_s * 1000)) as conn:
+            target_rows = count_rows(conn, targets)
+            keep_rows, keep_estimated = count_bounded(conn, keep)
+            fks = [
+                ForeignKeyIn(
+                    constraint=r["constraint_name"], table=r["referencing_table"], target=r["target"]
                 )
-                target_rows = count_rows(conn, targets)
-                keep_rows, keep_estimated = count_bounded(conn, keep)
-                fks = [
-                    ForeignKeyIn(
-                        constraint=r["constraint_name"], table=r["referencing_table"], target=r["target"]
-                    )
-                    for r in queries.rows(conn, "inbound_foreign_keys", oids=target_oids)
-                ]
+                for r in queries.rows(conn, "inbound_foreign_keys", oids=target_oids)
+            ]
     except sa.exc.DBAPIError as exc:
         if not is_lock_timeout(exc):
             raise
@@ -103,13 +94,7 @@ def render(result: CleanupResult) -> str:
     return text
 
 
-@task(
-    name="cleanup-check",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="cleanup-check", **retrying(1, 5))
 def cleanup_check(
     db: Database,
     targets: list[TableName],

@@ -8,7 +8,6 @@ or a target is absent without safedrop's ledger saying it dropped it (a typo, no
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
@@ -17,7 +16,7 @@ from safedrop.database import Database, connect
 from safedrop.errors import UsageError
 from safedrop.migration import Migration, TableName
 from safedrop.report import ConnectionResult, TableStatus
-from safedrop.retries import retry_if_transient
+from safedrop.retries import retrying
 
 _KINDS = {
     "v": "a view",
@@ -157,14 +156,7 @@ def render(result: ConnectionResult) -> str:
     return text
 
 
-@task(
-    name="connection-precheck",
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.2,
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="connection-precheck", **retrying(1, 2, 4, jitter=0.2))
 def connection_precheck(
     db: Database, migration: Migration, keep: list[TableName], artifact_prefix: str
 ) -> ConnectionResult:

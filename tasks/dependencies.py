@@ -9,23 +9,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from safedrop.artifacts import md_table, publish_markdown, publish_table
 from safedrop.cascade import analyse
-from safedrop.database import Database, connect
+from safedrop.database import Database, reading
 from safedrop.migration import Migration, TableName
 from safedrop.report import DependencyResult
-from safedrop.retries import retry_if_transient
+from safedrop.retries import retrying
 
 
 def scan_dependencies(
     db: Database, migration: Migration, oids: dict[TableName, int], allow: Sequence[str] = ()
 ) -> DependencyResult:
-    with connect(db) as conn:
-        with conn.begin():
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            return analyse(conn, migration, oids, allow)
+    with reading(db) as conn:
+        return analyse(conn, migration, oids, allow)
 
 
 def render(result: DependencyResult) -> str:
@@ -54,13 +51,7 @@ def render(result: DependencyResult) -> str:
     return "\n".join(lines)
 
 
-@task(
-    name="dependency-scan",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    cache_policy=NO_CACHE,
-    retry_condition_fn=retry_if_transient,
-)
+@task(name="dependency-scan", **retrying(1, 5))
 def dependency_scan(
     db: Database,
     migration: Migration,

@@ -61,7 +61,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import Connection
 
 from safedrop.artifacts import md_list, publish_markdown
-from safedrop.cascade import analyse, recheck_edges, recheck_functions, unapproved_changes
+from safedrop.cascade import Recheck, analyse, unapproved_changes
 from safedrop.catalog import depend_fingerprint
 from safedrop.database import Database, connect, execute_composed
 from safedrop.dropping import (
@@ -169,6 +169,14 @@ class Attempt:
 
     def __init__(self, request: DropRequest, preflight: Preflight, statement_timeout_s: int) -> None:
         self.request, self.preflight, self.statement_timeout_s = request, preflight, statement_timeout_s
+        self.recheck = Recheck(
+            request.migration,
+            request.oids,
+            request.allow_cascade,
+            request.approved,
+            preflight.analysis,
+            preflight.fingerprint,
+        )
         self.rounds = 0
         self.removed_by_cascade: list[str] = []
 
@@ -180,15 +188,7 @@ class Attempt:
         if present:
             execute_composed(conn, sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables_sql(present)))
             held.exclusive_at = time.monotonic()
-        now, changes, fingerprint = recheck_edges(
-            conn,
-            request.migration,
-            request.oids,
-            request.allow_cascade,
-            request.approved,
-            self.preflight.analysis,
-            self.preflight.fingerprint,
-        )
+        now, changes, fingerprint = self.recheck.edges(conn)
         stop_if_changed(changes)
         held.content_check = recheck_contents(conn, present, request.backed_up, request.backup, request.rows)
         stop_if_run_lock_lost(conn, request.run_lock_pid)
@@ -215,16 +215,7 @@ class Attempt:
         """The run lock, function bodies (no lock protects them) and the ledger's DDL."""
         request = self.request
         stop_if_run_lock_lost(conn, request.run_lock_pid)
-        stop_if_changed(
-            recheck_functions(
-                conn,
-                request.migration,
-                request.oids,
-                request.allow_cascade,
-                request.approved,
-                self.preflight.analysis,
-            )
-        )
+        stop_if_changed(self.recheck.functions(conn))
         if request.record_in_ledger and request.present:
             ensure_ledger(conn)
 

@@ -48,7 +48,7 @@ from safedrop import queries
 from safedrop.archive import read_toc
 from safedrop.artifacts import publish_markdown, run_progress
 from safedrop.checksums import pin_text_settings, sequence_states
-from safedrop.database import Database, connect, error_line
+from safedrop.database import Database, connect, error_line, reading
 from safedrop.errors import NOTHING_CHANGED, RestoreFailed, RestoreRefused, VerificationFailed
 from safedrop.foreignkeys import (
     add_foreign_keys,
@@ -81,7 +81,7 @@ from safedrop.restoreplan import (
 )
 from safedrop.restorereport import render_check, render_restore, render_verification
 from safedrop.restoring import replay_tables
-from safedrop.retries import retry_if_transient
+from safedrop.retries import retrying
 from safedrop.runlog import run_logger
 from safedrop.tocfilter import (
     SESSION_ENTRIES,
@@ -319,14 +319,12 @@ def verify_restored(
     manifest = plan.manifest
     key_addresses = {("table constraint", (k.table.schema, k.table.name, k.name)) for k in plan.foreign_keys}
     others = [o for o in plan.objects if (o.type, tuple(o.names)) not in key_addresses]
-    with connect(db) as conn:
-        with conn.begin():
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            pin_text_settings(conn)
-            tables = compare_tables(conn, manifest)
-            sequences = {s.name: s for s in sequence_states(conn, [s.name for s in manifest.sequences])}
-            missing = [o.description for o in others if not object_exists(conn, o)]
-            keys = foreign_key_states(conn, plan.foreign_keys)
+    with reading(db, snapshot=True) as conn:
+        pin_text_settings(conn)
+        tables = compare_tables(conn, manifest)
+        sequences = {s.name: s for s in sequence_states(conn, [s.name for s in manifest.sequences])}
+        missing = [o.description for o in others if not object_exists(conn, o)]
+        keys = foreign_key_states(conn, plan.foreign_keys)
     problems = _problems(plan, tables, sequences, missing)
     key_trouble = key_problems(keys, restored)
     result = RestoreVerification(
@@ -359,13 +357,7 @@ def verify_restored(
 # --------------------------------------------------------------------------------------------------
 
 
-@task(
-    name="restore-precheck",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="restore-precheck", **retrying(1, 5))
 def restore_precheck(db: Database, backup_path: str, artifact_prefix: str) -> RestorePlan:
     """The archive matches its manifest; nothing to restore exists; the entries to replay."""
     logger = get_run_logger()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.catalog import table_status
-from safedrop.database import Database, connect
+from safedrop.database import Database, reading
 from safedrop.errors import VerificationFailed
 from safedrop.migration import TableName
 from safedrop.report import CascadeObject, SurvivorCheck, TablePart, VerificationResult
@@ -40,10 +40,8 @@ def table_structure(conn: Connection, tables: list[TableName]) -> dict[str, list
 
 def survivor_structure(db: Database, keep: list[TableName]) -> dict[str, list[TablePart]]:
     """The survivors' structure as it is now: what verification holds them to after the drop."""
-    with connect(db) as conn:
-        with conn.begin():
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            return table_structure(conn, keep)
+    with reading(db) as conn:
+        return table_structure(conn, keep)
 
 
 def compare_structure(
@@ -100,14 +98,12 @@ def verify_drop(
 
     ``structure_before`` None (the targets were already gone) checks presence and health only.
     """
-    with connect(db) as conn:
-        with conn.begin():
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            target_rows = table_status(conn, targets)
-            keep_rows = table_status(conn, keep)
-            present_keep = [t for t, r in zip(keep, keep_rows, strict=True) if r["oid"] is not None]
-            structure = table_structure(conn, present_keep)
-            counts, estimated = count_bounded(conn, present_keep)
+    with reading(db, snapshot=True) as conn:
+        target_rows = table_status(conn, targets)
+        keep_rows = table_status(conn, keep)
+        present_keep = [t for t, r in zip(keep, keep_rows, strict=True) if r["oid"] is not None]
+        structure = table_structure(conn, present_keep)
+        counts, estimated = count_bounded(conn, present_keep)
     gone = [r["qualified"] for r in target_rows if r["oid"] is None]
     still = [r["qualified"] for r in target_rows if r["oid"] is not None]
     problems = [f"{t} still exists" for t in still]

@@ -105,25 +105,35 @@ class TestDatabase:
         return schema, counts
 
 
-@pytest.fixture
-def guide_db(pg: LocalPostgres) -> Iterator[TestDatabase]:
-    """A fresh copy of the guide-shaped database (targets empty, nothing else referencing them)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg.psql(f"CREATE DATABASE {name} TEMPLATE {GUIDE_TEMPLATE}")
+def fresh_database(pg: LocalPostgres, prefix: str, template: str | None = None) -> Iterator[TestDatabase]:
+    """A new database for one test (a copy of ``template``), dropped afterwards whatever is connected."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    pg.psql(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     try:
         yield TestDatabase(pg, name)
     finally:
         pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def guide_db(pg: LocalPostgres) -> Iterator[TestDatabase]:
+    """A fresh copy of the guide-shaped database (targets empty, nothing else referencing them)."""
+    yield from fresh_database(pg, "t", GUIDE_TEMPLATE)
 
 
 @pytest.fixture
 def empty_db(pg: LocalPostgres) -> Iterator[TestDatabase]:
-    name = f"e_{uuid.uuid4().hex[:12]}"
-    pg.psql(f"CREATE DATABASE {name}")
-    try:
-        yield TestDatabase(pg, name)
-    finally:
-        pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from fresh_database(pg, "e")
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path):
+    """For tests that call the CLI's main(): no DATABASE_URL to start with (main() exports the one it is
+    given; registered first, so monkeypatch removes it again afterwards), and a working directory of the
+    test's own (no .env of the checkout's)."""
+    monkeypatch.setenv("DATABASE_URL", "unset")
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

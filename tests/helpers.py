@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,10 +14,14 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from safedrop.catalog import table_status
 from safedrop.database import connect
+from safedrop.lockschedule import LockSchedule
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
-from safedrop.report import RunReport
+from safedrop.pgserver import find_server_bin
+from safedrop.report import DropResult, RunReport
 from tasks.dependencies import scan_dependencies
+from tasks.drop import DropRequest, drop_targets
+from tests.conftest import TARGETS
 
 BLOCKER_APP = "lock-test-blocker"
 
@@ -111,3 +116,22 @@ def credit_plan(tdb, allow: list[str] | None = None):
         rows = table_status(conn, migration.targets)
     oids = {t: r["oid"] for t, r in zip(migration.targets, rows, strict=True) if r["oid"]}
     return migration, oids, scan_dependencies(tdb.db, migration, oids, allow or [])
+
+
+def drop_now(db, plan, schedule: LockSchedule | None = None, **request: Any) -> DropResult:
+    """``drop_targets`` as the flow calls it, on the guide's empty targets; ``request`` sets any other
+    field of the DropRequest (``allow_cascade``, ``record_in_ledger``, ``backup``, ``flow_run_id``, …)."""
+    migration, oids, approved = plan
+    fields = {"expected_rows": {f"public.{t}": 0 for t in TARGETS}, "record_in_ledger": False, **request}
+    return drop_targets(
+        db,
+        DropRequest(migration, oids, approved, **fields),
+        schedule=schedule or LockSchedule(budget_ms=20_000),
+        statement_timeout_s=60,
+    )
+
+
+def archive_listing(archive) -> str:
+    """``pg_restore --list`` of an archive, by the server's own pg_restore (independent of safedrop)."""
+    command = [str(find_server_bin() / "pg_restore"), "--list", str(archive)]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -23,11 +23,10 @@ import pytest
 from safedrop.cli import main
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import LocalPostgres, free_port, wait_until
-from tasks.drop import DropRequest, drop_targets
 from tests.conftest import TARGETS
-from tests.helpers import credit_plan
+from tests.helpers import credit_plan, drop_now
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "cli_env")
 
 SKIP_CODE = ("run", "--code-policy", "skip")  # a run that drops needs a code source, or says it skips one
 
@@ -35,14 +34,6 @@ INJECTION = "; DROP TABLE tenants; --"
 VIEW_SQL = (
     "CREATE VIEW org_credit_overview AS SELECT tenant_id, sum(amount) FROM credit_allocations GROUP BY 1"
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    # main() exports DATABASE_URL for the flow; register it so monkeypatch removes it afterwards
-    monkeypatch.setenv("DATABASE_URL", "unset")
-    monkeypatch.delenv("DATABASE_URL")
-    monkeypatch.chdir(tmp_path)
 
 
 def cli_json(capsys, *argv: str) -> tuple[int, dict, str]:
@@ -137,19 +128,12 @@ def test_a_table_named_like_an_injection_is_dropped_and_nothing_else(guide_db, c
 def test_already_dropped_and_never_existed_are_told_apart(guide_db, capsys, tmp_path):
     # safedrop dropped the credit targets earlier (and wrote that in its ledger) …
     migration, oids, approved = credit_plan(guide_db)
-    drop_targets(
+    drop_now(
         guide_db.db,
-        DropRequest(
-            migration,
-            oids,
-            approved=approved,
-            expected_rows={f"public.{t}": 0 for t in TARGETS},
-            allow_cascade=[],
-            record_in_ledger=True,
-            flow_run_id="earlier-run",
-        ),
-        schedule=LockSchedule(),
-        statement_timeout_s=30,
+        (migration, oids, approved),
+        LockSchedule(),
+        record_in_ledger=True,
+        flow_run_id="earlier-run",
     )
     code, report, _ = cli_json(capsys, "plan", "--database-url", guide_db.url)
     assert code == 0 and report["status"] == "already-applied", report["reasons"]

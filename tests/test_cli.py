@@ -18,21 +18,14 @@ import pytest
 from safedrop.cli import main
 from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
 from safedrop.commands import parse_duration_ms
-from safedrop.pgserver import find_server_bin, free_port
+from safedrop.pgserver import free_port
 from tests.conftest import TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
+from tests.helpers import archive_listing
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_harness", "cli_env")
 
 SKIP_CODE = ("run", "--code-policy", "skip")  # a run that drops needs a code source, or says it skips one
-
-
-@pytest.fixture(autouse=True)
-def no_env_url(monkeypatch, tmp_path):
-    # setenv first, so monkeypatch restores "unset" after main() has set DATABASE_URL itself
-    monkeypatch.setenv("DATABASE_URL", "unset")
-    monkeypatch.delenv("DATABASE_URL")
-    monkeypatch.chdir(tmp_path)
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -194,12 +187,7 @@ def test_run_drops_and_prints_a_readable_summary(guide_db, capsys, tmp_path):
     assert not any(guide_db.exists(t) for t in TARGETS)
     dump = next((tmp_path / "bk").glob("*.dump"))
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
-    toc = subprocess.run(
-        [str(find_server_bin() / "pg_restore"), "--list", str(dump)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    toc = archive_listing(dump)
     assert all(f"TABLE public {t} " in toc for t in TARGETS)
     # and again: already applied, exit 0
     code, out, _ = cli(

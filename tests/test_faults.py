@@ -22,9 +22,8 @@ from safedrop.errors import DropFailed
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from safedrop.runlock import lock_label
-from tasks.drop import DropRequest, drop_targets
 from tests.conftest import SURVIVORS, TARGETS
-from tests.helpers import Background, credit_plan, holding, run, session
+from tests.helpers import Background, credit_plan, drop_now, holding, run, session
 from tests.pgproxy import CommitCutter
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -164,15 +163,6 @@ def _tool_waiting(db, tool: str, backups: Path, *flags: bytes) -> int | None:
 
 def _pg_dump_waiting(db, backups) -> int | None:
     return _tool_waiting(db, "pg_dump", backups)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if Path(argv[0].decode()).name == "pg_dump" and any(str(backups).encode() in a for a in argv):
-                return int(entry.name)
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,19 +180,12 @@ def test_a_connection_lost_during_commit_reports_what_the_database_says(guide_db
     with CommitCutter(upstream_port=guide_db.server.port, pass_commit=committed) as proxy:
         db = database_from_url(proxy.url(guide_db.url), "test")
         job = Background(
-            lambda: drop_targets(
+            lambda: drop_now(
                 db,
-                DropRequest(
-                    migration,
-                    oids,
-                    approved=approved,
-                    expected_rows={f"public.{t}": 0 for t in TARGETS},
-                    allow_cascade=[],
-                    record_in_ledger=True,
-                    flow_run_id="lost-commit-test",
-                ),
-                schedule=LockSchedule(budget_ms=20_000),
-                statement_timeout_s=30,
+                (migration, oids, approved),
+                LockSchedule(budget_ms=20_000),
+                record_in_ledger=True,
+                flow_run_id="lost-commit-test",
             )
         )
         job.wait(120)

@@ -18,7 +18,7 @@ from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_WARNING
 from safedrop.pgserver import find_server_bin
 from tests.conftest import SURVIVORS, TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
-from tests.helpers import artifacts_of, run
+from tests.helpers import archive_listing, artifacts_of, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -48,12 +48,7 @@ def test_happy_path_drops_backs_up_and_verifies(env_url, tmp_path):
     backup = Path(report.backup.path)
     assert backup.exists() and stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert stat.S_IMODE(backup.parent.stat().st_mode) == 0o700
-    toc = subprocess.run(
-        [str(find_server_bin() / "pg_restore"), "--list", str(backup)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    toc = archive_listing(backup)
     for t in TARGETS:
         assert f"TABLE public {t} " in toc and f"TABLE DATA public {t} " in toc
     assert report.dropped == [f"public.{t}" for t in TARGETS]

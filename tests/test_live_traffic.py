@@ -25,9 +25,8 @@ from safedrop.errors import ChangedSinceBackup
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from tasks.backup import take_backup
-from tasks.drop import DropRequest, drop_targets
 from tests.conftest import ROOT, SURVIVORS, TARGETS
-from tests.helpers import credit_plan, holding, run, session
+from tests.helpers import credit_plan, drop_now, holding, run, session
 
 SEED_TARGETS = (
     "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
@@ -149,19 +148,13 @@ def test_a_row_updated_nine_times_after_the_backup_is_one_changed_row(guide_db, 
         guide_db.execute("UPDATE credit_allocations SET amount = amount + 1 WHERE id = 7")
     before = guide_db.snapshot()
     with pytest.raises(ChangedSinceBackup) as caught:
-        drop_targets(
+        drop_now(
             guide_db.db,
-            DropRequest(
-                migration,
-                oids,
-                approved=approved,
-                expected_rows={},
-                allow_cascade=[],
-                record_in_ledger=True,
-                backup=backup,
-            ),
-            schedule=LockSchedule(budget_ms=10_000),
-            statement_timeout_s=30,
+            (migration, oids, approved),
+            LockSchedule(budget_ms=10_000),
+            expected_rows={},
+            record_in_ledger=True,
+            backup=backup,
         )
     assert str(caught.value).startswith(
         "1 row of public.credit_allocations changed after the backup (1 written since its snapshot, 1 of "

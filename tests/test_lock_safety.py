@@ -23,9 +23,8 @@ from safedrop.lockschedule import LockSchedule, lock_waits
 from safedrop.parameters import DropParameters
 from safedrop.pgserver import wait_until
 from safedrop.runlock import one_run_at_a_time
-from tasks.drop import DropRequest, drop_targets
 from tests.conftest import ROOT, SURVIVORS, TARGETS
-from tests.helpers import BLOCKER_APP, Background, artifacts_of, credit_plan, holding, run, session
+from tests.helpers import BLOCKER_APP, Background, artifacts_of, credit_plan, drop_now, holding, run, session
 
 HOT = ["credits", "tenants"]  # the targets' foreign-key parents: every request touches them
 DEFAULTS = DropParameters(migration="drop_credit_allocation_tables")
@@ -66,24 +65,6 @@ def read_quickly(conn, table: str, lock_timeout: str) -> int:
         cur.execute(f"SET lock_timeout = '{lock_timeout}'")
         cur.execute(f"SELECT count(*) FROM {table}")
         return cur.fetchone()[0]
-
-
-def drop_now(tdb, plan, schedule: LockSchedule, *, allow: list[str] | None = None, ledger: bool = False):
-    """``drop_targets`` as the flow calls it, on the guide's empty targets, with the given lock schedule."""
-    migration, oids, approved = plan
-    return drop_targets(
-        tdb.db,
-        DropRequest(
-            migration,
-            oids,
-            approved=approved,
-            expected_rows={f"public.{t}": 0 for t in TARGETS},
-            allow_cascade=allow or [],
-            record_in_ledger=ledger,
-        ),
-        schedule=schedule,
-        statement_timeout_s=60,
-    )
 
 
 @pytest.fixture
@@ -199,7 +180,7 @@ def test_drop_targets_counts_attempts_and_lock_timeouts(guide_db):
         with holding(guide_db, "LOCK TABLE credit_allocation_transactions IN ROW EXCLUSIVE MODE"):
             job = Background(
                 lambda: drop_now(
-                    guide_db,
+                    guide_db.db,
                     (migration, oids, approved),
                     LockSchedule(first_timeout_ms=100, max_timeout_ms=400, budget_ms=30_000),
                 )
@@ -226,7 +207,7 @@ def test_a_held_hot_parent_is_named_too(guide_db):
         pid = blocker.get_backend_pid()
         with pytest.raises(DropFailed) as caught:
             drop_now(
-                guide_db,
+                guide_db.db,
                 (migration, oids, approved),
                 LockSchedule(first_timeout_ms=100, max_timeout_ms=200, budget_ms=1_000),
             )
@@ -267,7 +248,7 @@ def test_holding_one_parent_it_never_waits_for_another_so_the_application_never_
             cur.execute("SELECT 1 FROM tenants WHERE id = 1 FOR KEY SHARE")  # an FK check of the insert
         job = Background(
             lambda: drop_now(
-                guide_db,
+                guide_db.db,
                 (migration, oids, approved),
                 LockSchedule(first_timeout_ms=5_000, max_timeout_ms=5_000, budget_ms=30_000),
             )
@@ -314,7 +295,7 @@ def test_while_it_rechecks_it_blocks_writers_of_the_targets_but_no_reader(guide_
     try:
         with holding(guide_db, "SELECT * FROM credit_allocation_transactions LIMIT 1"):
             job = Background(
-                lambda: drop_now(guide_db, (migration, oids, approved), TEN_SECONDS, ledger=True)
+                lambda: drop_now(guide_db.db, (migration, oids, approved), TEN_SECONDS, record_in_ledger=True)
             )
             waiting = wait_until(
                 lambda: next(iter(waiting_safedrop(observer).values()), None),
@@ -362,7 +343,9 @@ def test_a_dependant_committed_while_it_waits_for_the_upgrade_stops_the_drop(gui
     try:
         with creator.cursor() as cur:
             cur.execute(f"CREATE VIEW {LATE_VIEW} AS SELECT id FROM credit_allocations")
-        job = Background(lambda: drop_now(guide_db, plan, TEN_SECONDS, allow=allow, ledger=True))
+        job = Background(
+            lambda: drop_now(guide_db.db, plan, TEN_SECONDS, allow_cascade=allow, record_in_ledger=True)
+        )
         wait_until(
             lambda: any(w["waits_for"] == "credit_allocations" for w in waiting_safedrop(observer).values()),
             deadline_s=30,
@@ -460,7 +443,7 @@ def test_a_running_autovacuum_on_a_target_does_not_fail_the_drop(pg, guide_db):
     migration, oids, approved = credit_plan(db)
     try:
         assert autovacuum_running()  # still crawling: the drop has to make it yield
-        result = drop_now(db, (migration, oids, approved), LockSchedule.from_parameters(DEFAULTS))
+        result = drop_now(db.db, (migration, oids, approved), LockSchedule.from_parameters(DEFAULTS))
     finally:
         observer.close()
     assert result.dropped == [f"public.{t}" for t in TARGETS]
