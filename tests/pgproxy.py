@@ -52,13 +52,16 @@ class CommitCutter:
             except OSError:
                 return
             server = socket.create_connection((self.upstream_host, self.upstream_port))
-            threading.Thread(target=self._to_client, args=(server, client), daemon=True).start()
-            threading.Thread(target=self._to_server, args=(client, server), daemon=True).start()
+            muted = threading.Event()  # set before the COMMIT goes on: its answer never reaches the client
+            threading.Thread(target=self._to_client, args=(server, client, muted), daemon=True).start()
+            threading.Thread(target=self._to_server, args=(client, server, muted), daemon=True).start()
 
     @staticmethod
-    def _to_client(server: socket.socket, client: socket.socket) -> None:
+    def _to_client(server: socket.socket, client: socket.socket, muted: threading.Event) -> None:
         try:
             while data := server.recv(65536):
+                if muted.is_set():
+                    break
                 client.sendall(data)
         except OSError:
             pass
@@ -66,7 +69,7 @@ class CommitCutter:
             server.close()  # the server's session ends once it has answered (or on its own)
             client.close()
 
-    def _to_server(self, client: socket.socket, server: socket.socket) -> None:
+    def _to_server(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
         reader = client.makefile("rb")
         armed = False
         try:
@@ -80,6 +83,7 @@ class CommitCutter:
                     armed = True
                 if armed and text == b"COMMIT" and not self.cut.is_set():
                     self.cut.set()
+                    muted.set()
                     if self.pass_commit:
                         server.sendall(header + body)
                     client.shutdown(socket.SHUT_RDWR)

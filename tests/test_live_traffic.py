@@ -89,8 +89,8 @@ def test_a_run_under_application_traffic_and_a_long_transaction_on_credits_costs
                     stderr=subprocess.PIPE,
                     text=True,
                 )
-                wait_until(
-                    lambda: safedrop_waits_for(observer, "credits") or cli.poll() is not None,
+                seen = wait_until(
+                    lambda: "waiting" if safedrop_waits_for(observer, "credits") else cli.poll() is not None,
                     deadline_s=240,
                     interval_s=0.02,
                     what="the drop to wait for credits",
@@ -102,7 +102,7 @@ def test_a_run_under_application_traffic_and_a_long_transaction_on_credits_costs
     report = json.loads(out)
     assert cli.returncode == 0, (report["reasons"], err[-2000:])
     assert report["status"] == "succeeded" and report["dropped"] == [f"public.{t}" for t in TARGETS]
-    assert report["drop"]["lock_timeouts"] >= 1  # it really had to wait for credits
+    assert seen == "waiting"  # the drop really had to wait for credits
     assert traffic["errors"] == {}, traffic
     assert all(traffic["ops"][k] > 20 for k in traffic["ops"]), traffic["ops"]
     survivors = {s["table"]: s for s in report["verification"]["survivors"]}
