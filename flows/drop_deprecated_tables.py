@@ -18,14 +18,14 @@ from tasks.activity import activity_check
 from tasks.approval import await_approval
 from tasks.backup import BackupOptions, backup
 from tasks.cleanup import cleanup_check
-from tasks.code_references import code_reference_scan
+from tasks.code_references import code_scan
 from tasks.connection import connection_precheck
 from tasks.dependencies import dependency_scan
 from tasks.drop import DropRequest, drop
 from tasks.rehearsal import rehearsal
 from tasks.smoke_checks import smoke_checks
 from tasks.summary import RunRecord, summary
-from tasks.verification import allowed_removals, survivor_structure, verification
+from tasks.verification import survivor_structure, verification
 
 
 @flow(name="drop-deprecated-tables", log_prints=False, validate_parameters=True)
@@ -56,14 +56,7 @@ def drop_deprecated_tables(params: DropParameters) -> State:
         run.connection = connection_precheck(db, migration, keep, prefix)
         if run.connection.all_targets_absent and not run.connection.reasons:
             run.verification = verification(db, migration.targets, keep, prefix)
-            run.smoke_checks = smoke_checks(
-                db,
-                params.check_sql,
-                params.check_urls,
-                backup_path=None,
-                timeout_s=params.check_timeout_s,
-                artifact_prefix=prefix,
-            )
+            run.smoke_checks = smoke_checks(db, params, None, prefix)
             return _finish(run, "already-applied", prefix)
         with one_run_at_a_time(db, run.flow_run_id, enabled=not params.dry_run) as run_lock:
             if not params.dry_run:  # a run suspended for approval holds no lock: its flow run speaks
@@ -72,27 +65,12 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             present_keep = [t for t, s in zip(keep, run.connection.keep, strict=True) if s.exists]
             run.activity = activity_check(db, list(oids.values()), migration.slug, prefix)
             run.cleanup = cleanup_check(
-                db,
-                list(oids),
-                list(oids.values()),
-                present_keep,
-                params.allow_nonempty,
-                prefix,
-                lock_wait_s=params.lock_wait_budget_s,
+                db, oids, present_keep, params.allow_nonempty, prefix, lock_wait_s=params.lock_wait_budget_s
             )
             run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
             if params.rehearse:
                 run.rehearsal = rehearsal(db, migration, run.connection.server_version_num, prefix)
-            run.code = code_reference_scan(
-                params.code_paths,
-                migration.targets,
-                params.code_policy,
-                params.code_include,
-                params.code_exclude,
-                prefix,
-                secret_block=params.code_secret_block,
-                dry_run=params.dry_run,
-            )
+            run.code = code_scan(params, migration.targets, prefix)
             if run.reasons():
                 raise PrecheckStop(run.reasons())
             if params.dry_run:
@@ -146,18 +124,10 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             keep,
             prefix,
             structure_before=structure_before,
-            rows_before=run.cleanup.keep_rows,
-            estimated_before=run.cleanup.keep_estimated,
-            removable=allowed_removals(run.dependencies.cascade),
+            cleanup=run.cleanup,
+            approved=run.dependencies,
         )
-        run.smoke_checks = smoke_checks(
-            db,
-            params.check_sql,
-            params.check_urls,
-            backup_path=run.backup.path,
-            timeout_s=params.check_timeout_s,
-            artifact_prefix=prefix,
-        )
+        run.smoke_checks = smoke_checks(db, params, run.backup.path, prefix)
         return _finish(run, "succeeded", prefix)
     except SafedropError as error:
         if isinstance(error, VerificationFailed):

@@ -97,16 +97,20 @@ def render(result: CleanupResult) -> str:
 @task(name="cleanup-check", **retrying(1, 5))
 def cleanup_check(
     db: Database,
-    targets: list[TableName],
-    target_oids: list[int],
+    targets: dict[TableName, int],
     keep: list[TableName],
     allow_nonempty: bool,
     artifact_prefix: str,
     lock_wait_s: float = 120,
 ) -> CleanupResult:
-    """Row counts of targets and survivors, and foreign keys pointing into the targets."""
+    """Row counts of targets (by their oids) and survivors, and foreign keys pointing into the targets."""
     result = check_cleanup(
-        db, targets, target_oids, keep, allow_nonempty=allow_nonempty, lock_wait_s=lock_wait_s
+        db,
+        list(targets),
+        list(targets.values()),
+        keep,
+        allow_nonempty=allow_nonempty,
+        lock_wait_s=lock_wait_s,
     )
     get_run_logger().info(
         "target rows: %s; inbound foreign keys: %d",

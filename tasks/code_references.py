@@ -19,6 +19,7 @@ from safedrop.codescan import ARTIFACT_ROWS, CodePolicy, scan_code
 from safedrop.errors import CodeSourceError
 from safedrop.gitauth import GitCredential, credential_from_secret
 from safedrop.migration import TableName
+from safedrop.parameters import DropParameters
 from safedrop.report import CodeScanResult, CodeSource
 
 # --------------------------------------------------------------------------------------------------
@@ -132,3 +133,17 @@ def code_reference_scan(
     publish_markdown(key, _markdown(result, policy, table_key), "References to the targets in the code")
     publish_table(table_key, _rows(result), "Every reference to the targets in the code")
     return result
+
+
+def code_scan(params: DropParameters, targets: list[TableName], artifact_prefix: str) -> CodeScanResult:
+    """The code-reference scan as a run's parameters ask for it."""
+    return code_reference_scan(
+        params.code_paths or [],
+        targets,
+        params.code_policy,
+        params.code_include,
+        params.code_exclude,
+        artifact_prefix,
+        secret_block=params.code_secret_block,
+        dry_run=params.dry_run,
+    )

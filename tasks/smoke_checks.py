@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.database import Database
 from safedrop.errors import SmokeCheckFailed
+from safedrop.parameters import DropParameters
 from safedrop.report import SmokeCheckResult
 from safedrop.smokechecks import failures, restore_command, run_smoke_checks
 
@@ -23,16 +24,11 @@ def render(result: SmokeCheckResult) -> str:
 
 @task(name="smoke-checks", cache_policy=NO_CACHE)
 def smoke_checks(
-    db: Database,
-    sql_checks: list[str],
-    url_checks: list[str],
-    *,
-    backup_path: str | None,
-    timeout_s: float,
-    artifact_prefix: str,
+    db: Database, params: DropParameters, backup_path: str | None, artifact_prefix: str
 ) -> SmokeCheckResult:
-    """The operator's checks after the drop; one failing fails the run with the restore command."""
-    result = run_smoke_checks(db, sql_checks, url_checks, timeout_s=timeout_s)
+    """The operator's checks after the drop (``check_sql``, ``check_urls``); one failing fails the run
+    with the restore command."""
+    result = run_smoke_checks(db, params.check_sql, params.check_urls, timeout_s=params.check_timeout_s)
     publish_markdown(f"{artifact_prefix}-smoke-checks", render(result), "Smoke checks after the drop")
     failed = failures(result)
     if failed:

@@ -21,7 +21,14 @@ from safedrop.catalog import table_status
 from safedrop.database import Database, reading
 from safedrop.errors import VerificationFailed
 from safedrop.migration import TableName
-from safedrop.report import CascadeObject, SurvivorCheck, TablePart, VerificationResult
+from safedrop.report import (
+    CascadeObject,
+    CleanupResult,
+    DependencyResult,
+    SurvivorCheck,
+    TablePart,
+    VerificationResult,
+)
 from safedrop.rowcounts import count_bounded
 
 
@@ -189,20 +196,20 @@ def verification(
     artifact_prefix: str,
     *,
     structure_before: dict[str, list[TablePart]] | None = None,
-    rows_before: dict[str, int] | None = None,
-    estimated_before: dict[str, str] | None = None,
-    removable: dict[str, set[str]] | None = None,
+    cleanup: CleanupResult | None = None,
+    approved: DependencyResult | None = None,
 ) -> VerificationResult:
-    """Targets gone; survivors present, structurally intact, nothing invalid; row counts reported."""
+    """Targets gone; survivors present, structurally intact (but for what the ``approved`` CASCADE
+    removes), nothing invalid; row counts reported against the ``cleanup`` check's."""
     try:
         result = verify_drop(
             db,
             targets,
             keep,
             structure_before=structure_before,
-            rows_before=rows_before,
-            estimated_before=estimated_before,
-            removable=removable,
+            rows_before=cleanup.keep_rows if cleanup else None,
+            estimated_before=cleanup.keep_estimated if cleanup else None,
+            removable=allowed_removals(approved.cascade) if approved else None,
         )
     except VerificationFailed as exc:
         publish_markdown(f"{artifact_prefix}-verification", render(exc.report), "Verification")
