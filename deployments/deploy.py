@@ -3,15 +3,18 @@
     .venv/bin/python -m deployments.deploy            # from any directory; after every change in sql/
     .venv/bin/python -m deployments.deploy --check    # build and validate only; contacts no server
 
-Each migration file's ``[safedrop]`` settings (safedrop/migration.py) give three deployments of the
+Each migration file's ``[safedrop]`` settings (safedrop/migration.py) give four deployments of the
 flow ``drop-deprecated-tables``, named after its ``deployment`` setting NAME:
 
 - ``NAME``: manual (the UI's Run button); suspended for approval after the prechecks and the backup;
 - ``NAME-scheduled``: the same in the maintenance window (``schedule``), created active or not as the
   settings say;
 - ``NAME-readiness``: the nightly dry run (``readiness``);
+- ``NAME-fleet-child``: where a fleet sends each database's run (no deployment-wide limit: parallel
+  children of one fleet are different databases, and one run per database is the run lock's job);
 
-plus ``restore-dropped-tables``, manual only. Each allows one active run (a second is cancelled).
+plus ``restore-dropped-tables``, manual only, and ``drop-deprecated-tables-fleet/fleet``, the fleet
+flow (safedrop/fleet.py). The first three and the restore allow one active run (a second is cancelled).
 
 Nothing here points at the deploying machine: the entrypoints are module paths
 (``flows.drop_deprecated_tables.drop_deprecated_tables``), there is no storage, no pull step and no
@@ -44,8 +47,10 @@ from prefect.exceptions import ParameterTypeError
 from prefect.schedules import Schedule
 
 from flows.drop_deprecated_tables import drop_deprecated_tables
+from flows.drop_deprecated_tables_fleet import drop_deprecated_tables_fleet
 from flows.restore_dropped_tables import restore_dropped_tables
 from safedrop.errors import MigrationFileError
+from safedrop.fleet import FLEET_DEPLOYMENT, FLEET_FLOW_NAME, child_deployment
 from safedrop.migration import Migration, load_migration, migration_paths
 
 POOL = "safedrop"
@@ -58,9 +63,11 @@ def _one_run_at_a_time() -> ConcurrencyLimitConfig:
     return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
-def _deployment(flow: Flow[..., Any], work_pool: str | None, **fields: Any) -> RunnerDeployment:
+def _deployment(
+    flow: Flow[..., Any], work_pool: str | None, *, one_at_a_time: bool = True, **fields: Any
+) -> RunnerDeployment:
     return flow.to_deployment(
-        concurrency_limit=_one_run_at_a_time(),
+        concurrency_limit=_one_run_at_a_time() if one_at_a_time else None,
         work_pool_name=work_pool,
         entrypoint_type=EntrypointType.MODULE_PATH,  # imported from the worker's installation
         **fields,
@@ -176,7 +183,7 @@ def migration_deployments(migration: Migration, work_pool: str | None = POOL) ->
             [_schedule(settings.readiness, "nightly")],
         ),
     ]
-    return [
+    own = [
         _deployment(
             drop_deprecated_tables,
             work_pool,
@@ -188,6 +195,56 @@ def migration_deployments(migration: Migration, work_pool: str | None = POOL) ->
         )
         for deployment, (kind, trigger), parameters, schedules in kinds
     ]
+    return [*own, fleet_child_deployment(migration, work_pool, dry_run)]
+
+
+def fleet_child_deployment(
+    migration: Migration, work_pool: str | None, parameters: dict[str, Any]
+) -> RunnerDeployment:
+    """``NAME-fleet-child``: where the fleet flow sends each database's run. Without the deployment-wide
+    limit of one active run (that would cancel a fleet's parallel children): one run per *database* at
+    a time is what safedrop's run lock guarantees (an advisory lock on the database, and a flow-run tag
+    for a run suspended for approval). By hand, with its own parameters, it is a dry run."""
+    name = child_deployment(migration).split("/", 1)[1]
+    return _deployment(
+        drop_deprecated_tables,
+        work_pool,
+        one_at_a_time=False,
+        name=name,
+        description=(
+            f"One database's run inside a fleet rollout of sql/{migration.path.name} (flow "
+            f"{FLEET_FLOW_NAME}): the fleet starts it with the database's URL source, approval skip (the "
+            "fleet's approval stands for it) and the plan digest approved for that database. No "
+            "deployment-wide concurrency limit: one run per database at a time is safedrop's run lock's "
+            "job. Started by hand with its own parameters, it is a dry run."
+        ),
+        tags=["safedrop", "fleet-child", migration.settings.deployment if migration.settings else name],
+        parameters=parameters,
+        schedules=[],
+    )
+
+
+def fleet_deployment(work_pool: str | None = POOL) -> RunnerDeployment:
+    """``drop-deprecated-tables-fleet/fleet``: a fleet from the UI (Run -> Custom run, the fleet file's
+    contents as the form) or `prefect deployment run`; suspended once for the fleet's approval."""
+    return _deployment(
+        drop_deprecated_tables_fleet,
+        work_pool,
+        one_at_a_time=False,  # two fleets over one database: its run lock lets one run at a time
+        name=FLEET_DEPLOYMENT,
+        description=(
+            "Retire a migration's tables from many databases (a fleet file's contents as params.fleet: "
+            "migration, keep, code_paths, rollout {canary, max_parallel, on_error}, databases each with "
+            "secret_block or url_env). Every database's dry run makes the fleet plan; the run is then "
+            "suspended until an operator approves it once (Resume, the fleet digest pre-filled); then "
+            "canaries first and alone, the rest at most max_parallel at once, each database its own run "
+            "of the migration's -fleet-child deployment on any worker. Cancelling it cancels its "
+            "children. At a terminal: `safedrop fleet plan|run --fleet FILE`."
+        ),
+        tags=["safedrop", "fleet", "destructive", "manual"],
+        parameters={},  # the fleet is given at run time
+        schedules=[],
+    )
 
 
 def _schedule(when, slug: str) -> Schedule:
@@ -235,12 +292,13 @@ def build_deployments(work_pool: str | None = POOL) -> list[RunnerDeployment]:
                 )
             owner[deployment.name] = str(path)
             built.append(deployment)
-    restore = restore_deployment(work_pool)
-    if restore.name in owner:
-        raise MigrationFileError(
-            f"migration {owner[restore.name]} claims the name {restore.name!r}; rename it"
-        )
-    return [*built, restore]
+    restore, fleet = restore_deployment(work_pool), fleet_deployment(work_pool)
+    for taken in (restore, fleet):
+        if taken.name in owner:
+            raise MigrationFileError(
+                f"migration {owner[taken.name]} claims the name {taken.name!r}; rename it"
+            )
+    return [*built, restore, fleet]
 
 
 def describe(deployment: RunnerDeployment) -> str:

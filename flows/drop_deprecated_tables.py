@@ -12,6 +12,7 @@ from safedrop.lockschedule import LockSchedule
 from safedrop.migration import load_migration, parse_table_list
 from safedrop.parameters import DropParameters
 from safedrop.paths import backup_dir
+from safedrop.plandigest import stop_unless_approved
 from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
 from tasks.activity import activity_check
@@ -24,7 +25,7 @@ from tasks.dependencies import dependency_scan
 from tasks.drop import DropRequest, drop
 from tasks.rehearsal import rehearsal
 from tasks.smoke_checks import smoke_checks
-from tasks.summary import RunRecord, summary
+from tasks.summary import RunRecord, plan_digest_of, summary
 from tasks.verification import survivor_structure, verification
 
 
@@ -34,7 +35,9 @@ def drop_deprecated_tables(params: DropParameters) -> State:
 
     Prechecks (connection and privileges, cleanup, dependency scan, code references) run before anything
     changes; any failure stops the run with every reason named and the database untouched. The database
-    URL comes from the Secret block named in the parameters, else DATABASE_URL (environment or .env).
+    URL comes from the Secret block named in the parameters, else DATABASE_URL (environment or .env),
+    or only from the environment variable database_url_env names. A fleet's child run is held to the
+    plan approved for its database (expected_plan_digest), checked right after the prechecks.
 
     Args:
         params: The migration to apply, the tables that must survive and the code to scan (by default
@@ -49,7 +52,7 @@ def drop_deprecated_tables(params: DropParameters) -> State:
         run.params = params = params.for_migration(migration)  # its own keep list and code source
         run.migration, prefix = migration.name, migration.slug
         keep = parse_table_list(params.keep, params.target_schema)
-        db = resolve_database(params.database_secret_block)
+        db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         run.database = db.display
 
         # 1. Prechecks: nothing changes until every one of them passes.
@@ -73,6 +76,8 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             run.code = code_scan(params, migration.targets, prefix)
             if run.reasons():
                 raise PrecheckStop(run.reasons())
+            if params.expected_plan_digest:  # a fleet's child: held to the plan approved for this database
+                stop_unless_approved(params.expected_plan_digest, plan_digest_of(run) or "", run.database)
             if params.dry_run:
                 return _finish(run, "ready", prefix)
 

@@ -39,7 +39,8 @@ def restore_dropped_tables(params: RestoreParameters) -> State:
     wait milliseconds, not a whole scan) and validated one by one while writes go on. Last, every
     table's row count and checksum, every sequence's value and every foreign key's validation are
     compared with the manifest. The database URL comes from the Secret block named in the parameters,
-    else DATABASE_URL (environment or .env).
+    else DATABASE_URL (environment or .env), or only from the environment variable database_url_env
+    names.
     """
     report = RestoreReport(
         status="failed", backup=params.backup_path, dry_run=params.dry_run, flow_run_id=flow_run.get_id()
@@ -47,7 +48,7 @@ def restore_dropped_tables(params: RestoreParameters) -> State:
     started = time.monotonic()
     prefix = "restore"
     try:
-        db = resolve_database(params.database_secret_block)
+        db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         report.database = db.display
 
         # 1. Precheck: the archive is what its manifest says; nothing to restore exists.

@@ -237,6 +237,20 @@ RESTORE: list[Option] = [
 ]
 
 
+FLEET: list[Option] = [
+    (
+        ("--fleet",),
+        dict(
+            metavar="FILE",
+            required=True,
+            help="the fleet file (YAML): migration, keep, code_paths, rollout {canary, max_parallel, "
+            "on_error}, databases (each a name and a secret_block or url_env); see the README's 'Running "
+            "a fleet'",
+        ),
+    ),
+]
+
+
 def lock_options(what: str) -> list[Option]:
     """The lock schedule's flags, for the drop (``what`` = "drop") or the restore."""
     return [
@@ -320,6 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)"),
         output_options("run reports"),
     )
+    fleet = sub.add_parser(
+        "fleet",
+        help="one migration across many databases, each run by a worker of a Prefect work pool (needs "
+        "PREFECT_API_URL)",
+    ).add_subparsers(dest="fleet_command", required=True, metavar="plan|run")
+    _add(
+        fleet.add_parser(
+            "plan", help="every database's prechecks; nothing changed (exit 0 ready, 3 stopped)"
+        ),
+        FLEET,
+        output_options("fleet report"),
+    )
+    _add(
+        fleet.add_parser(
+            "run",
+            help="plan, then canaries first and the rest a few at a time (exit 0 every database done, 3 "
+            "stopped, 1 failed)",
+        ),
+        FLEET,
+        output_options("fleet report"),
+    )
     return parser
 
 
@@ -340,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
     if args.command == "restore":
         return commands.restore(args)
+    if args.command == "fleet":
+        return commands.fleet(args)
     return commands.plan_or_run(args)
 
 

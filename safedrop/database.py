@@ -2,7 +2,8 @@
 
 The URL is a secret: it never becomes a Prefect parameter, a log line, an artifact, exception text
 or a child process's argv. It is resolved inside the run from a Prefect Secret block (by name), or
-``DATABASE_URL`` in the environment, or ``DATABASE_URL`` in a ``.env`` file in the working directory.
+``DATABASE_URL`` in the environment, or ``DATABASE_URL`` in a ``.env`` file in the working directory;
+or, when a parameter names one (``database_url_env``), only from that environment variable.
 """
 
 from __future__ import annotations
@@ -140,8 +141,23 @@ def _from_dotenv(path: Path) -> str | None:
     return dotenv_values(path).get("DATABASE_URL") or None
 
 
-def resolve_database(secret_block: str | None, *, env_file: Path | None = None) -> Database:
-    """Find the database URL: the Secret block by name, else ``DATABASE_URL``, else ``.env``."""
+def resolve_database(
+    secret_block: str | None, *, env_file: Path | None = None, url_env: str | None = None
+) -> Database:
+    """Find the database URL: the Secret block by name, else ``DATABASE_URL``, else ``.env``.
+
+    ``url_env`` names an environment variable holding it (a fleet's database on a worker): then that
+    variable is the only source — falling back to another URL would be another database.
+    """
+    if url_env:
+        value = os.environ.get(url_env)
+        if not value:
+            raise ConfigurationError(
+                f"no database URL: the environment variable {url_env} (database_url_env) is not set on "
+                "this machine; set it in the environment of every worker of the pool "
+                "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME)"
+            )
+        return database_from_url(value, f"${url_env}")
     if secret_block:
         value = _read_secret_block(secret_block)
         if value:

@@ -15,6 +15,16 @@ DATABASE_SECRET_BLOCK = Field(
     "DATABASE_URL from the environment, then from a .env file, is used. The URL itself is never a "
     "parameter.",
 )
+# ... or from an environment variable of the machine that runs the flow, named by a parameter (a fleet's
+# databases whose fleet entry says url_env).
+DATABASE_URL_ENV = Field(
+    None,
+    description="Name of an environment variable, on the machine that runs the flow (the worker), "
+    "holding the database URL. When given it is the only place the URL is taken from (no Secret block, "
+    "no DATABASE_URL fallback): a missing variable stops the run. The URL itself is never a parameter.",
+    pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    max_length=128,
+)
 
 
 class DropParameters(BaseModel):
@@ -128,6 +138,7 @@ class DropParameters(BaseModel):
         "manifest before the drop. Needs CREATEDB.",
     )
     database_secret_block: str | None = DATABASE_SECRET_BLOCK
+    database_url_env: str | None = DATABASE_URL_ENV
     lock_timeout_ms: int = Field(
         500,
         ge=50,
@@ -165,6 +176,14 @@ class DropParameters(BaseModel):
         ge=10,
         le=7 * 24 * 3600,
         description="How long to wait for approval; then the run stops with nothing dropped.",
+    )
+    expected_plan_digest: str | None = Field(
+        None,
+        description="Set by the fleet flow: the plan digest the operator approved for this database (the "
+        "database, its targets' row counts, what CASCADE removes, the untracked references). Right after "
+        "the prechecks, under the run lock and before the backup, a different digest stops the run with "
+        "nothing changed. Empty: no such check.",
+        pattern=r"^[0-9a-f]{64}$",
     )
     check_sql: list[str] = Field(
         default_factory=list,
@@ -216,6 +235,7 @@ class RestoreParameters(BaseModel):
         min_length=1,
     )
     database_secret_block: str | None = DATABASE_SECRET_BLOCK
+    database_url_env: str | None = DATABASE_URL_ENV
     no_owner: bool = Field(
         False,
         description="Restore without setting each object's owner (for a role that may not take the "

@@ -297,6 +297,8 @@ class RunReport(BaseModel):
     flow_run_id: str | None = None
     started_at: str | None = None
     duration_s: float | None = None
+    # what a fleet approves for this database (safedrop/plandigest.py); None before the prechecks ran
+    plan_digest: str | None = None
 
     @property
     def exit_code(self) -> int:

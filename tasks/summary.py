@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from safedrop.artifacts import publish_markdown, publish_table
 from safedrop.errors import SafedropError
 from safedrop.parameters import DropParameters
+from safedrop.plandigest import plan_digest
 from safedrop.report import (
     ActivityResult,
     BackupResult,
@@ -27,6 +28,7 @@ from safedrop.report import (
     StepResult,
     VerificationResult,
 )
+from safedrop.report_json import REPORT_ARTIFACT, report_json_markdown
 from safedrop.report_markdown import HEADLINES, render_markdown
 
 
@@ -77,6 +79,15 @@ class RunRecord:
         return list(dict.fromkeys(w for s in self.steps for w in s.warnings))
 
 
+def plan_digest_of(record: RunRecord) -> str | None:
+    """The plan digest of what the prechecks found (None before the cleanup check and the dependency
+    scan ran): what a fleet's approval binds a database's run to."""
+    if record.cleanup is None or record.dependencies is None:
+        return None
+    deps = record.dependencies
+    return plan_digest(record.database, record.cleanup.target_rows, deps.cascade, deps.untracked)
+
+
 def build_report(record: RunRecord, status: Status, error: SafedropError | None = None) -> RunReport:
     reasons = record.reasons()
     own = list(getattr(error, "reasons", None) or ([str(error)] if error is not None else []))
@@ -122,6 +133,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         flow_run_id=record.flow_run_id,
         started_at=record.started_at,
         duration_s=round(time.monotonic() - record.started, 2),
+        plan_digest=plan_digest_of(record),
     )
 
 
@@ -137,5 +149,9 @@ def summary(
         [{"table": t.name, "role": "target", "exists": t.exists, "rows": t.rows} for t in report.targets]
         + [{"table": t.name, "role": "keep", "exists": t.exists, "rows": t.rows} for t in report.keep],
         "Table status",
+    )
+    # the report as `--json` prints it, for programs: the fleet flow reads its children's here
+    publish_markdown(
+        f"{artifact_prefix}-{REPORT_ARTIFACT}", report_json_markdown(report), "The run report (JSON)"
     )
     return report

@@ -1,0 +1,233 @@
+"""A fleet run's children on the Prefect server: start them, watch them, read their reports, cancel them.
+
+Every database's run is a flow run of the migration's fleet-child deployment, created with
+``run_deployment(..., as_subflow=True, timeout=0)``: linked to the fleet run (the UI shows it as a
+subflow), scheduled for any worker of the pool, and not waited for — the fleet run watches all of its
+children itself, a few API calls per poll whatever their number. Each child carries the tag
+``safedrop-fleet:<fleet run id>``, which is how the fleet finds its children again to cancel them.
+
+Prefect does not cancel the children ``run_deployment`` started when their parent is cancelled, nor
+does a child's failure fail the parent; the fleet flow does both: it reads its own state at every poll
+and cancels its children when it is being cancelled (a run in this process, e.g. ``safedrop fleet``),
+and its ``on_cancellation``/``on_crashed`` hooks do it when a worker cancels or loses the fleet run's
+process (the worker runs those hooks after it ended the process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling
+
+from safedrop.errors import SafedropError
+from safedrop.report import RunReport, Status
+from safedrop.report_json import REPORT_ARTIFACT, report_from_markdown
+from safedrop.rollout import Rollout
+from safedrop.runlog import run_logger
+
+FLEET_TAG = "safedrop-fleet:"
+PLAN_TAG, DROP_TAG = "safedrop-fleet-plan", "safedrop-fleet-drop"  # a child's kind, for filtering in the UI
+_NOT_STARTED_YET = {StateType.SCHEDULED, StateType.PAUSED}  # no process anywhere: Cancelled at once
+_BATCH = 100
+
+
+class FleetCancelled(SafedropError):
+    """The fleet run is being cancelled: its children were cancelled too."""
+
+
+def fleet_tag(fleet_run_id: str | UUID) -> str:
+    return f"{FLEET_TAG}{fleet_run_id}"
+
+
+def start_child(
+    deployment: str,
+    parameters: dict,
+    *,
+    name: str,
+    tags: Iterable[str],
+    idempotency_key: str,
+) -> UUID:
+    """Create the child flow run (linked to the current flow run) and return its id without waiting.
+
+    The idempotency key makes a repeated call — the fleet run resumed after its approval starts again
+    from the top — return the run created the first time instead of a new one.
+    """
+    flow_run = run_deployment(
+        deployment,
+        parameters=parameters,
+        flow_run_name=name,
+        tags=list(tags),
+        idempotency_key=idempotency_key,
+        timeout=0,
+        as_subflow=True,
+    )
+    return flow_run.id
+
+
+def read_runs(ids: Iterable[UUID]) -> dict[UUID, FlowRun]:
+    """The flow runs by id (in batches: one API call per hundred)."""
+    wanted = list(ids)
+    found: dict[UUID, FlowRun] = {}
+    with get_client(sync_client=True) as client:
+        for i in range(0, len(wanted), _BATCH):
+            batch = wanted[i : i + _BATCH]
+            for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch)
+            ):
+                found[run.id] = run
+    return found
+
+
+def is_being_cancelled(flow_run_id: str | UUID) -> bool:
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(str(flow_run_id))).state
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
+def cancel_children(fleet_run_id: str | UUID, message: str) -> list[UUID]:
+    """Cancel every child of the fleet run that has not ended; returns their ids.
+
+    A child waiting for a worker (Scheduled) is Cancelled at once; one that a worker took (Pending,
+    Running) is set Cancelling, and its worker ends its process — the single-database flow is built
+    to be cancelled (pg_dump is stopped, the drop's transaction rolls back or was committed, and the
+    ledger says which).
+    """
+    cancelled: list[UUID] = []
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet_tag(fleet_run_id)])),
+            limit=10_000,
+        )
+        for child in children:
+            if child.state is None or child.state.is_final() or child.state.type == StateType.CANCELLING:
+                continue
+            if child.state.type in _NOT_STARTED_YET:
+                client.set_flow_run_state(child.id, Cancelled(message=message), force=True)
+            else:
+                client.set_flow_run_state(child.id, Cancelling(message=message), force=True)
+            cancelled.append(child.id)
+    return cancelled
+
+
+def child_report(run: FlowRun, migration_slug: str) -> RunReport | None:
+    """The report a finished child published (its ``<migration>-report`` artifact), or None."""
+    key = f"{migration_slug}-{REPORT_ARTIFACT}"
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), key=ArtifactFilterKey(any_=[key])
+            )
+        )
+    for artifact in sorted(artifacts, key=lambda a: a.created or 0, reverse=True):
+        try:
+            return report_from_markdown(str(artifact.data))
+        except ValueError:
+            continue
+    return None
+
+
+_STATE_STATUS: dict[str, Status] = {
+    "Completed": "succeeded",
+    "Already applied": "already-applied",
+    "Ready": "ready",
+    "Not ready": "stopped",
+    "Stopped": "stopped",
+}
+
+
+def status_of(run: FlowRun, report: RunReport | None) -> tuple[Status, list[str]]:
+    """How a finished child ended: its report's status and reasons; without a report (it crashed, was
+    cancelled, or never started), failed, with its state's message."""
+    if report is not None:
+        return report.status, list(report.reasons)
+    state = run.state
+    name = state.name if state else "unknown"
+    message = (state.message if state else "") or ""
+    if state is not None and state.is_completed() and name in _STATE_STATUS:
+        return _STATE_STATUS[name], [message] if message else []
+    return "failed", [
+        f"its run {run.name} ended {name} without a report{': ' + message if message else ''}; see the "
+        "child run's logs — a re-run of the fleet finds out from the database's ledger what was done"
+    ]
+
+
+def states_overlap(histories: Iterable[list[tuple[float, float]]]) -> int:
+    """The most intervals open at once (``(start, end)`` pairs in seconds): how many children ran together."""
+    edges = sorted(
+        (moment, step)
+        for intervals in histories
+        for start, end in intervals
+        for moment, step in ((start, 1), (end, -1))
+    )
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+@dataclass
+class Watch:
+    """What the fleet run needs to drive children: how to start one, what to do when one ends."""
+
+    start: Callable[[str], UUID]  # database name -> the child's flow run id
+    ended: Callable[[str, FlowRun], tuple[Status, list[str]]]  # called once per child, when it is final
+    not_created: Callable[[str, str], None]  # a child that could not be created, and why
+    fleet_run_id: str | None
+    poll_interval_s: float = 1.0
+
+
+def drive(rollout: Rollout, watch: Watch) -> dict[str, UUID]:
+    """Start and watch children as the rollout says until it is done; returns each started child's id.
+
+    Raises ``FleetCancelled`` (after cancelling the children) when the fleet run is being cancelled.
+    A child that cannot be created (the deployment is gone, the API refuses) ends as failed.
+    """
+    logger = run_logger()
+    running: dict[str, UUID] = {}
+    started: dict[str, UUID] = {}
+    while not rollout.done:
+        for name in rollout.next_to_start():
+            try:
+                running[name] = started[name] = watch.start(name)
+            except (ObjectNotFound, ValueError) as exc:  # e.g. the deployment was deleted meanwhile
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                reason = (
+                    f"its run could not be created ({type(exc).__name__}: {first}); nothing was started "
+                    "for it"
+                )
+                watch.not_created(name, reason)
+                rollout.finish(name, "failed", [reason])
+        if watch.fleet_run_id and is_being_cancelled(watch.fleet_run_id):
+            ids = cancel_children(watch.fleet_run_id, "the fleet run was cancelled")
+            logger.warning("the fleet run is being cancelled; cancelled %d child run(s)", len(ids))
+            raise FleetCancelled("the fleet run was cancelled; its running children were cancelled too")
+        progressed = False
+        if running:
+            runs = read_runs(running.values())
+            for name, child_id in list(running.items()):
+                run = runs.get(child_id)
+                if run is None or run.state is None or not run.state.is_final():
+                    continue
+                status, reasons = watch.ended(name, run)
+                rollout.finish(name, status, reasons)
+                del running[name]
+                progressed = True
+        if not progressed and not rollout.done:
+            time.sleep(watch.poll_interval_s)
+    return started
