@@ -297,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("plan", help="run every precheck; no backup, no drop (exit 0 ready, 3 stopped)"),
         *common,
         output_options("run report"),
+        [
+            (
+                ("--markdown",),
+                dict(
+                    action="store_true",
+                    help="print the plan as Markdown (the run's summary artifact), e.g. for a pull-request "
+                    "comment from the application's CI",
+                ),
+            )
+        ],
     )
     _add(
         sub.add_parser("run", help="the whole flow: prechecks, backup, drop, verification, summary"),

@@ -148,9 +148,11 @@ def run_flow(params: Any):
     from flows.drop_deprecated_tables import drop_deprecated_tables
     from safedrop.errors import SafedropError
     from safedrop.report import RunReport
+    from safedrop.runlog import quiet_expected_failures
     from safedrop.steps import plain_steps
 
     if prefect_server():
+        quiet_expected_failures()
         state = drop_deprecated_tables(params, return_state=True)
     else:
         with plain_steps():
@@ -209,14 +211,18 @@ def _after_interrupted_drop(params: Any) -> str:
     )
 
 
-def print_report(report: Any, *, as_json: bool, out=None) -> None:
+def print_report(report: Any, *, as_json: bool, markdown: bool = False, out=None) -> None:
     out = out or sys.stdout
     if as_json:
         out.write(report.model_dump_json(indent=2) + "\n")
-        return
-    from safedrop.report_text import render_text
+    elif markdown:
+        from safedrop.report_markdown import render_markdown
 
-    out.write(render_text(report))
+        out.write(render_markdown(report) + "\n")
+    else:
+        from safedrop.report_text import render_text
+
+        out.write(render_text(report))
 
 
 def _usage_report(message: str, migration: str, dry_run: bool) -> Any:
@@ -258,10 +264,12 @@ def restore(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from flows.restore_dropped_tables import restore_dropped_tables
     from safedrop.interrupts import Interrupted
+    from safedrop.runlog import quiet_expected_failures
     from safedrop.steps import plain_steps
 
     try:
         if prefect_server():
+            quiet_expected_failures()
             state = restore_dropped_tables(params, return_state=True)
         else:
             with plain_steps():
@@ -317,5 +325,5 @@ def plan_or_run(args: argparse.Namespace) -> int:
             print_report(_usage_report(message, args.migration, dry_run), as_json=True)
         print(f"safedrop: {message}", file=sys.stderr)
         return EXIT_FAILED
-    print_report(report, as_json=args.json)
+    print_report(report, as_json=args.json, markdown=getattr(args, "markdown", False))
     return report.exit_code

@@ -15,6 +15,7 @@ This module provides:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import resource
@@ -106,6 +107,19 @@ def dbname_arg(name: str) -> str:
     return f"--dbname={name}"
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """A preexec_fn: the kernel kills the child when the thread that started it is gone (Linux), so a
+    safedrop stopped by SIGKILL — which runs no cleanup — leaves no pg_dump, pg_restore, ripgrep or git
+    running. (A SIGTERM or Ctrl-C is handled: the child is killed and reaped on the way out.)"""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the cleanup on the way out is all there is
+
+
 def size_limit(max_bytes: int) -> Callable[[], None]:
     """A preexec_fn capping every file the child writes at ``max_bytes`` (RLIMIT_FSIZE).
 
@@ -114,6 +128,7 @@ def size_limit(max_bytes: int) -> Callable[[], None]:
     """
 
     def apply() -> None:
+        die_with_parent()
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
@@ -162,8 +177,7 @@ def start(
     kwargs: dict[str, Any] = dict(
         _env=env, _timeout=timeout_s, _bg=True, _bg_exc=False, _tty_out=False, _return_cmd=True, _err=err
     )
-    if max_bytes:
-        kwargs["_preexec_fn"] = size_limit(max_bytes)
+    kwargs["_preexec_fn"] = size_limit(max_bytes) if max_bytes else die_with_parent
     tool = Path(command).name
     try:
         running = sh.Command(str(command))(*args, **kwargs)
