@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import select
 import signal
+import time
 from types import FrameType
 
 import psycopg2.extensions
@@ -45,23 +46,46 @@ def install() -> None:
 
 def wait_cancelling(conn) -> None:
     """psycopg2's wait callback: poll the connection; on any interruption, cancel the query on the
-    server (so its session stops waiting for a lock and ends with the connection), then re-raise."""
+    server (so its session stops waiting for a lock and ends with the connection), then re-raise.
+
+    While connecting, libpq's own ``connect_timeout`` does not apply (the callback does the waiting),
+    so it is applied here: a server that accepts and never answers fails with "timeout expired"."""
+    deadline = _connect_deadline(conn)
     while True:
         try:
             state = conn.poll()
             if state == psycopg2.extensions.POLL_OK:
                 return
             if state == psycopg2.extensions.POLL_READ:
-                select.select([conn.fileno()], [], [])
+                ready = select.select([conn.fileno()], [], [], _left(deadline))[0]
             elif state == psycopg2.extensions.POLL_WRITE:
-                select.select([], [conn.fileno()], [])
+                ready = select.select([], [conn.fileno()], [], _left(deadline))[1]
             else:
                 raise psycopg2.OperationalError(f"bad state from poll: {state}")
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                conn.close()
+                raise psycopg2.OperationalError("timeout expired")
         except psycopg2.Error:
-            raise  # the server answered (an error is an answer): nothing to cancel
+            raise  # the server answered (an error is an answer), or never did while connecting
         except BaseException:
             try:
                 conn.cancel()
             except Exception:
                 pass
             raise
+
+
+def _connect_deadline(conn) -> float | None:
+    """When a connection still being set up must give up: its ``connect_timeout`` (libpq's rule: at
+    least 2 s when set, none when 0 or absent); ``None`` for a query on an open connection."""
+    if conn.status != psycopg2.extensions.STATUS_SETUP:
+        return None
+    try:
+        seconds = int(psycopg2.extensions.parse_dsn(conn.dsn).get("connect_timeout", "0"))
+    except (ValueError, psycopg2.ProgrammingError):
+        return None
+    return time.monotonic() + max(seconds, 2) if seconds > 0 else None
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

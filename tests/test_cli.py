@@ -7,7 +7,6 @@ the installed console script as a user would (Prefect's embedded mode, ~10 s eac
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from safedrop.commands import parse_duration_ms
 from safedrop.pgserver import free_port
 from tests.conftest import TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
-from tests.helpers import archive_listing
+from tests.helpers import archive_listing, console_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "cli_env")
 
@@ -206,8 +205,12 @@ def test_run_stops_with_3_and_changes_nothing_when_something_depends(guide_db, c
     )
     assert code == 3
     assert "STOPPED" in out
-    assert "foreign key (1): ✗ credit_usage_allocation_id_fkey on public.credit_usage" in out  # grouped by kind
-    assert "would be removed or broken by the drop" in out and out.count("credit_usage_allocation_id_fkey") == 1
+    assert (
+        "foreign key (1): ✗ credit_usage_allocation_id_fkey on public.credit_usage" in out
+    )  # grouped by kind
+    assert (
+        "would be removed or broken by the drop" in out and out.count("credit_usage_allocation_id_fkey") == 1
+    )
     assert guide_db.snapshot() == before
     assert not (tmp_path / "bk").exists()
 
@@ -387,12 +390,6 @@ def test_durations():
     assert parse_duration_ms("5m") == 300_000
 
 
-def _console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
-    return env
-
-
 @pytest.mark.cli
 def test_console_script_plan_json(guide_db, tmp_path):
     """The installed `safedrop` as a user runs it: embedded Prefect, DATABASE_URL from the environment."""
@@ -402,7 +399,7 @@ def test_console_script_plan_json(guide_db, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env=_console_env(tmp_path, DATABASE_URL=guide_db.url),
+        env=console_env(tmp_path, DATABASE_URL=guide_db.url),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -421,7 +418,7 @@ def test_console_script_plan_with_a_git_url(guide_db, app_repo, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env=_console_env(tmp_path, DATABASE_URL=guide_db.url, TMPDIR=str(tmp)),
+        env=console_env(tmp_path, DATABASE_URL=guide_db.url, TMPDIR=str(tmp)),
         cwd=tmp_path,
     )
     assert result.returncode == 3, result.stderr[-3000:]
@@ -442,7 +439,7 @@ def test_make_demo_runs_the_whole_job(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env=_console_env(tmp_path),
+        env=console_env(tmp_path),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
