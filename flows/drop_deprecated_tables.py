@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from safedrop.database import resolve_database
 from safedrop.errors import PrecheckStop, RunEnded, SafedropError, SmokeCheckFailed, VerificationFailed
+from safedrop.interrupts import Interrupted
 from safedrop.lockschedule import LockSchedule
 from safedrop.migration import load_migration, parse_table_list
 from safedrop.parameters import DropParameters
@@ -15,6 +16,8 @@ from safedrop.paths import backup_dir
 from safedrop.plandigest import stop_unless_approved
 from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
+from safedrop.runlog import run_logger
+from safedrop.steps import running_plain
 from tasks.activity import activity_check
 from tasks.approval import await_approval
 from tasks.backup import BackupOptions, backup
@@ -134,6 +137,9 @@ def drop_deprecated_tables(params: DropParameters) -> State:
         )
         run.smoke_checks = smoke_checks(db, params, run.backup.path, prefix)
         return _finish(run, "succeeded", prefix)
+    except Interrupted as stop:
+        stop.stage = run.stage()  # the command line says what was and was not done
+        raise
     except SafedropError as error:
         if isinstance(error, VerificationFailed):
             run.verification = error.report
@@ -146,14 +152,16 @@ def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | 
     """5. Summary: publish the report and end the run in a state that says what happened."""
     report: RunReport = summary(run, status, error, prefix)
     message = "; ".join(report.reasons)
+    logger = None if running_plain() else run_logger()  # the command line prints the report itself
     if status == "stopped" and run.params.dry_run:
         # a readiness report that says "not yet" is a finished report, not a failed run
-        get_run_logger().warning("not ready: %s", message)
+        if logger:
+            logger.warning("not ready: %s", message)
         return Completed(name="Not ready", message=message, data=report)
     if status in ("stopped", "failed"):
         # a stop is an expected outcome (the report says why); a failure is an error
-        log = get_run_logger().info if status == "stopped" else get_run_logger().error
-        log("%s: %s", status, message)
+        if logger:
+            (logger.info if status == "stopped" else logger.error)("%s: %s", status, message)
         return Failed(
             name=status.capitalize(), message=message, data=RunEnded(message, report=report, status=status)
         )

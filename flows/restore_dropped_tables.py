@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
@@ -14,6 +14,8 @@ from safedrop.errors import SafedropError
 from safedrop.lockschedule import LockSchedule
 from safedrop.parameters import RestoreParameters
 from safedrop.report import RestoreCheck, RestoreReport, RestoreStatus, RestoreVerification
+from safedrop.runlog import run_logger
+from safedrop.steps import running_plain
 from tasks.restore import restore, restore_precheck, restore_verification
 
 _HEADLINES = {
@@ -85,7 +87,8 @@ def _finish(report: RestoreReport, status: RestoreStatus, prefix: str, started: 
     report.duration_s = round(time.monotonic() - started, 2)
     publish_markdown(f"{prefix}-summary", render(report), _HEADLINES[status])
     if status in ("refused", "failed"):
-        get_run_logger().error("%s: %s", status, "; ".join(report.reasons))
+        if not running_plain():  # the command line prints the report itself
+            run_logger().error("%s: %s", status, "; ".join(report.reasons))
         return Failed(name=status.capitalize(), message="; ".join(report.reasons), data=report)
     names = {"restored": "Restored", "already-restored": "Already restored", "ready": "Ready"}
     return Completed(name=names[status], message=f"{status}: {report.backup}", data=report)

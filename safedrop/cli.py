@@ -7,6 +7,7 @@ changed, 1 failed, 2 usage (bad flags or input, nothing touched).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -310,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("plan", help="run every precheck; no backup, no drop (exit 0 ready, 3 stopped)"),
         *common,
         output_options("run report"),
+        [
+            (
+                ("--markdown",),
+                dict(
+                    action="store_true",
+                    help="print the plan as Markdown (the run's summary artifact), e.g. for a pull-request "
+                    "comment from the application's CI",
+                ),
+            )
+        ],
     )
     _add(
         sub.add_parser("run", help="the whole flow: prechecks, backup, drop, verification, summary"),
@@ -358,10 +369,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.Handler):
+    """Progress lines on whatever stderr is now (so a test's captured stderr gets them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"· {record.getMessage()}\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _show_progress() -> None:
+    """The steps' progress (the ``safedrop`` logger) on stderr: a line per step, never the reasons."""
+    logger = logging.getLogger("safedrop")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _prefect_defaults(getattr(args, "verbose", False))
+    _show_progress()
     if args.command in ("run", "restore") and sys.stderr.isatty():
         os.environ.setdefault("SAFEDROP_PROGRESS_BAR", "1")  # pg_dump/pg_restore progress on stderr
     if args.command == "demo":
@@ -381,7 +412,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entrypoint() -> None:  # pragma: no cover - console script shim
-    sys.exit(main())
+    """The console script: SIGTERM and Ctrl-C stop it cleanly at any point, start-up included."""
+    from safedrop.interrupts import Interrupted, install
+
+    install()
+    try:
+        code = main()
+    except Interrupted as stop:
+        code = commands.interrupted(stop)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from safedrop.gitauth import GitCredential
 from safedrop.gitsource import GitSource, checkout, is_git_source, parse_git_source
 from safedrop.identifiers import search_pattern
 from safedrop.migration import TableName
+from safedrop.processes import die_with_parent
 from safedrop.report import CodeReference, CodeScanResult, CodeSource
 
 CodePolicy = Literal["fail", "warn", "skip"]
@@ -236,6 +237,7 @@ def _run_rg(root: str, path: Path, argv: list[str]) -> tuple[list[CodeReference]
                 stdout=subprocess.PIPE,
                 stderr=stderr_file,
                 bufsize=1 << 18,  # few large reads: a minified line can be hundreds of KB of JSON
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise ConfigurationError(f"cannot run ripgrep at {argv[0]}: {exc.strerror or exc}") from None

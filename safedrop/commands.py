@@ -32,11 +32,33 @@ def parse_duration_ms(text: str) -> int:
     raise UsageError(f"cannot read duration {text!r}; use e.g. 500ms, 2s or 5m")
 
 
+def database_url(args: argparse.Namespace) -> str | None:
+    """The URL from --database-url, $DATABASE_URL or ./.env, checked (and exported for the flow, which reads
+    it from the environment, never from a parameter); None when the Prefect Secret block is to be read.
+    Without a Prefect server there is no Secret block to read: then a URL is required here."""
+    from safedrop.database import database_from_url, resolve_database
+    from safedrop.errors import ConfigurationError
+
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if url:
+        database_from_url(url)  # a malformed or non-PostgreSQL URL stops here
+        os.environ["DATABASE_URL"] = url
+        return url
+    if prefect_server():
+        return None
+    try:
+        return resolve_database(None).secret.get_secret_value()  # ./.env
+    except ConfigurationError:
+        raise ConfigurationError(
+            "no database URL: pass --database-url, set DATABASE_URL (in the environment or ./.env), or set "
+            f"PREFECT_API_URL to read it from the Prefect Secret block {args.secret_block!r}"
+        ) from None
+
+
 def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
     """Validate the operator's input up front (no Prefect, no database) and build the flow's parameters."""
     from pydantic import ValidationError
 
-    from safedrop.database import database_from_url
     from safedrop.errors import UsageError
     from safedrop.gitsource import is_git_source, parse_git_source
     from safedrop.migration import load_migration, parse_table_list
@@ -50,10 +72,12 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         else:
             code_paths.append(str(Path(code_path)))
 
-    url = args.database_url or os.environ.get("DATABASE_URL")
-    if url:
-        database_from_url(url)  # a malformed or non-PostgreSQL URL stops here
-        os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
+    url = database_url(args)
+    if args.code_secret_block and not prefect_server():
+        raise UsageError(
+            f"--code-secret-block {args.code_secret_block} names a Prefect Secret block, and no Prefect "
+            "server is configured to read it from: set PREFECT_API_URL"
+        )
     migration = load_migration(args.migration, default_schema=args.schema)
     fields: dict[str, Any] = dict(
         migration=str(migration.path)
@@ -111,15 +135,29 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
     return params
 
 
-def run_flow(params: Any):
-    """Run the flow in this process (Prefect's embedded server unless PREFECT_API_URL is set)."""
-    from flows.drop_deprecated_tables import drop_deprecated_tables
+def prefect_server() -> str | None:
+    """The Prefect API this process is configured for (PREFECT_API_URL, a profile, a test harness)."""
+    from prefect.settings import get_current_settings
 
-    state = drop_deprecated_tables(params, return_state=True)
-    result = state.result(raise_on_failure=False)
+    return get_current_settings().api.url or None
+
+
+def run_flow(params: Any):
+    """Run the flow in this process: recorded through Prefect when a server is configured, else its steps
+    as plain functions (no Prefect engine, no temporary server: ``safedrop.steps``)."""
+    from flows.drop_deprecated_tables import drop_deprecated_tables
     from safedrop.errors import SafedropError
     from safedrop.report import RunReport
+    from safedrop.runlog import quiet_expected_failures
+    from safedrop.steps import plain_steps
 
+    if prefect_server():
+        quiet_expected_failures()
+        state = drop_deprecated_tables(params, return_state=True)
+    else:
+        with plain_steps():
+            state = drop_deprecated_tables.fn(params)
+    result = state.result(raise_on_failure=False)
     if isinstance(result, RunReport):
         return result
     if isinstance(result, SafedropError) and isinstance(result.report, RunReport):
@@ -133,14 +171,58 @@ def run_flow(params: Any):
     )
 
 
-def print_report(report: Any, *, as_json: bool, out=None) -> None:
+STAGES = {
+    "start-up": "interrupted before it started; nothing was changed",
+    "prechecks": "interrupted during the prechecks; nothing was changed",
+    "backup": "interrupted during the backup; nothing was dropped (the partial archive was removed)",
+    "verification": "interrupted after the drop: the targets are dropped, but verification did not finish "
+    "— run it again to verify (it reports 'already applied')",
+    "restore": "interrupted during the restore; its transaction rolled back: nothing was restored",
+}
+
+
+def interrupted(stop: Any, params: Any = None) -> int:
+    """Say in one line what was and was not done when a signal stopped the command; its exit code."""
+    line = STAGES.get(stop.stage) or _after_interrupted_drop(params)
+    print(f"safedrop: {line}", file=sys.stderr)
+    return stop.exit_code
+
+
+def _after_interrupted_drop(params: Any) -> str:
+    """Interrupted between the backup and the drop's answer: the catalog says whether it committed."""
+    try:
+        from safedrop.catalog import table_status
+        from safedrop.database import connect, resolve_database
+        from safedrop.migration import load_migration
+
+        migration = load_migration(params.migration, default_schema=params.target_schema)
+        with connect(resolve_database(params.database_secret_block)) as conn:
+            present = [r for r in table_status(conn, migration.targets) if r["oid"] is not None]
+    except Exception:
+        return (
+            "interrupted around the drop, and the database could not be read to tell whether it "
+            "committed — run `safedrop plan` to see"
+        )
+    if present:
+        return "interrupted before the drop committed; it rolled back: nothing was dropped"
+    return (
+        "interrupted after the drop committed: the targets are dropped, but verification did not run "
+        "— run it again to verify (it reports 'already applied')"
+    )
+
+
+def print_report(report: Any, *, as_json: bool, markdown: bool = False, out=None) -> None:
     out = out or sys.stdout
     if as_json:
         out.write(report.model_dump_json(indent=2) + "\n")
-        return
-    from safedrop.report_text import render_text
+    elif markdown:
+        from safedrop.report_markdown import render_markdown
 
-    out.write(render_text(report))
+        out.write(render_markdown(report) + "\n")
+    else:
+        from safedrop.report_text import render_text
+
+        out.write(render_text(report))
 
 
 def _usage_report(message: str, migration: str, dry_run: bool) -> Any:
@@ -153,16 +235,12 @@ def restore(args: argparse.Namespace) -> int:
     """`safedrop restore`: the restore-dropped-tables flow in this process; exit 0/3/1, 2 for bad input."""
     from pydantic import ValidationError
 
-    from safedrop.database import database_from_url
     from safedrop.errors import UsageError
     from safedrop.parameters import RestoreParameters
     from safedrop.report import RestoreReport
 
     try:
-        url = args.database_url or os.environ.get("DATABASE_URL")
-        if url:
-            database_from_url(url)
-            os.environ["DATABASE_URL"] = url  # the flow reads it from the environment, never a parameter
+        url = database_url(args)
         from safedrop.manifest import find_backup
 
         archive = find_backup(args.backup)  # a path, a file name in the backup directory, a flow run id
@@ -185,9 +263,17 @@ def restore(args: argparse.Namespace) -> int:
         print(f"safedrop: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from flows.restore_dropped_tables import restore_dropped_tables
+    from safedrop.interrupts import Interrupted
+    from safedrop.runlog import quiet_expected_failures
+    from safedrop.steps import plain_steps
 
     try:
-        state = restore_dropped_tables(params, return_state=True)
+        if prefect_server():
+            quiet_expected_failures()
+            state = restore_dropped_tables(params, return_state=True)
+        else:
+            with plain_steps():
+                state = restore_dropped_tables.fn(params)
         report = state.result(raise_on_failure=False)
         if not isinstance(report, RestoreReport):  # the flow crashed: a bug, said in one line
             report = RestoreReport(
@@ -195,6 +281,9 @@ def restore(args: argparse.Namespace) -> int:
                 backup=args.backup,
                 reasons=[f"the flow run ended {state.name}: {state.message}"],
             )
+    except Interrupted as stop:
+        stop.stage = "restore"
+        return interrupted(stop)
     except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         report = RestoreReport(
@@ -223,8 +312,12 @@ def plan_or_run(args: argparse.Namespace) -> int:
             print_report(_usage_report(str(exc), args.migration, dry_run), as_json=True)
         print(f"safedrop: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from safedrop.interrupts import Interrupted
+
     try:
         report = run_flow(params)
+    except Interrupted as stop:
+        return interrupted(stop, params)
     except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         message = f"Prefect could not run the flow ({type(exc).__name__}: {first})"
@@ -232,7 +325,7 @@ def plan_or_run(args: argparse.Namespace) -> int:
             print_report(_usage_report(message, args.migration, dry_run), as_json=True)
         print(f"safedrop: {message}", file=sys.stderr)
         return EXIT_FAILED
-    print_report(report, as_json=args.json)
+    print_report(report, as_json=args.json, markdown=getattr(args, "markdown", False))
     return report.exit_code
 
 

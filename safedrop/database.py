@@ -189,7 +189,11 @@ def _read_secret_block(name: str) -> str | None:
 
 
 def make_engine(url: URL, **kwargs) -> Engine:
-    connect_args = {"application_name": APPLICATION_NAME, "connect_timeout": 10}
+    """An engine without a pool (every session is short and ours). ``connect_timeout`` 10 s unless the
+    URL sets its own (``?connect_timeout=3``)."""
+    connect_args: dict = {"application_name": APPLICATION_NAME}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = 10
     connect_args.update(kwargs.pop("connect_args", {}))
     return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args, **kwargs)
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from safedrop.errors import CodeSourceError, UsageError
 from safedrop.gitauth import SCHEMES, GitCredential, git_environment, is_loopback
+from safedrop.processes import die_with_parent
 
 TIMEOUT_ENV = "SAFEDROP_GIT_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300.0  # the whole fetch of one source, retries included
@@ -187,6 +188,7 @@ def _git(git: str, args: Sequence[str], env: dict[str, str], deadline: float) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: ssh and git-remote-http go with it
+        preexec_fn=die_with_parent,
     )
     try:
         out, err = proc.communicate(timeout=remaining)

@@ -24,3 +24,10 @@ def default_backup_dir() -> Path:
 def backup_dir(configured: str | None) -> Path:
     """The backup directory a run uses: the one it was given, else the machine's default."""
     return Path(configured).expanduser() if configured else default_backup_dir()
+
+
+def state_dir() -> Path:
+    """What the command line remembers between runs on this machine (no Prefect server to keep it):
+    ``$XDG_STATE_HOME/safedrop`` (``~/.local/state/safedrop``)."""
+    state_home = os.environ.get("XDG_STATE_HOME", "").strip() or str(Path.home() / ".local" / "state")
+    return Path(state_home).expanduser() / "safedrop"

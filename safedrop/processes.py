@@ -15,11 +15,13 @@ This module provides:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import resource
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +108,20 @@ def dbname_arg(name: str) -> str:
     return f"--dbname={name}"
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """A preexec_fn: the kernel sends the child SIGTERM when the thread that started it is gone (Linux),
+    so a safedrop stopped by SIGKILL — which runs no cleanup — leaves no pg_dump, pg_restore, ripgrep or
+    git running, and pg_dump and pg_restore cancel their query on the way out (no session of theirs
+    left waiting for a lock). A SIGTERM or Ctrl-C is handled: the child is stopped on the way out."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the cleanup on the way out is all there is
+
+
 def size_limit(max_bytes: int) -> Callable[[], None]:
     """A preexec_fn capping every file the child writes at ``max_bytes`` (RLIMIT_FSIZE).
 
@@ -114,6 +130,7 @@ def size_limit(max_bytes: int) -> Callable[[], None]:
     """
 
     def apply() -> None:
+        die_with_parent()
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
@@ -160,10 +177,16 @@ def start(
                 pass
 
     kwargs: dict[str, Any] = dict(
-        _env=env, _timeout=timeout_s, _bg=True, _bg_exc=False, _tty_out=False, _return_cmd=True, _err=err
+        _env=env,
+        _timeout=timeout_s,
+        _bg=True,
+        _bg_exc=False,
+        _tty_out=False,
+        _return_cmd=True,
+        _err=err,
+        _timeout_signal=signal.SIGTERM,  # then kill() makes sure
     )
-    if max_bytes:
-        kwargs["_preexec_fn"] = size_limit(max_bytes)
+    kwargs["_preexec_fn"] = size_limit(max_bytes) if max_bytes else die_with_parent
     tool = Path(command).name
     try:
         running = sh.Command(str(command))(*args, **kwargs)
@@ -173,12 +196,21 @@ def start(
     return Process(tool, running, lines, timeout_s)
 
 
-def kill(process: Process) -> None:
-    """SIGKILL the tool if it still runs, and reap it, so nothing writes after we clean up."""
+def kill(process: Process, grace_s: float = 5.0) -> None:
+    """Stop the tool if it still runs, and reap it, so nothing writes after we clean up.
+
+    SIGTERM first: pg_dump and pg_restore answer it by cancelling their query on the server, so no
+    session of theirs is left waiting for a lock; SIGKILL if it is still running after ``grace_s``."""
     try:
+        if not process.alive():
+            return
+        process.command.process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while process.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if process.alive():
             process.command.process.signal(signal.SIGKILL)
-            process.command.process.wait()
+        process.command.process.wait()
     except Exception:
         pass
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from safedrop.artifacts import md_list, md_table
 from safedrop.report import RunReport, SurvivorCheck
+from safedrop.report_text import files_by_references, reasons_once
 
 HEADLINES = {
     "ready": "Ready: every precheck passed; the drop would go ahead",
@@ -12,7 +13,7 @@ HEADLINES = {
     "stopped": "Stopped before any change",
     "failed": "Failed",
 }
-CODE_ROWS = 50  # code references shown; the JSON report has them all
+CODE_FILES = 20  # files with references shown; the JSON report has every reference
 
 
 def render_markdown(report: RunReport) -> str:
@@ -32,7 +33,7 @@ def _heading(report: RunReport) -> list[str]:
 
 
 def _why(report: RunReport) -> list[str]:
-    out = ["## Why", "", md_list(report.reasons)] if report.reasons else []
+    out = ["## Why", "", md_list(reasons_once(report))] if report.reasons else []
     return out + (["## Warnings", "", md_list(report.warnings)] if report.warnings else [])
 
 
@@ -53,11 +54,16 @@ def _tables(report: RunReport) -> list[str]:
 def _cascade(report: RunReport) -> list[str]:
     out = []
     if report.cascade:
-        table = md_table([o.model_dump() for o in report.cascade], ["kind", "name", "owner_table", "why"])
-        out += ["## CASCADE would also remove", "", table]
+        rows = [{"": "✓" if o.allowed else "✗", **o.model_dump()} for o in report.cascade]
+        rows.sort(key=lambda row: (row["kind"], row["name"]))
+        out += [
+            "## CASCADE would also remove",
+            "",
+            md_table(rows, ["", "kind", "name", "owner_table", "why"]),
+        ]
     if report.untracked:
-        table = md_table([u.model_dump() for u in report.untracked], ["kind", "name", "breaks"])
-        out += ["## References PostgreSQL does not track", "", table]
+        rows = [{"": "✓" if u.allowed else "✗", **u.model_dump()} for u in report.untracked]
+        out += ["## References PostgreSQL does not track", "", md_table(rows, ["", "kind", "name", "breaks"])]
     return out
 
 
@@ -67,10 +73,18 @@ def _code(report: RunReport) -> list[str]:
     if report.code_scan != "done":
         return []
     scanned = [f"`{s.root}`" + (f" at commit `{s.commit}`" if s.commit else "") for s in report.code_sources]
+    files = files_by_references(report.code_references)
     out = ["## Code references", ""] + ([f"Scanned {', '.join(scanned)}.", ""] if scanned else [])
-    if report.code_references:
-        rows = [c.model_dump() for c in report.code_references[:CODE_ROWS]]
-        out.append(md_table(rows, ["path", "line", "identifier", "text"]))
+    if files:
+        out.append(f"{len(report.code_references):,} references in {len(files):,} files:")
+        out.append("")
+        rows = [
+            {"file": f"`{path}`", "references": n, "first": f"line {ref.line}: `{ref.identifier}`"}
+            for path, n, ref in files[:CODE_FILES]
+        ]
+        out.append(md_table(rows))
+        if len(files) > CODE_FILES:
+            out += [f"… and {len(files) - CODE_FILES:,} more files.", ""]
     return out
 
 

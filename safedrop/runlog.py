@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
@@ -19,3 +20,61 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:
         return logging.getLogger("safedrop")
+
+
+_RETRY = re.compile(r"Retry (\d+)/(\d+) will start (\d+(?:\.\d+)?) second")
+_RAISED = re.compile(r"exception:? \w+\((['\"])(?P<text>.*?)\1\)")
+# the flow's own closing line, which repeats the report's reasons
+_VERDICTS = ("failed: ", "stopped: ", "not ready: ", "refused: ")
+
+
+class ExpectedFailures(logging.Filter):
+    """On Prefect's console: an expected failure (a ``SafedropError``) is the report's to tell, once,
+    in one line — not a task-failure log with a traceback, nor its "Finished in state" echo. A retry
+    of one is said plainly: "connection-precheck: <reason>; retrying in 1 s, 1 of 3"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from safedrop.errors import SafedropError
+
+        error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if message.startswith(_VERDICTS):
+            return False
+        expected = isinstance(error, SafedropError) or any(
+            f" {name}(" in message or f"exception {name}:" in message for name in _error_names()
+        )
+        if not expected:
+            return True
+        retry = _RETRY.search(message)
+        if retry is None:
+            return False
+        raised = _RAISED.search(message)
+        said = str(error) if error else (raised.group("text") if raised else "failed")
+        first = (said.strip().splitlines() or ["failed"])[0]
+        attempt, total, delay = retry.groups()
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"{first}; retrying in {float(delay):.1f} s, {attempt} of {total}",
+            (),
+            None,
+            None,
+        )
+        return True
+
+
+def _error_names() -> list[str]:
+    from safedrop import errors
+
+    return [name for name, obj in vars(errors).items() if isinstance(obj, type) and name[0].isupper()]
+
+
+def quiet_expected_failures() -> None:
+    """Put ``ExpectedFailures`` on every Prefect console handler (the API's logs keep everything)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, ExpectedFailures) for f in handler.filters
+            ):
+                handler.addFilter(ExpectedFailures())

@@ -1,7 +1,8 @@
 """Runtime evidence that the targets are dead: scans and writes since the previous run.
 
 Reads ``pg_stat_user_tables`` for each target and compares with the reading the previous run kept
-in a Prefect Variable (the database itself is not written to on a dry run). Any read or write since
+in a Prefect Variable — or, for the command line without a Prefect server, in a file under
+``safedrop.paths.state_dir()`` (the database itself is not written to on a dry run). Any read or write since
 then is reported: something still uses the table. safedrop's own row count (one scan per target, in
 the cleanup check that follows this step) is excluded from the next comparison.
 """
@@ -9,16 +10,18 @@ the cleanup check that follows this step) is excluded from the next comparison.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.database import Database, connect
+from safedrop.paths import state_dir
 from safedrop.report import ActivityResult, TableActivity
+from safedrop.runlog import in_run, run_logger
+from safedrop.steps import step
 
 OWN_SCANS_PER_RUN = 1  # the cleanup check's count(*) of each target
 
@@ -27,6 +30,25 @@ def variable_name(db: Database, migration_slug: str) -> str:
     """One Variable per database and migration (names: lowercase letters, digits, underscores)."""
     where = hashlib.sha256(db.display.encode()).hexdigest()[:10]
     return f"safedrop_activity_{migration_slug.replace('-', '_')}_{where}"[:255]
+
+
+def recall(name: str) -> dict | None:
+    """The previous run's reading: a Prefect Variable inside a run, else the command line's file."""
+    if in_run():
+        return Variable.get(name, default=None)
+    try:
+        return json.loads((state_dir() / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remember(name: str, reading: dict) -> None:
+    if in_run():
+        Variable.set(name, reading, overwrite=True)
+        return
+    path = state_dir() / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(reading))
 
 
 def read_activity(db: Database, oids: list[int]) -> list[dict]:
@@ -102,17 +124,17 @@ def render(result: ActivityResult) -> str:
     return f"# Runtime evidence {since}\n\n{md_table(rows)}"
 
 
-@task(name="activity-check", cache_policy=NO_CACHE)
+@step("activity-check")
 def activity_check(
     db: Database, oids: list[int], migration_slug: str, artifact_prefix: str
 ) -> ActivityResult:
     """Scans and writes on the targets since the previous run (pg_stat_user_tables)."""
     name = variable_name(db, migration_slug)
     rows = read_activity(db, oids)
-    result = compare(rows, Variable.get(name, default=None))
+    result = compare(rows, recall(name))
     if rows:
-        Variable.set(name, snapshot(rows), overwrite=True)
-    get_run_logger().info("activity: %s", "; ".join(result.warnings) or "no use of the targets seen")
+        remember(name, snapshot(rows))
+    run_logger().info("activity: %s", "; ".join(result.warnings) or "no use of the targets seen")
     publish_markdown(
         f"{artifact_prefix}-activity", render(result), "Runtime evidence that the targets are dead"
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -33,6 +32,7 @@ from pydantic import Field
 from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.errors import PrecheckStop
 from safedrop.report import BackupResult, CleanupResult, DependencyResult
+from safedrop.runlog import run_logger
 
 
 class Approval(RunInput):
@@ -120,7 +120,7 @@ def await_approval(
     """
     doc = evidence(cleanup.target_rows, dependencies, backup)
     digest = evidence_digest(doc)
-    logger = get_run_logger()
+    logger = run_logger()
     plan = plan_markdown(doc, digest, backup)
     if artifact_prefix:
         publish_markdown(f"{artifact_prefix}-approval", plan, "The plan waiting for approval")

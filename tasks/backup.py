@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from prefect import get_run_logger, task
 
 from safedrop.archive import TocEntry, archive_digest, read_toc, verify_archive
 from safedrop.artifacts import md_table, publish_markdown, run_progress
@@ -50,10 +49,10 @@ from safedrop.migration import Migration, TableName
 from safedrop.pgtools import PgTools, find_pg_dump
 from safedrop.progress import human_bytes
 from safedrop.report import BackupManifest, BackupResult
-from safedrop.retries import retrying
 from safedrop.runlog import run_logger
 from safedrop.scratchrestore import verify_by_restore
 from safedrop.snapshotdump import BackupOptions, Dumped, dump_in_snapshot
+from safedrop.steps import step
 
 
 def _directory(backup_dir: Path, scope: Scope) -> tuple[Path, list[str]]:
@@ -290,7 +289,7 @@ def backup_markdown(result: BackupResult, db: Database) -> str:
     return text
 
 
-@task(name="backup", **retrying(2, 10))
+@step("backup", retry_delays=(2, 10))
 def backup(
     db: Database,
     targets: list[TableName],
@@ -307,7 +306,7 @@ def backup(
 
     A flow run resumed after a suspension reuses the intact backup it took before.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     options = options or BackupOptions()
     result = backup_of_run(Path(backup_dir), flow_run_id or "", server_version_num)
     if result is not None:

@@ -9,7 +9,6 @@ target.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from prefect import get_run_logger, task
 
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
@@ -19,8 +18,9 @@ from safedrop.errors import PrecheckStop
 from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
 from safedrop.report import CleanupResult, ForeignKeyIn
-from safedrop.retries import retrying
 from safedrop.rowcounts import count_bounded, count_rows
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 
 def check_cleanup(
@@ -94,7 +94,7 @@ def render(result: CleanupResult) -> str:
     return text
 
 
-@task(name="cleanup-check", **retrying(1, 5))
+@step("cleanup-check", retry_delays=(1, 5))
 def cleanup_check(
     db: Database,
     targets: dict[TableName, int],
@@ -112,7 +112,7 @@ def cleanup_check(
         allow_nonempty=allow_nonempty,
         lock_wait_s=lock_wait_s,
     )
-    get_run_logger().info(
+    run_logger().info(
         "target rows: %s; inbound foreign keys: %d",
         ", ".join(f"{t}={n}" for t, n in result.target_rows.items()) or "none",
         len(result.inbound_foreign_keys),

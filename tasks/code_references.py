@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import re
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from safedrop.artifacts import artifact_key, md_table, publish_markdown, publish_table
 from safedrop.codescan import ARTIFACT_ROWS, CodePolicy, scan_code
 from safedrop.errors import CodeSourceError
@@ -21,6 +18,8 @@ from safedrop.gitauth import GitCredential, credential_from_secret
 from safedrop.migration import TableName
 from safedrop.parameters import DropParameters
 from safedrop.report import CodeScanResult, CodeSource
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 # --------------------------------------------------------------------------------------------------
 # the Prefect task
@@ -100,7 +99,7 @@ def read_code_credential(block: str) -> GitCredential:
     return credential_from_secret(secret.get(), block)
 
 
-@task(name="code-reference-scan", cache_policy=NO_CACHE)
+@step("code-reference-scan")
 def code_reference_scan(
     roots: list[str],
     targets: list[TableName],
@@ -125,7 +124,7 @@ def code_reference_scan(
     )
     for source in result.sources:
         if source.kind == "git":
-            get_run_logger().info(
+            run_logger().info(
                 "fetched %s at commit %s in %.2f s and scanned it", source.root, source.commit, source.fetch_s
             )
     key = f"{artifact_prefix}-code-references"

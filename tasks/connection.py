@@ -7,8 +7,6 @@ or a target is absent without safedrop's ledger saying it dropped it (a typo, no
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.catalog import ledger_entries, table_status
@@ -16,7 +14,8 @@ from safedrop.database import Database, connect
 from safedrop.errors import UsageError
 from safedrop.migration import Migration, TableName
 from safedrop.report import ConnectionResult, TableStatus
-from safedrop.retries import retrying
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 _KINDS = {
     "v": "a view",
@@ -156,12 +155,12 @@ def render(result: ConnectionResult) -> str:
     return text
 
 
-@task(name="connection-precheck", **retrying(1, 2, 4, jitter=0.2))
+@step("connection-precheck", retry_delays=(1, 2, 4), jitter=0.2)
 def connection_precheck(
     db: Database, migration: Migration, keep: list[TableName], artifact_prefix: str
 ) -> ConnectionResult:
     """Connect, read the server version and role, and the status of every target and survivor."""
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("connecting to %s", db.display)
     result = check_connection(db, migration, keep)
     logger.info(

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefect import get_run_logger, task
-
 from safedrop.artifacts import md_table, publish_markdown, publish_table
 from safedrop.cascade import analyse
 from safedrop.database import Database, reading
 from safedrop.migration import Migration, TableName
 from safedrop.report import DependencyResult
-from safedrop.retries import retrying
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 
 def scan_dependencies(
@@ -51,7 +50,7 @@ def render(result: DependencyResult) -> str:
     return "\n".join(lines)
 
 
-@task(name="dependency-scan", **retrying(1, 5))
+@step("dependency-scan", retry_delays=(1, 5))
 def dependency_scan(
     db: Database,
     migration: Migration,
@@ -61,7 +60,7 @@ def dependency_scan(
 ) -> DependencyResult:
     """Everything DROP … CASCADE would remove, and the untracked references that would break."""
     result = scan_dependencies(db, migration, oids, allow)
-    get_run_logger().info(
+    run_logger().info(
         "dependency scan: %d objects removed in all, %d beyond the targets, %d untracked references",
         result.removed_total,
         len(result.cascade),

@@ -55,8 +55,6 @@ import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from psycopg2 import sql
 from sqlalchemy.engine import Connection
 
@@ -95,6 +93,8 @@ from safedrop.lockschedule import (
 )
 from safedrop.migration import Migration, TableName, render_drop, tables_sql
 from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 QUERY_CANCELED = "57014"
 DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"  # DROP … RESTRICT refused: something new depends on a target
@@ -400,7 +400,7 @@ def render(result: DropResult) -> str:
     return text
 
 
-@task(name="drop", cache_policy=NO_CACHE)
+@step("drop")
 def drop(
     db: Database,
     request: DropRequest,
@@ -410,7 +410,7 @@ def drop(
 ) -> DropResult:
     """Run the migration's DROP statements: lock-safe, in one transaction, rechecked under the lock."""
     result = drop_targets(db, request, schedule=schedule, statement_timeout_s=statement_timeout_s)
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info(
         "dropped %s in %.3f s (%d attempts)", ", ".join(result.dropped), result.duration_s, result.attempts
     )

@@ -13,8 +13,6 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from psycopg2 import sql
 from pydantic import SecretStr
 
@@ -26,6 +24,8 @@ from safedrop.migration import Migration
 from safedrop.pgtools import find_pg_dump
 from safedrop.processes import ToolFailed, run, tool_env
 from safedrop.report import StepResult
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 
 class RehearsalResult(StepResult):
@@ -120,13 +120,13 @@ def render(result: RehearsalResult) -> str:
     return text
 
 
-@task(name="rehearsal", cache_policy=NO_CACHE)
+@step("rehearsal")
 def rehearsal(
     db: Database, migration: Migration, server_version_num: int, artifact_prefix: str
 ) -> RehearsalResult:
     """Prove the CASCADE prediction against the server on a scratch copy of the schema."""
     result = rehearse_on_copy(db, migration, server_version_num)
-    get_run_logger().info(
+    run_logger().info(
         "rehearsal: predicted %d, server removed %d", result.predicted, result.removed_by_server
     )
     publish_markdown(

@@ -41,8 +41,6 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from safedrop import queries
 from safedrop.archive import read_toc
@@ -81,8 +79,8 @@ from safedrop.restoreplan import (
 )
 from safedrop.restorereport import render_check, render_restore, render_verification
 from safedrop.restoring import replay_tables
-from safedrop.retries import retrying
 from safedrop.runlog import run_logger
+from safedrop.steps import step
 from safedrop.tocfilter import (
     SESSION_ENTRIES,
     entry_names,
@@ -357,10 +355,10 @@ def verify_restored(
 # --------------------------------------------------------------------------------------------------
 
 
-@task(name="restore-precheck", **retrying(1, 5))
+@step("restore-precheck", retry_delays=(1, 5))
 def restore_precheck(db: Database, backup_path: str, artifact_prefix: str) -> RestorePlan:
     """The archive matches its manifest; nothing to restore exists; the entries to replay."""
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("checking %s against its manifest, and %s", backup_path, db.display)
     try:
         plan = plan_restore(db, backup_path)
@@ -386,7 +384,7 @@ def restore_precheck(db: Database, backup_path: str, artifact_prefix: str) -> Re
     return plan
 
 
-@task(name="restore", cache_policy=NO_CACHE)
+@step("restore")
 def restore(
     db: Database,
     plan: RestorePlan,
@@ -421,7 +419,7 @@ def restore(
     return result
 
 
-@task(name="restore-verification", cache_policy=NO_CACHE)
+@step("restore-verification")
 def restore_verification(
     db: Database, plan: RestorePlan, restored: RestoreResult | None, artifact_prefix: str
 ) -> RestoreVerification:
@@ -437,6 +435,6 @@ def restore_verification(
             f"{artifact_prefix}-verification", render_verification(exc.report), "Restore verification"
         )
         raise
-    get_run_logger().info("restore verification passed: %s", ", ".join(t.name for t in result.tables))
+    run_logger().info("restore verification passed: %s", ", ".join(t.name for t in result.tables))
     publish_markdown(f"{artifact_prefix}-verification", render_verification(result), "Restore verification")
     return result

@@ -6,15 +6,14 @@ puts the tables back from this run's backup.
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.database import Database
 from safedrop.errors import SmokeCheckFailed
 from safedrop.parameters import DropParameters
 from safedrop.report import SmokeCheckResult
+from safedrop.runlog import run_logger
 from safedrop.smokechecks import failures, restore_command, run_smoke_checks
+from safedrop.steps import step
 
 
 def render(result: SmokeCheckResult) -> str:
@@ -22,7 +21,7 @@ def render(result: SmokeCheckResult) -> str:
     return f"# Smoke checks after the drop\n\n{md_table(rows) if rows else 'None given.'}\n"
 
 
-@task(name="smoke-checks", cache_policy=NO_CACHE)
+@step("smoke-checks")
 def smoke_checks(
     db: Database, params: DropParameters, backup_path: str | None, artifact_prefix: str
 ) -> SmokeCheckResult:
@@ -38,5 +37,5 @@ def smoke_checks(
             report=result,
         )
     if result.checks:
-        get_run_logger().info("smoke checks passed: %d", len(result.checks))
+        run_logger().info("smoke checks passed: %d", len(result.checks))
     return result

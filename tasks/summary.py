@@ -6,9 +6,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from safedrop.artifacts import publish_markdown, publish_table
 from safedrop.errors import SafedropError
 from safedrop.parameters import DropParameters
@@ -30,6 +27,7 @@ from safedrop.report import (
 )
 from safedrop.report_json import REPORT_ARTIFACT, report_json_markdown
 from safedrop.report_markdown import HEADLINES, render_markdown
+from safedrop.steps import step
 
 
 @dataclass
@@ -52,6 +50,17 @@ class RunRecord:
     drop: DropResult | None = None
     verification: VerificationResult | None = None
     smoke_checks: SmokeCheckResult | None = None
+
+    def stage(self) -> str:
+        """Where the run is: prechecks, backup, drop (from the backup's end to the drop's commit), or
+        verification."""
+        if self.drop is not None:
+            return "verification"
+        if self.backup is not None:
+            return "drop"
+        if self.code is not None:
+            return "backup"
+        return "prechecks"
 
     @property
     def steps(self) -> list[StepResult]:
@@ -137,7 +146,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
     )
 
 
-@task(name="summary", cache_policy=NO_CACHE)
+@step("summary")
 def summary(
     record: RunRecord, status: Status, error: SafedropError | None, artifact_prefix: str
 ) -> RunReport:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
 from safedrop import queries
@@ -30,6 +28,8 @@ from safedrop.report import (
     VerificationResult,
 )
 from safedrop.rowcounts import count_bounded
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 
 def table_structure(conn: Connection, tables: list[TableName]) -> dict[str, list[TablePart]]:
@@ -188,7 +188,7 @@ def render(result: VerificationResult) -> str:
     return text
 
 
-@task(name="verification", cache_policy=NO_CACHE)
+@step("verification")
 def verification(
     db: Database,
     targets: list[TableName],
@@ -214,6 +214,6 @@ def verification(
     except VerificationFailed as exc:
         publish_markdown(f"{artifact_prefix}-verification", render(exc.report), "Verification")
         raise
-    get_run_logger().info("verification passed: %s gone", ", ".join(result.targets_gone) or "no target")
+    run_logger().info("verification passed: %s gone", ", ".join(result.targets_gone) or "no target")
     publish_markdown(f"{artifact_prefix}-verification", render(result), "Verification")
     return result

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -135,3 +138,31 @@ def archive_listing(archive) -> str:
     """``pg_restore --list`` of an archive, by the server's own pg_restore (independent of safedrop)."""
     command = [str(find_server_bin() / "pg_restore"), "--list", str(archive)]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+SAFEDROP = Path(sys.executable).parent / "safedrop"  # the console script, as a user runs it
+
+
+def console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A user's shell: no Prefect server configured (the CLI runs its steps in-process), a Prefect home
+    and a state directory of the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        **extra,
+    )
+    return env
+
+
+def console(tmp_path: Path, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """``safedrop ARGS`` as a user runs it, from ``tmp_path``; its exit code, stdout and stderr."""
+    return subprocess.run(
+        [str(SAFEDROP), *args],
+        cwd=tmp_path,
+        env=console_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -508,7 +508,7 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
         ),
         "too-new": (guide_db.db, 990000),
     }
-    quick = backup.with_options(retry_delay_seconds=0)
+    quick = backup.task.with_options(retry_delay_seconds=0)
 
     @flow(name="backup-retry-test")
     def attempt(case: str):

@@ -1,16 +1,14 @@
 """The `safedrop` command: the contract (subcommands, flags, --json, exit codes) and its failure lines.
 
-Most tests call ``main()`` in-process inside the Prefect test harness; the tests marked ``cli`` run
-the installed console script as a user would (Prefect's embedded mode, ~10 s each).
+Most tests call ``main()`` in-process inside the Prefect test harness (the flow runs through Prefect,
+as with a server); the tests marked ``cli`` run the installed console script as a user would, without
+a Prefect server (its steps in-process, ~2 s each).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from safedrop.commands import parse_duration_ms
 from safedrop.pgserver import free_port
 from tests.conftest import TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
-from tests.helpers import archive_listing
+from tests.helpers import archive_listing, console
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "cli_env")
 
@@ -205,7 +203,13 @@ def test_run_stops_with_3_and_changes_nothing_when_something_depends(guide_db, c
         capsys, *SKIP_CODE, "--database-url", guide_db.url, "--backup-dir", str(tmp_path / "bk")
     )
     assert code == 3
-    assert "STOPPED" in out and "foreign key credit_usage_allocation_id_fkey" in out
+    assert "STOPPED" in out
+    assert (
+        "foreign key (1): ✗ credit_usage_allocation_id_fkey on public.credit_usage" in out
+    )  # grouped by kind
+    assert (
+        "would be removed or broken by the drop" in out and out.count("credit_usage_allocation_id_fkey") == 1
+    )
     assert guide_db.snapshot() == before
     assert not (tmp_path / "bk").exists()
 
@@ -306,7 +310,7 @@ def test_plan_scans_the_ref_it_is_given(guide_db, capsys, app_repo, temp_root, r
     assert code == exit_code, out
     assert f"scanned {app_repo.url}#{ref} at commit {sha}" in out
     if ref == "v1.0":
-        assert f"{app_repo.url}#v1.0/src/models/CreditAllocation.ts:1:18 CreditAllocation" in out
+        assert "    src/models/CreditAllocation.ts  1  (first: line 1, CreditAllocation)" in out  # by file
 
 
 @pytest.mark.parametrize("command", ["plan", "run"])
@@ -385,42 +389,85 @@ def test_durations():
     assert parse_duration_ms("5m") == 300_000
 
 
-def _console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
-    return env
-
-
 @pytest.mark.cli
 def test_console_script_plan_json(guide_db, tmp_path):
-    """The installed `safedrop` as a user runs it: embedded Prefect, DATABASE_URL from the environment."""
-    exe = Path(sys.executable).parent / "safedrop"
-    result = subprocess.run(
-        [str(exe), "plan", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_console_env(tmp_path, DATABASE_URL=guide_db.url),
-        cwd=tmp_path,
-    )
+    """The installed `safedrop` as a user runs it: no Prefect server, DATABASE_URL from the environment."""
+    result = console(tmp_path, "plan", "--json", DATABASE_URL=guide_db.url)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["status"] == "ready"
     assert guide_db.server.password not in result.stdout + result.stderr
 
 
+LAGO_FILES = 320  # the Lago Rails app: wallet_transactions and credit_notes referenced from ~300 files
+
+
+def lago_sized_app(root: Path) -> Path:
+    """An application with hundreds of files using the targets, a few of them many times."""
+    for i in range(LAGO_FILES):
+        uses = 40 if i < 3 else 1 + i % 4
+        body = "".join(f"CreditAllocation.where(id: {n})  # credit_allocations\n" for n in range(uses))
+        path = root / "app" / ("models" if i % 2 else "services") / f"file_{i:03}.rb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+    return root
+
+
+@pytest.mark.cli
+def test_a_lago_sized_plan_reads_in_under_60_lines(guide_db, tmp_path):
+    """Hundreds of referencing files, views and a foreign key: each reason once, the code grouped by file
+    (relative paths, counts, the busiest first, '… and N more files'), the CASCADE list by kind; stderr
+    has progress lines only. --json keeps every reference."""
+    guide_db.execute(
+        "CREATE VIEW org_credit_overview AS SELECT tenant_id FROM credit_allocations;"
+        "CREATE VIEW allocation_totals AS SELECT sum(amount) FROM credit_allocations;"
+        "ALTER TABLE credit_usage ADD COLUMN allocation_id bigint REFERENCES credit_allocations (id);"
+    )
+    app = lago_sized_app(tmp_path / "lago")
+    before = guide_db.snapshot()
+    result = console(tmp_path, "plan", "--database-url", guide_db.url, "--code-path", str(app))
+    out = result.stdout
+    assert result.returncode == 3 and "Traceback" not in out + result.stderr, out + result.stderr
+    assert len(out.splitlines()) < 60, out
+    assert (
+        out.count("public.org_credit_overview") == 1 and out.count("credit_usage_allocation_id_fkey") == 1
+    ), out
+    assert "app/services/file_000.rb" in out and str(app) not in out, out  # relative to the scanned root
+    assert "… and " in out and " more files" in out, out
+    assert all(line.startswith("· ") for line in result.stderr.splitlines() if line.strip()), result.stderr
+    complete = console(tmp_path, "plan", "--database-url", guide_db.url, "--code-path", str(app), "--json")
+    references = json.loads(complete.stdout)["code_references"]
+    assert len({r["path"] for r in references}) == LAGO_FILES
+    assert guide_db.snapshot() == before
+
+
+@pytest.mark.cli
+def test_plan_markdown_is_a_pull_request_comment(guide_db, tmp_path):
+    """`safedrop plan --markdown`: what a migration would remove, as the application's CI would post it."""
+    guide_db.execute("CREATE VIEW org_credit_overview AS SELECT tenant_id FROM credit_allocations")
+    app = lago_sized_app(tmp_path / "lago")
+    result = console(tmp_path, "plan", "--database-url", guide_db.url, "--code-path", str(app), "--markdown")
+    md = result.stdout
+    assert result.returncode == 3 and "Traceback" not in md + result.stderr, md + result.stderr
+    assert md.startswith("# Stopped before any change\n"), md[:300]
+    assert "| ✗ | view | public.org_credit_overview |" in md, md
+    assert "| `app/services/file_000.rb` | 80 | line 1: `CreditAllocation` |" in md, md
+    assert f"… and {LAGO_FILES - 20} more files." in md, md
+    assert len(md.splitlines()) < 80, md
+
+
 @pytest.mark.cli
 def test_console_script_plan_with_a_git_url(guide_db, app_repo, tmp_path):
     """`safedrop plan --code-path file:///…/app.git` as a user runs it: git found on PATH, clone gone."""
-    exe = Path(sys.executable).parent / "safedrop"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    result = subprocess.run(
-        [str(exe), "plan", "--code-path", f"{app_repo.url}#v1.0", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_console_env(tmp_path, DATABASE_URL=guide_db.url, TMPDIR=str(tmp)),
-        cwd=tmp_path,
+    result = console(
+        tmp_path,
+        "plan",
+        "--code-path",
+        f"{app_repo.url}#v1.0",
+        "--json",
+        DATABASE_URL=guide_db.url,
+        TMPDIR=str(tmp),
     )
     assert result.returncode == 3, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -434,15 +481,7 @@ def test_console_script_plan_with_a_git_url(guide_db, app_repo, tmp_path):
 @pytest.mark.cli
 def test_make_demo_runs_the_whole_job(tmp_path):
     """`safedrop demo` (what `make demo` runs): zero configuration, exit 0, a summary and a backup."""
-    exe = Path(sys.executable).parent / "safedrop"
-    result = subprocess.run(
-        [str(exe), "demo"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_console_env(tmp_path),
-        cwd=tmp_path,
-    )
+    result = console(tmp_path, "demo", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "READY" in result.stdout and "SUCCEEDED" in result.stdout
     assert list((tmp_path / "backups" / "demo").glob("*.dump"))

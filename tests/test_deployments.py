@@ -55,6 +55,7 @@ from safedrop.migration import load_migration, migration_paths
 from safedrop.parameters import DropParameters
 from tests.conftest import SURVIVORS, TARGETS
 from tests.gitrepos import make_app_repo
+from tests.helpers import SAFEDROP
 from tests.helpers import run as run_flow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -761,6 +762,19 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         assert "src/services/billing.js" in summary.data, summary.data  # found in the clone of main
     guide_db.execute("DROP VIEW org_credit_overview")
     mark("readiness")
+
+    # 5b. The command line, with PREFECT_API_URL set and no database URL: its run is recorded on the
+    #     server with its artifacts, and the URL comes from the Secret block.
+    plan = stack.command([str(SAFEDROP), "plan", "--code-policy", "skip"], timeout=120, cwd=tmp_path)
+    assert plan.returncode == 0 and "Traceback" not in plan.stdout + plan.stderr, stack.explain("CLI plan")
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        (cli_run,) = [r for r in client.read_flow_runs() if r.deployment_id is None]
+        assert cli_run.state.is_completed(), stack.explain(f"CLI run {cli_run.state}")
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[cli_run.id]))
+        )
+        assert "drop-credit-allocation-tables-summary" in {a.key for a in artifacts}, artifacts
+    mark("CLI run recorded")
 
     # 6. Cancelled mid-backup, as from the UI's Cancel button: the worker ends the run's process, and
     #    pg_dump — held at its first lock by a session of ours — must not outlive it.
