@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["cli_speed", "code_scan", "dependency_scan", "backup", "lock_safety", "restore_traffic", "live_traffic"]
+ORDER = [
+    "cli_speed",
+    "code_scan",
+    "dependency_scan",
+    "backup",
+    "lock_safety",
+    "restore_traffic",
+    "live_traffic",
+    "fleet",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -6,13 +6,13 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from safedrop.childruns import FleetCancelled, cancel_children
+from safedrop.childruns import FleetCancelled, cancel_children, end_cancelled, note_fleet_run
 from safedrop.errors import RunEnded, SafedropError
 from safedrop.fleet import FLEET_FLOW_NAME, FleetParameters, child_deployment
 from safedrop.fleetreport import FleetReport
 from safedrop.migration import load_migration
 from tasks.fleet_approval import await_fleet_approval
-from tasks.fleet_plan import plan_fleet, publish_fleet_plan
+from tasks.fleet_plan import check_fleet, plan_fleet, publish_fleet_plan
 from tasks.fleet_rollout import roll_out
 from tasks.fleet_summary import FleetRecord, fleet_summary
 
@@ -39,9 +39,10 @@ def drop_deprecated_tables_fleet(params: FleetParameters) -> State:
     pool, on any machine, can take it; each keeps its own prechecks, backup, artifacts and ledger. First
     every database's dry run (at most max_parallel at once) makes the fleet plan — readiness, row
     counts, what CASCADE removes, code references — which is approved once (the run is suspended until
-    an operator resumes it; approval: skip for a terminal run). Then the canaries, one at a time and
-    alone, then the rest, at most max_parallel at once; each database's run is held to the plan
-    approved for it and stops with nothing changed if its database changed. on_error: stop starts no
+    an operator resumes it). With approval: skip (a terminal run) there is no separate plan: each
+    database's run makes its own prechecks. Then the canaries, one at a time and alone, then the rest,
+    at most max_parallel at once; each database's run is held to the plan approved for it and stops
+    with nothing changed if its database changed. on_error: stop starts no
     database after one stopped or failed (running ones finish); continue goes on. Databases already
     done are skipped, so running the fleet again resumes it. The fleet run ends Completed only when
     every database succeeded or was already done; cancelling it cancels its running children.
@@ -51,20 +52,25 @@ def drop_deprecated_tables_fleet(params: FleetParameters) -> State:
             and where each one's URL is), whether to only plan, and the approval.
     """
     fleet = params.fleet
+    note_fleet_run(flow_run.get_id())  # a terminal's Ctrl-C cancels its children (safedrop fleet)
     record = FleetRecord(params=params, flow_run_id=flow_run.get_id(), migration=fleet.migration)
     try:
         migration = load_migration(fleet.migration)
         record.migration, record.slug = migration.name, migration.slug
         deployment = child_deployment(migration)
 
-        # 1. The plan: every database's prechecks, each its own dry run on any worker.
-        plan_fleet(record, deployment)
-        plan = publish_fleet_plan(record)
-        if params.dry_run:
-            return _finish(record)
+        # 1. The fleet can run: its child deployment is on the server, a worker polls the pool, and
+        #    every Secret block exists (a database without one is not started).
+        check_fleet(record, deployment)
 
-        # 2. One approval for the whole fleet; each database's run is held to its part of it.
-        if params.approval == "required":
+        # 2. The plan — every database's prechecks, each its own dry run on any worker — approved once;
+        #    each database's run is then held to its part of it. At a terminal (approval: skip) running
+        #    the command is the approval, and each database's run makes its own prechecks.
+        if params.dry_run or params.approval == "required":
+            plan_fleet(record, deployment)
+            plan = publish_fleet_plan(record)
+            if params.dry_run:
+                return _finish(record)
             await_fleet_approval(plan, record.fleet_digest or "", timeout_s=params.approval_timeout_s)
 
         # 3. The rollout: canaries first and alone, then at most max_parallel at once.
@@ -72,6 +78,8 @@ def drop_deprecated_tables_fleet(params: FleetParameters) -> State:
         return _finish(record)
     except FleetCancelled as error:
         report = fleet_summary(record, [str(error)])
+        if record.flow_run_id:
+            end_cancelled(record.flow_run_id, str(error))
         return Cancelled(message=str(error), data=report)
     except SafedropError as error:
         return _finish(record, error)

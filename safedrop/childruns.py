@@ -42,12 +42,34 @@ from safedrop.runlog import run_logger
 
 FLEET_TAG = "safedrop-fleet:"
 PLAN_TAG, DROP_TAG = "safedrop-fleet-plan", "safedrop-fleet-drop"  # a child's kind, for filtering in the UI
-_NOT_STARTED_YET = {StateType.SCHEDULED, StateType.PAUSED}  # no process anywhere: Cancelled at once
+# No flow code has run yet (Pending: a worker is starting its process, which will find it Cancelled and
+# not start): Cancelled at once. Cancelling a Pending run instead can leave it Cancelling for good when
+# its process starts after the worker's cancellation check.
+_NOT_STARTED_YET = {StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED}
 _BATCH = 100
+_PAGE = 200  # the most flow runs the API returns a call
 
 
 class FleetCancelled(SafedropError):
     """The fleet run is being cancelled: its children were cancelled too."""
+
+
+_IN_THIS_PROCESS: list[str] = []  # the fleet runs this process runs (a terminal's `safedrop fleet`)
+
+
+def note_fleet_run(flow_run_id: str | UUID | None) -> None:
+    if flow_run_id:
+        _IN_THIS_PROCESS.append(str(flow_run_id))
+
+
+def interrupt_fleet_runs(message: str) -> int:
+    """A signal stops this process: cancel the children of the fleet runs it ran, and end those runs
+    Cancelled (no process is left to do either). Returns how many children were cancelled."""
+    cancelled = 0
+    for fleet_run_id in _IN_THIS_PROCESS:
+        cancelled += len(cancel_children(fleet_run_id, message))
+        end_cancelled(fleet_run_id, message)
+    return cancelled
 
 
 def fleet_tag(fleet_run_id: str | UUID) -> str:
@@ -109,11 +131,7 @@ def cancel_children(fleet_run_id: str | UUID, message: str) -> list[UUID]:
     """
     cancelled: list[UUID] = []
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet_tag(fleet_run_id)])),
-            limit=10_000,
-        )
-        for child in children:
+        for child in _children(client, fleet_run_id):
             if child.state is None or child.state.is_final() or child.state.type == StateType.CANCELLING:
                 continue
             if child.state.type in _NOT_STARTED_YET:
@@ -122,6 +140,26 @@ def cancel_children(fleet_run_id: str | UUID, message: str) -> list[UUID]:
                 client.set_flow_run_state(child.id, Cancelling(message=message), force=True)
             cancelled.append(child.id)
     return cancelled
+
+
+def end_cancelled(flow_run_id: str | UUID, message: str) -> None:
+    """Put the fleet run itself in Cancelled once its children are cancelled: whichever of Prefect's
+    engine and the worker notices the cancellation first, the run must not be left Running."""
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(str(flow_run_id))).state
+        if state is None or not state.is_final():
+            client.set_flow_run_state(UUID(str(flow_run_id)), Cancelled(message=message), force=True)
+
+
+def _children(client, fleet_run_id: str | UUID) -> list[FlowRun]:
+    """Every child flow run of the fleet run (the API returns at most 200 a call)."""
+    only_these = FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet_tag(fleet_run_id)]))
+    found: list[FlowRun] = []
+    while True:
+        page = client.read_flow_runs(flow_run_filter=only_these, limit=_PAGE, offset=len(found))
+        found += page
+        if len(page) < _PAGE:
+            return found
 
 
 def child_report(run: FlowRun, migration_slug: str) -> RunReport | None:

@@ -183,7 +183,10 @@ STAGES = {
 
 def interrupted(stop: Any, params: Any = None) -> int:
     """Say in one line what was and was not done when a signal stopped the command; its exit code."""
-    line = STAGES.get(stop.stage) or _after_interrupted_drop(params)
+    if stop.stage.startswith("fleet: "):  # each database's own run says what it did (its report, its ledger)
+        line = f"interrupted; {stop.stage.removeprefix('fleet: ')}"
+    else:
+        line = STAGES.get(stop.stage) or _after_interrupted_drop(params)
     print(f"safedrop: {line}", file=sys.stderr)
     return stop.exit_code
 
@@ -357,8 +360,11 @@ def fleet(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from flows.drop_deprecated_tables_fleet import drop_deprecated_tables_fleet
     from safedrop.fleet import FleetParameters
+    from safedrop.runlog import quiet_expected_failures
 
     params = FleetParameters(fleet=spec, dry_run=dry_run, approval="skip")
+    quiet_expected_failures()
+
     try:
         state = drop_deprecated_tables_fleet(params, return_state=True)
         result = state.result(raise_on_failure=False)

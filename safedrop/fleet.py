@@ -178,6 +178,11 @@ class FleetSpec(_Strict):
     code_secret_block: str | None = Field(
         None, description="Prefect Secret block with the token or SSH key for a private repository."
     )
+    code_policy: Literal["fail", "warn", "skip"] = Field(
+        "fail",
+        description="What code references do: 'fail' stops a database's run, 'warn' only reports them, "
+        "'skip' does not look at the code (the reports say it was not scanned).",
+    )
     rollout: RolloutSettings = Field(description="Canaries, parallelism and what an error does.")
     databases: list[FleetDatabase] = Field(
         min_length=1, description="Every database, in the order the rollout takes them after the canaries."
@@ -221,6 +226,11 @@ class FleetSpec(_Strict):
                     f"databases {' and '.join(owners)} both take their URL from {key} {value}; each "
                     "database needs its own"
                 )
+        if self.code_paths == [] and self.code_policy != "skip":
+            problems.append(
+                "code_paths is empty, so every database's run would stop with no code to scan; name the "
+                "application's repository (a git URL each worker fetches), or say code_policy: skip"
+            )
         unknown = [c for c in self.rollout.canary if c not in names]
         if unknown:
             problems.append(f"canary {', '.join(unknown)} is not one of the databases ({', '.join(names)})")
@@ -257,6 +267,7 @@ class FleetSpec(_Strict):
             "database_url_env": database.url_env,
             "approval": "skip",
             "dry_run": dry_run,
+            "code_policy": self.code_policy,
         }
         if self.keep is not None:
             fields["keep"] = list(self.keep)

@@ -48,7 +48,7 @@ class Rollout:
     """The rollout's state: what is queued, running, finished, and whether it has halted."""
 
     order: list[str]
-    canary: frozenset[str]
+    canary: tuple[str, ...]  # in the order the fleet file lists them
     max_parallel: int
     on_error: OnError
     verdicts: dict[str, tuple[Status, list[str]]] = field(default_factory=dict)
@@ -63,9 +63,7 @@ class Rollout:
         if len(set(self.order)) != len(self.order):
             raise ValueError("a database is listed twice")
         # canaries first, as listed; then the others in their order
-        self.queue = deque(
-            [n for n in self.order if n in self.canary] + [n for n in self.order if n not in self.canary]
-        )
+        self.queue = deque([*self.canary, *(n for n in self.order if n not in self.canary)])
 
     @classmethod
     def of(
@@ -78,7 +76,7 @@ class Rollout:
         plan: Mapping[str, tuple[Status, list[str]]] | None = None,
     ) -> Rollout:
         """A rollout over ``order``; ``plan`` is each database's status from the plan (default: ready)."""
-        return cls(list(order), frozenset(canary), max_parallel, on_error, dict(plan or {}))
+        return cls(list(order), tuple(canary), max_parallel, on_error, dict(plan or {}))
 
     # --- the questions the flow asks ----------------------------------------------------------------
 

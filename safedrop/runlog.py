@@ -26,6 +26,8 @@ _RETRY = re.compile(r"Retry (\d+)/(\d+) will start (\d+(?:\.\d+)?) second")
 _RAISED = re.compile(r"exception:? \w+\((['\"])(?P<text>.*?)\1\)")
 # the flow's own closing line, which repeats the report's reasons
 _VERDICTS = ("failed: ", "stopped: ", "not ready: ", "refused: ")
+# Prefect's closing line, which repeats them again in the state's message
+_ECHOES = tuple(f"Finished in state {name}(" for name in ("Stopped", "Failed", "Not ready"))
 
 
 class ExpectedFailures(logging.Filter):
@@ -38,7 +40,7 @@ class ExpectedFailures(logging.Filter):
 
         error = record.exc_info[1] if record.exc_info else None
         message = record.getMessage()
-        if message.startswith(_VERDICTS):
+        if message.startswith(_VERDICTS) or message.startswith(_ECHOES):
             return False
         expected = isinstance(error, SafedropError) or any(
             f" {name}(" in message or f"exception {name}:" in message for name in _error_names()

@@ -78,12 +78,19 @@ def child_name(database: str, kind: str) -> str:
     return f"{database}-{kind}"
 
 
+def check_fleet(record: FleetRecord, deployment: str) -> None:
+    """The fleet can run (else raise, nothing started); a database whose Secret block is missing is
+    marked failed, and will not be started."""
+    for name, (status, reasons) in check_fleet_can_run(record.params.fleet, deployment).items():
+        record.databases[name].plan_status, record.databases[name].plan_reasons = status, reasons
+
+
 def plan_fleet(record: FleetRecord, deployment: str) -> None:
     """Every database's dry run through the fleet-child deployment; fills in each database's plan."""
     fleet = record.params.fleet
-    verdicts = check_fleet_can_run(fleet, deployment)
-    for name, (status, reasons) in verdicts.items():
-        record.databases[name].plan_status, record.databases[name].plan_reasons = status, reasons
+    verdicts = {
+        n: (d.plan_status, d.plan_reasons) for n, d in record.databases.items() if d.plan_status != "ready"
+    }
     rollout = Rollout.of(
         fleet.order, max_parallel=fleet.rollout.max_parallel, on_error="continue", plan=verdicts
     )
@@ -103,7 +110,7 @@ def plan_fleet(record: FleetRecord, deployment: str) -> None:
         database = record.databases[name]
         database.plan, database.plan_run = report, run
         database.plan_status, database.plan_reasons = status, reasons
-        run_logger().info("plan of %s: %s%s", name, status, f" ({'; '.join(reasons)})" if reasons else "")
+        run_logger().info("plan of %s: %s", name, status)  # the why is in the plan, once
         return status, reasons
 
     def not_created(name: str, reason: str) -> None:

@@ -37,10 +37,10 @@ def roll_out(record: FleetRecord, deployment: str) -> None:
 
     def start(name: str):
         database = record.databases[name]
-        assert database.plan is not None and database.plan.plan_digest  # only a ready plan is started
+        approved = database.plan.plan_digest if database.plan else None  # None: no plan was approved
         child_id = start_child(
             deployment,
-            fleet.child_parameters(name, dry_run=False, expected_plan_digest=database.plan.plan_digest),
+            fleet.child_parameters(name, dry_run=False, expected_plan_digest=approved),
             name=child_name(name, "drop"),
             tags=[fleet_tag(record.flow_run_id or "local"), DROP_TAG],
             idempotency_key=f"{record.flow_run_id}:drop:{name}",
@@ -55,7 +55,7 @@ def roll_out(record: FleetRecord, deployment: str) -> None:
         status, reasons = status_of(run, report)
         database = record.databases[name]
         database.report, database.run, database.status, database.reasons = report, run, status, reasons
-        logger.info("%s: %s%s", name, status, f" ({'; '.join(reasons)})" if reasons else "")
+        logger.info("%s: %s", name, status)  # the why is in the fleet table and the report, once
         publish_fleet_table(record)
         return status, reasons
 

@@ -28,6 +28,7 @@ os.environ.setdefault("SAFEDROP_BACKUP_DIR", str(ROOT / ".tmp" / "test-backups")
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.database import Database, database_from_url  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
+from tests.stack import stack  # noqa: E402, F401 - the e2e tests' Prefect server and workers
 
 GUIDE_TEMPLATE = "guide_template"
 TARGETS = ["credit_allocation_transactions", "credit_allocations"]

@@ -19,12 +19,9 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -57,17 +54,24 @@ from tests.conftest import SURVIVORS, TARGETS
 from tests.gitrepos import make_app_repo
 from tests.helpers import SAFEDROP
 from tests.helpers import run as run_flow
+from tests.stack import (
+    Stack,
+    final,
+    processes_mentioning,
+    wait_until,
+    worker_installation,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_PY = ROOT / "deployments" / "serve.py"
 DEPLOY = [sys.executable, "-m", "deployments.deploy"]  # the README's command, from any directory
-PREFECT = str(Path(sys.executable).with_name("prefect"))  # the venv's CLI: the worker's runs use its Python
 FLOW_NAME = "drop-deprecated-tables"
 POOL = "safedrop"
 SECRET_BLOCK = "safedrop-database-url"
 MANUAL, SCHEDULED = "credit-allocations", "credit-allocations-scheduled"
 READINESS = "credit-allocations-readiness"
 RESTORE = "restore-dropped-tables"
+FLEET = "fleet"  # drop-deprecated-tables-fleet/fleet
 LEASE_S = 30  # the shortest deployment concurrency lease Prefect allows (default 300 s)
 
 
@@ -98,17 +102,26 @@ def load_serve() -> ModuleType:
 # --- the deployments follow from the migrations -------------------------------------------------------
 
 
-def test_every_migration_makes_three_deployments_on_the_safedrop_pool():
+def test_every_migration_makes_four_deployments_on_the_safedrop_pool():
     expected = []
     for path in migration_paths():
         name = load_migration(str(path)).settings.deployment
-        expected += [name, f"{name}-scheduled", f"{name}-readiness"]
-    assert list(built()) == [*expected, RESTORE]
-    assert [n for n in built() if n.startswith("credit-allocations")] == [MANUAL, SCHEDULED, READINESS]
+        expected += [name, f"{name}-scheduled", f"{name}-readiness", f"{name}-fleet-child"]
+    assert list(built()) == [*expected, RESTORE, FLEET]
+    assert [n for n in built() if n.startswith("credit-allocations")] == [
+        MANUAL,
+        SCHEDULED,
+        READINESS,
+        f"{MANUAL}-fleet-child",
+    ]
     for name, d in built().items():
         assert d.work_pool_name == POOL, name
-        assert d.concurrency_limit == 1, name
-        assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW", name
+        if name.endswith("-fleet-child") or name == FLEET:
+            # a fleet's children run in parallel (different databases); one per database is the run lock's job
+            assert d.concurrency_limit is None, name
+        else:
+            assert d.concurrency_limit == 1, name
+            assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW", name
         assert d.description.strip() and "safedrop" in d.tags, name
         # Nothing points at the deploying machine: a module entrypoint, no storage (so no pull step),
         # no path, no job variables; deploy.py builds no image.
@@ -126,7 +139,14 @@ def test_restore_deployment_loads_and_is_manual_only():
     assert d.schedules == [] and d.parameters == {}
 
 
-@pytest.mark.parametrize("name", [n for n in built() if n != RESTORE])
+def test_fleet_deployment_loads_and_takes_the_fleet_at_run_time():
+    d = built()[FLEET]
+    flow = load_flow_from_entrypoint(d.entrypoint, use_placeholder_flow=False)
+    assert flow.name == "drop-deprecated-tables-fleet" == d.flow_name
+    assert d.schedules == [] and d.parameters == {} and "fleet" in d.tags
+
+
+@pytest.mark.parametrize("name", [n for n in built() if n not in (RESTORE, FLEET)])
 def test_entrypoint_loads_and_parameters_validate(name):
     d = built()[name]
     flow = load_flow_from_entrypoint(d.entrypoint, use_placeholder_flow=False)
@@ -144,7 +164,8 @@ def test_entrypoint_loads_and_parameters_validate(name):
     assert params.database_secret_block == SECRET_BLOCK
     assert params.backup_dir is None  # the worker's own backup directory, never a checkout's
     assert params.code_paths and all("://" in p for p in params.code_paths)  # cloned where the run runs
-    assert params.dry_run is name.endswith("-readiness")  # readiness: the dry run only
+    # readiness: the dry run only; a fleet's child by hand too (the fleet gives it its parameters)
+    assert params.dry_run is name.endswith(("-readiness", "-fleet-child"))
     # The database URL is never a parameter: nothing but the code's git URLs looks like a URL.
     others = {k: v for k, v in d.parameters["params"].items() if k != "code_paths"}
     assert "://" not in json.dumps(others)
@@ -220,8 +241,9 @@ def test_serve_builds_the_same_deployments_without_a_work_pool():
             (s.schedule, s.active, s.slug) for s in b.schedules
         ]
         assert d.work_pool_name is None  # served: no work pool, no worker
-        assert d.concurrency_limit == 1
-        assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+        assert d.concurrency_limit == b.concurrency_limit
+        if b.concurrency_limit:
+            assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
 
 def _settings(deployment: str = "orders-archive", **replace: str) -> str:
@@ -264,7 +286,7 @@ def test_a_window_that_runs_unattended_says_so(tmp_path):
     path.write_text(
         _settings(schedule='{ cron = "0 3 * * SUN", timezone = "UTC", active = true, approval = "skip" }')
     )
-    manual, scheduled, readiness = deploy.migration_deployments(load_migration(str(path)))
+    manual, scheduled, readiness, _ = deploy.migration_deployments(load_migration(str(path)))
     assert manual.parameters["params"]["approval"] == "required"
     assert scheduled.parameters["params"]["approval"] == "skip"
     assert [s.active for s in scheduled.schedules] == [True]
@@ -373,130 +395,6 @@ def test_a_newcomer_retires_another_table(guide_db, tmp_path, monkeypatch, capsy
 # --- end to end: server, pool, Secret block, deploy, worker, run --------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Stack:
-    """The server and worker processes of one e2e test, and every command's output, for failure messages."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]):
-        self.tmp_path, self.env = tmp_path, env
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.transcript: list[str] = []
-        self.started = time.monotonic()
-
-    def start(self, name: str, *args: str, cwd: Path = ROOT, **env: str) -> subprocess.Popen:
-        log = (self.tmp_path / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [PREFECT, *args],
-            cwd=cwd,
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killpg stops it and its flow-run children
-        )
-        log.close()
-        self.processes[name] = process
-        return process
-
-    def cli(self, *args: str, timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-        """One `prefect` command (from the repository root unless ``cwd``); its output goes into the
-        transcript."""
-        return self.command([PREFECT, *args], timeout=timeout, cwd=cwd)
-
-    def command(self, argv: list[str], timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-        shown = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
-        t0 = time.monotonic()
-        try:
-            result = subprocess.run(
-                argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(self.explain(f"`{shown}` ran over {timeout} s")) from exc
-        self.transcript.append(
-            f"$ {shown}  # exit {result.returncode}, {time.monotonic() - t0:.1f} s\n{result.stdout}{result.stderr}"
-        )
-        return result
-
-    def ok(self, *args: str, timeout: float = 60, cwd: Path = ROOT) -> str:
-        result = self.cli(*args, timeout=timeout, cwd=cwd)
-        assert result.returncode == 0, self.explain(f"`prefect {' '.join(args)}` exited {result.returncode}")
-        return result.stdout
-
-    def log(self, name: str) -> str:
-        path = self.tmp_path / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def explain(self, what: str) -> str:
-        parts = [f"{what} ({time.monotonic() - self.started:.1f} s into the test)"]
-        for name in self.processes:
-            parts.append(f"--- {name}.log (last 6000 chars) ---\n{self.log(name)[-6000:]}")
-        parts.append("--- commands ---\n" + "\n".join(self.transcript)[-8000:])
-        return "\n".join(parts)
-
-    def stop_one(self, name: str) -> None:
-        """Stop one process (and its flow-run children) as systemd would: SIGTERM, then SIGKILL."""
-        process = self.processes[name]
-        if process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-
-    def stop(self) -> None:
-        for name in reversed(list(self.processes)):  # last started first: server last
-            self.stop_one(name)
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DATABASE_URL"}
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),  # fresh: its own SQLite database, no profile
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_API_HOST="127.0.0.1",
-        PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="INFO",
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        # The scheduler looks every second, so an active schedule would have produced runs by the end.
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-        PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="1",
-        COLUMNS="200",
-    )
-    stack = Stack(tmp_path, env)
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
-def _wait_until(stack: Stack, what: str, check, deadline_s: float, process: str | None = None):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            raise AssertionError(stack.explain(str(exc))) from None
-        if result:
-            return result
-        if process and stack.processes[process].poll() is not None:
-            raise AssertionError(stack.explain(f"{process} exited ({stack.processes[process].returncode})"))
-        if time.monotonic() > deadline:
-            raise AssertionError(stack.explain(f"timed out after {deadline_s} s waiting for {what}"))
-        time.sleep(0.25)
-
-
 def _pool_ready(client) -> bool:
     """A worker has polled the pool (its status turns READY)."""
     return client.read_work_pool(POOL).status.value == "READY"
@@ -524,21 +422,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _processes_mentioning(text: str) -> dict[int, str]:
-    """Every live process whose command line mentions ``text`` (pid → command line)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if text in cmdline and state != "Z":
-                found[int(entry.name)] = cmdline
-    return found
-
-
 def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, code: str):
     """Start a manual run, cancel it while pg_dump waits for a lock; returns the cancelled run's id."""
     before = guide_db.snapshot()
@@ -552,7 +435,7 @@ def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, co
         with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
             flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=params)
-            dump_pid = _wait_until(
+            dump_pid = wait_until(
                 stack,
                 "pg_dump to start and wait for its lock",
                 lambda: _dumping(guide_db, backup_dir),
@@ -560,7 +443,7 @@ def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, co
                 process="worker",
             )
             client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled by the e2e test"))
-            ended = _wait_until(
+            ended = wait_until(
                 stack,
                 "the run to be cancelled",
                 lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r,
@@ -570,10 +453,8 @@ def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, co
         assert ended.state.is_cancelled(), stack.explain(
             f"run ended {ended.state.name}: {ended.state.message}"
         )
-        _wait_until(
-            stack, f"pg_dump {dump_pid} to go", lambda: not _processes_mentioning(str(backup_dir)), 30
-        )
-        _wait_until(stack, "pg_dump's session to end", lambda: not _pg_dump_sessions(guide_db), 30)
+        wait_until(stack, f"pg_dump {dump_pid} to go", lambda: not processes_mentioning(str(backup_dir)), 30)
+        wait_until(stack, "pg_dump's session to end", lambda: not _pg_dump_sessions(guide_db), 30)
     finally:
         blocker.rollback()
         blocker.close()
@@ -591,44 +472,12 @@ def _pg_dump_sessions(guide_db) -> int:
 
 def _dumping(guide_db, backup_dir: Path) -> int | None:
     """pid of the pg_dump writing into ``backup_dir`` once its session waits for a lock, else None."""
-    dumps = [
-        pid for pid, cmd in _processes_mentioning(str(backup_dir)).items() if "pg_dump" in cmd.split()[0]
-    ]
+    dumps = [pid for pid, cmd in processes_mentioning(str(backup_dir)).items() if "pg_dump" in cmd.split()[0]]
     waiting = guide_db.scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
         "AND datname = current_database() AND wait_event_type = 'Lock'"
     )
     return dumps[0] if dumps and waiting else None
-
-
-def _worker_installation(tmp_path: Path) -> Path:
-    """safedrop as a worker on another machine has it: built into a wheel, installed into a directory of
-    its own (no checkout, no editable install; sql/ comes from the package). Its path goes first on
-    the worker's PYTHONPATH."""
-    wheels, site = tmp_path / "wheel", tmp_path / "worker-site"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
-    (wheel,) = wheels.glob("safedrop-*.whl")
-    subprocess.run(
-        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True
-    )
-    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch directory
-    return site
-
-
-def _final(stack: Stack, client, flow_run_id, deadline_s: float, process: str):
-    return _wait_until(
-        stack,
-        f"flow run {flow_run_id} to finish",
-        lambda: (r := client.read_flow_run(flow_run_id)).state.is_final() and r,
-        deadline_s,
-        process=process,
-    )
 
 
 def _suspended(stack: Stack, client, flow_run_id, process: str):
@@ -638,7 +487,7 @@ def _suspended(stack: Stack, client, flow_run_id, process: str):
             raise AssertionError(f"the run ended {run.state.name} before any approval: {run.state.message}")
         return run if run.state.is_paused() else None
 
-    return _wait_until(stack, "the run to be suspended for approval", check, 120, process=process)
+    return wait_until(stack, "the run to be suspended for approval", check, 120, process=process)
 
 
 def _sessions_of_safedrop(guide_db) -> int:
@@ -664,7 +513,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     def mark(step: str) -> None:
         timings[step] = round(time.monotonic() - stack.started, 1)
 
-    site = _worker_installation(tmp_path)
+    site = worker_installation(tmp_path)
     repo = make_app_repo(tmp_path / "git")  # main still reads credit_allocations; branch cleanup does not
     worker_backups = tmp_path / "worker-backups"
     worker_env = {"PYTHONPATH": str(site), "SAFEDROP_BACKUP_DIR": str(worker_backups)}
@@ -683,7 +532,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         port,
         PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(LEASE_S),
     )
-    _wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
+    wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
     mark("server up")
 
     # 2. Work pool; a worker in a directory of its own (no checkout), whose Python finds safedrop only
@@ -725,7 +574,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     shutil.rmtree(deploy_dir)
     mark("deployed")
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        _wait_until(stack, "the worker to poll the pool", lambda: _pool_ready(client), 60, process="worker")
+        wait_until(stack, "the worker to poll the pool", lambda: _pool_ready(client), 60, process="worker")
     mark("worker ready")
 
     # 5. Readiness first, while a view over a target and the application's code (main, over file://)
@@ -795,11 +644,11 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         assert suspended.state.name == "Suspended", stack.explain(f"state {suspended.state}")
         assert all(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("dropped before approval")
         assert list(worker_backups.glob("*.dump")), stack.explain("no backup in the worker's directory")
-        _wait_until(stack, "no safedrop session left", lambda: _sessions_of_safedrop(guide_db) == 0, 30)
+        wait_until(stack, "no safedrop session left", lambda: _sessions_of_safedrop(guide_db) == 0, 30)
 
         # 8. One run at a time still holds while the first waits: a second run stops, naming it.
         second = client.create_flow_run_from_deployment(manual.id, parameters=params)
-        ended = _final(stack, client, second.id, 120, "worker")
+        ended = final(stack, client, second.id, 120, "worker")
         assert ended.state.name == "Stopped", stack.explain(f"second run: {ended.state}")
         assert "another safedrop run is waiting for approval" in ended.state.message, ended.state.message
         assert str(flow_run.id) in ended.state.message, ended.state.message
@@ -817,7 +666,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
             assert run.state.is_paused(), f"the waiting run left its suspension: {run.state}"
             return time.monotonic() - suspended_at > LEASE_S + 15
 
-        _wait_until(stack, "the lease period to pass", still_suspended_past_the_lease, LEASE_S + 60)
+        wait_until(stack, "the lease period to pass", still_suspended_past_the_lease, LEASE_S + 60)
         mark("waited past the lease, worker restarted")
 
         # 10. The operator approves in the UI's Resume form: its schema, the evidence digest pre-filled.
@@ -825,7 +674,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         form = read_flow_run_input(keyset_from_paused_state(waiting.state)["schema"], flow_run_id=waiting.id)
         digest = form["properties"]["evidence_digest"]["default"]
         resume_flow_run(waiting.id, run_input={"approve": True, "evidence_digest": digest, "approver": "e2e"})
-        done = _final(stack, client, flow_run.id, 180, "worker-2")
+        done = final(stack, client, flow_run.id, 180, "worker-2")
         mark("run finished")
     assert done.state.is_completed(), stack.explain(f"run ended {done.state.name}: {done.state.message}")
 

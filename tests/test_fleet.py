@@ -169,11 +169,19 @@ def test_the_readme_s_fleet_file_reads(tmp_path):
             "fleet file f.yaml: databases[1] (eu-1).secret_block: not a Prefect block name: lowercase letters, digits and single hyphens (e.g. eu-1-database-url)",
         ),
         (
+            fleet_text(code_paths="[]"),
+            "fleet file f.yaml: code_paths is empty, so every database's run would stop with no code to "
+            "scan; name the application's repository (a git URL each worker fetches), or say code_policy: skip",
+        ),
+        (
             fleet_text(databases="\n  - {name: eu-1, url_env: A, password: x}"),
             "fleet file f.yaml: unknown key databases[1] (eu-1).password",
         ),
         (
-            fleet_text(databases="\n  - {name: a, url_env: A}\n  - {name: a, url_env: B}"),
+            fleet_text(
+                rollout="{max_parallel: 1, on_error: stop}",
+                databases="\n  - {name: a, url_env: A}\n  - {name: a, url_env: B}",
+            ),
             "fleet file f.yaml: database name a is used twice; give each database its own",
         ),
         (
@@ -232,6 +240,7 @@ def test_each_child_gets_the_whole_params_object_with_its_url_source_and_no_appr
         "database_url_env": "EU_STAGING_DATABASE_URL",
         "approval": "skip",
         "dry_run": True,
+        "code_policy": "fail",
         "keep": [
             "credits",
             "credit_transactions",
@@ -259,18 +268,20 @@ def simulate(rollout: Rollout, outcome: dict[str, str] | None = None) -> list[tu
     """Run the rollout to the end, finishing the oldest running database first; returns what ran together
     at each step (the running set after each start)."""
     outcome = outcome or {}
-    running: list[str] = []
+    running: list[str] = sorted(rollout.running)  # started before the simulation
     together: list[tuple[str, ...]] = []
-    while not rollout.done:
+    for _ in range(1000):  # a rollout that never ends is a bug, not a hang
+        if rollout.done:
+            return together
         started = rollout.next_to_start()
         running += started
         if started:
             together.append(tuple(sorted(running)))
-        assert len(running) <= rollout.max_parallel
+        assert len(running) <= rollout.max_parallel and set(running) == rollout.running
         if running:
             name = running.pop(0)
             rollout.finish(name, outcome.get(name, "succeeded"))
-    return together
+    raise AssertionError("the rollout never ended")
 
 
 NAMES = [f"db{i}" for i in range(1, 11)]

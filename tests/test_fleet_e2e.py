@@ -1,0 +1,327 @@
+"""A fleet end to end: a real Prefect server, two process workers, one PostgreSQL cluster of 20 databases.
+
+The issue's acceptance, as one story an operator lives through:
+
+1. `safedrop fleet run` with one database made unready (a view over a target) and ``on_error: stop``:
+   the canary finishes before any other database starts; never more than ``max_parallel`` children
+   Running at once (from Prefect's state history); both workers ran children; the fleet stops, names
+   the blocker, and the databases not started are untouched.
+2. The view is dropped. A run of the fleet *deployment* (on a worker) plans, is suspended for its one
+   approval, is approved, and then cancelled while a child's backup waits on a lock the application
+   holds: no child is left Running, the database the child worked on is whole. Then the same at a
+   terminal: SIGTERM to `safedrop fleet run` (exit 143, one line), no child left going.
+3. `safedrop fleet run` again: the done databases are skipped (already applied), the rest finish, the
+   fleet succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+from prefect.input.actions import read_flow_run_input
+from prefect.input.run_input import keyset_from_paused_state
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelling
+
+from safedrop.childruns import DROP_TAG, fleet_tag, states_overlap
+from tests.conftest import GUIDE_TEMPLATE, TARGETS, fresh_database
+from tests.gitrepos import make_app_repo
+from tests.helpers import SAFEDROP
+from tests.stack import Stack, final, wait_until
+
+N, MAX_PARALLEL, UNREADY = 20, 4, "db07"
+POOL = "safedrop"
+NAMES = [f"db{i:02d}" for i in range(1, N + 1)]
+
+
+def env_name(name: str) -> str:
+    return f"FLEET_{name.upper()}_URL"
+
+
+def fleet_file(path: Path, code: str, names: list[str] = NAMES) -> Path:
+    lines = [
+        "migration: drop_credit_allocation_tables",
+        f'code_paths: ["{code}"]',
+        f"rollout: {{canary: [{names[0]}], max_parallel: {MAX_PARALLEL}, on_error: stop}}",
+        "databases:",
+        *(f"  - {{name: {n}, url_env: {env_name(n)}}}" for n in names),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def children(client, fleet_run_id, tag: str = DROP_TAG):
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet_tag(fleet_run_id), tag])),
+        limit=200,
+    )
+    return {r.name.rsplit("-", 1)[0]: r for r in runs}
+
+
+def running_interval(client, run) -> tuple[float, float]:
+    """When the child entered Running and when it ended, from Prefect's state history."""
+    states = sorted(client.read_flow_run_states(run.id), key=lambda s: s.timestamp)
+    start = next(s.timestamp for s in states if s.type == StateType.RUNNING)
+    end = next(s.timestamp for s in states if s.is_final())
+    return start.timestamp(), end.timestamp()
+
+
+def fleet_cli(stack: Stack, fleet: Path, cwd: Path) -> tuple[int, dict]:
+    done = stack.command(
+        [str(SAFEDROP), "fleet", "run", "--fleet", str(fleet), "--json"], timeout=400, cwd=cwd
+    )
+    assert "Traceback" not in done.stdout + done.stderr, stack.explain("a traceback from safedrop fleet run")
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(
+            stack.explain(f"safedrop fleet run printed no report (exit {done.returncode})")
+        ) from None
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_a_fleet_of_20_databases_rolls_out_on_two_workers(stack: Stack, pg, tmp_path):
+    api = stack.env["PREFECT_API_URL"]
+    with contextlib.ExitStack() as cleanup:
+        dbs = {
+            n: cleanup.enter_context(contextlib.contextmanager(fresh_database)(pg, n, GUIDE_TEMPLATE))
+            for n in NAMES
+        }
+        _story(stack, api, dbs, tmp_path)
+
+
+def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
+    repo = make_app_repo(tmp_path / "git")  # branch cleanup: the application no longer reads the targets
+    code = f"{repo.url}#cleanup"
+    urls = {env_name(n): db.url for n, db in dbs.items()}
+
+    # The server, the pool, the deployments (the README's command), and two workers in directories of
+    # their own, each with its own backup directory (two machines), both knowing every database's URL.
+    port = stack.env["PREFECT_SERVER_API_PORT"]
+    stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
+    wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
+    stack.ok("work-pool", "create", POOL, "--type", "process")
+    deployed = stack.command([sys.executable, "-m", "deployments.deploy"], timeout=120, cwd=tmp_path)
+    assert deployed.returncode == 0, stack.explain("deploy failed")
+    backups = {}
+    for worker in ("worker-a", "worker-b"):
+        home = tmp_path / worker
+        home.mkdir()
+        backups[worker] = home / "backups"
+        stack.start(
+            worker,
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--name",
+            worker,
+            cwd=home,
+            SAFEDROP_BACKUP_DIR=str(backups[worker]),
+            **urls,
+        )
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        wait_until(
+            stack, "a worker polls the pool", lambda: client.read_work_pool(POOL).status.value == "READY", 60
+        )
+
+    # 1. One database unready; on_error: stop.
+    dbs[UNREADY].execute("CREATE VIEW credit_overview AS SELECT id FROM credit_allocations")
+    fleet = fleet_file(tmp_path / "fleet.yaml", code)
+    code_a, report = fleet_cli(stack, fleet, tmp_path)
+    assert code_a == 3 and report["status"] == "stopped", stack.explain(json.dumps(report, indent=1))
+    by_name = {d["name"]: d for d in report["databases"]}
+    assert list(by_name) == NAMES
+    blocker = by_name[UNREADY]
+    assert blocker["status"] == "stopped" and blocker["started"], blocker
+    assert any("public.credit_overview" in r for r in blocker["reasons"]), blocker
+    assert any(r.startswith(f"{UNREADY}: ") and "public.credit_overview" in r for r in report["reasons"])
+    done_a = [n for n, d in by_name.items() if d["status"] == "succeeded"]
+    untouched = [n for n, d in by_name.items() if not d["started"]]
+    assert done_a and untouched and NAMES[0] in done_a, report
+    assert set(done_a) | set(untouched) | {UNREADY} == set(NAMES), report
+    for name in untouched:  # the rollout stopped: never started, and said why
+        assert by_name[name]["status"] == "ready" and by_name[name]["flow_run_id"] is None
+        assert by_name[name]["reasons"] == [
+            f"not started: the rollout stopped after {UNREADY} stopped (on_error: stop)"
+        ]
+    for name, db in dbs.items():
+        gone = name in done_a
+        assert all(db.exists(f"public.{t}") != gone for t in TARGETS), name
+        if gone:
+            backup = by_name[name]["backup"]
+            assert backup and Path(backup["path"]).is_file() and backup["bytes"] > 0, by_name[name]
+            assert any(Path(backup["path"]).is_relative_to(b) for b in backups.values())
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = children(client, report["flow_run_id"])
+        assert set(runs) == set(done_a) | {UNREADY}
+        intervals = {name: running_interval(client, run) for name, run in runs.items()}
+    canary_end = intervals[NAMES[0]][1]
+    assert all(start >= canary_end for n, (start, _) in intervals.items() if n != NAMES[0]), intervals
+    assert states_overlap([[i] for i in intervals.values()]) <= MAX_PARALLEL, intervals
+    submitted = {w: sum(str(r.id) in stack.log(w) for r in runs.values()) for w in ("worker-a", "worker-b")}
+    assert all(submitted.values()), f"both workers run children: {submitted}"
+
+    # 2. The blocker fixed; the fleet deployment on a worker: one approval, then cancelled mid-backup.
+    dbs[UNREADY].execute("DROP VIEW credit_overview")
+    rest = [n for n in NAMES if n not in done_a]
+    held = rest[0]
+    small = [NAMES[0], *rest[:4]]  # a done canary (skipped) and four to do
+    small_fleet = fleet_file(tmp_path / "fleet-small.yaml", code, small)
+    spec = _spec(small_fleet)
+    blocker_conn = psycopg2.connect(dbs[held].url, application_name="e2e-application")
+    try:
+        with blocker_conn.cursor() as cur:  # pg_dump locks every table it dumps; no precheck reads tenants
+            cur.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("drop-deprecated-tables-fleet/fleet")
+            fleet_run = client.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": {"fleet": spec}}
+            )
+            waiting = wait_until(
+                stack,
+                "the fleet run to be suspended for its approval",
+                lambda: _suspended(client, fleet_run.id),
+                180,
+            )
+            plan = _artifact(client, fleet_run.id, "drop-credit-allocation-tables-fleet-plan")
+            assert all(n in plan for n in small) and "already-applied" in plan, plan
+            form = read_flow_run_input(
+                keyset_from_paused_state(waiting.state)["schema"], flow_run_id=waiting.id
+            )
+            digest = form["properties"]["fleet_digest"]["default"]
+            assert f"`{digest}`" in plan
+            resume_flow_run(
+                waiting.id, run_input={"approve": True, "fleet_digest": digest, "approver": "e2e"}
+            )
+            wait_until(
+                stack,
+                f"{held}'s backup to wait on the application's lock",
+                lambda: _dump_waiting(dbs[held]),
+                180,
+            )
+            client.set_flow_run_state(fleet_run.id, Cancelling(message="cancelled by the e2e test"))
+            ended = final(stack, client, fleet_run.id, 120, "server")
+            assert ended.state.type == StateType.CANCELLED, stack.explain(
+                f"fleet run ended {ended.state.name}"
+            )
+
+            def all_children_final():
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet_tag(fleet_run.id)])),
+                    limit=200,
+                )
+                return runs and all(r.state.is_final() for r in runs) and runs
+
+            runs = wait_until(stack, "every child of the cancelled fleet to end", all_children_final, 120)
+            assert not [r.name for r in runs if r.state.type == StateType.RUNNING]
+            held_run = next(r for r in runs if r.name == f"{held}-drop")
+            assert held_run.state.type == StateType.CANCELLED, held_run.state
+        wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
+
+        # 2b. At a terminal: SIGTERM to `safedrop fleet run` while a child's backup waits on the lock.
+        cli = subprocess.Popen(
+            [str(SAFEDROP), "fleet", "run", "--fleet", str(small_fleet)],
+            env=stack.env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(stack, f"{held}'s backup to wait again", lambda: _dump_waiting(dbs[held]), 180)
+            cli.send_signal(signal.SIGTERM)
+            out, err = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        stack.transcript.append(f"$ safedrop fleet run (SIGTERM)  # exit {cli.returncode}\n{out}{err}")
+        assert cli.returncode == 143 and "Traceback" not in out + err, stack.explain("SIGTERM")
+        last = err.strip().splitlines()[-1]
+        assert re.fullmatch(
+            r"safedrop: interrupted; the fleet run and its [1-9]\d* running database run\(s\) were cancelled; "
+            "each database's report says what it did — run the fleet again to finish",
+            last,
+        ), last
+        with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            wait_until(stack, "no child left going after SIGTERM", lambda: not _children_going(client), 120)
+        wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
+    finally:
+        blocker_conn.rollback()
+        blocker_conn.close()
+    assert all(dbs[held].exists(f"public.{t}") for t in TARGETS)
+
+    # 3. Resume: the same fleet again finishes the rest and skips the done ones.
+    code_b, report_b = fleet_cli(stack, fleet, tmp_path)
+    assert code_b == 0 and report_b["status"] == "succeeded", stack.explain(json.dumps(report_b, indent=1))
+    statuses = {d["name"]: d["status"] for d in report_b["databases"]}
+    assert {n for n, s in statuses.items() if s == "already-applied"} >= set(done_a), statuses
+    assert statuses[UNREADY] == "succeeded" and statuses[held] == "succeeded", statuses
+    assert set(statuses.values()) <= {"succeeded", "already-applied"}
+    assert not any(db.exists(f"public.{t}") for db in dbs.values() for t in TARGETS)
+
+
+def _children_going(client) -> list[str]:
+    """Every fleet child on the server that has not ended."""
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[DROP_TAG])), limit=200
+    )
+    return [r.name for r in runs if not r.state.is_final()]
+
+
+def _spec(path: Path) -> dict:
+    from safedrop.fleet import load_fleet
+
+    return load_fleet(path).model_dump(mode="json")
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _suspended(client, flow_run_id):
+    run = client.read_flow_run(flow_run_id)
+    if run.state.is_final():
+        raise AssertionError(f"the fleet run ended {run.state.name} before its approval: {run.state.message}")
+    return run if run.state.is_paused() else None
+
+
+def _artifact(client, flow_run_id, key: str) -> str:
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    )
+    return next(str(a.data) for a in artifacts if a.key == key)
+
+
+def _dump_waiting(db, any_state: bool = False) -> bool:
+    wait = "" if any_state else " AND wait_event_type = 'Lock'"
+    return bool(
+        db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump' "
+            f"AND datname = current_database(){wait}"
+        )
+    )
