@@ -364,6 +364,7 @@ def fleet(args: argparse.Namespace) -> int:
 
     params = FleetParameters(fleet=spec, dry_run=dry_run, approval="skip")
     quiet_expected_failures()
+    from safedrop.interrupts import Interrupted
 
     try:
         state = drop_deprecated_tables_fleet(params, return_state=True)
@@ -376,6 +377,19 @@ def fleet(args: argparse.Namespace) -> int:
                 migration=spec.migration,
                 dry_run=dry_run,
             )
+    except Interrupted as stop:  # Prefect's engine turned SIGTERM/SIGINT into a crash, then passed it on
+        from safedrop.childruns import interrupt_fleet_runs
+
+        try:
+            n = interrupt_fleet_runs("the fleet run was interrupted at its terminal")
+        except Exception:  # the server is unreachable: say so; the children go on
+            stop.stage = "fleet: its running database runs could not be cancelled (is the Prefect server up?)"
+        else:
+            stop.stage = (
+                f"fleet: the fleet run stopped and {n} running database run(s) were cancelled; each database's "
+                "report says what it did — run the fleet again to finish"
+            )
+        return interrupted(stop)
     except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         report = FleetReport(
