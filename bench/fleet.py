@@ -1,7 +1,7 @@
 """Benchmark: a fleet rollout's wall time against the ideal, and what each child run costs to orchestrate.
 
     .venv/bin/python bench/fleet.py                       # 12 databases, max_parallel 4, 2 workers
-    .venv/bin/python bench/fleet.py --databases 20 --max-parallel 4
+    .venv/bin/python bench/fleet.py --databases 8 --rows 2000000   # children with real work
 
 Starts a throwaway PostgreSQL holding N copies of the demo database, a real `prefect server`, the
 `safedrop` process pool with two workers (each with every database's URL in its environment), deploys
@@ -104,6 +104,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", type=int, default=12)
     parser.add_argument("--max-parallel", type=int, default=4)
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="extra rows in each database's credit_transactions (a survivor the whole-database backup "
+        "dumps): gives each child real work",
+    )
     args = parser.parse_args()
     names = [f"db{i:02d}" for i in range(1, args.databases + 1)]
 
@@ -122,6 +129,12 @@ def main() -> int:
     with LocalPostgres() as pg:
         pg.psql("CREATE DATABASE demo_template")
         pg.psql((SQL_DIR / "demo" / "schema.sql").read_text(), database="demo_template")
+        if args.rows:
+            pg.psql(
+                "INSERT INTO credit_transactions (credit_id, amount, kind) SELECT 1 + g % 25, g % 17 + 1, "
+                f"'grant' FROM generate_series(1, {args.rows}) g; VACUUM ANALYZE",
+                database="demo_template",
+            )
         for name in names:
             pg.psql(f"CREATE DATABASE {name} TEMPLATE demo_template")
         urls = {f"FLEET_{n.upper()}_URL": pg.url(n) for n in names}
@@ -210,7 +223,10 @@ def main() -> int:
         if earlier_ends:
             react.append(row["created"] - earlier_ends[-1])
     busiest = max(sum(1 for r in rows if r["running"] <= t < r["end"]) for t in (r["running"] for r in rows))
-    print(f"fleet of {len(names)} databases, max_parallel {args.max_parallel}, 2 process workers, 2 cores")
+    extra = f", {args.rows:,} extra rows each" if args.rows else ""
+    print(
+        f"fleet of {len(names)} databases{extra}, max_parallel {args.max_parallel}, 2 process workers, 2 cores"
+    )
     print(f"  safedrop fleet run wall time      {wall:7.1f} s")
     print(
         f"  ideal (canary + rest / parallel)  {ideal:7.1f} s   (canary {canary:.1f} s, others' sum {sum(others):.1f} s)"
