@@ -386,8 +386,8 @@ def fleet(args: argparse.Namespace) -> int:
             stop.stage = "fleet: its running database runs could not be cancelled (is the Prefect server up?)"
         else:
             stop.stage = (
-                f"fleet: the fleet run stopped and {n} running database run(s) were cancelled; each database's "
-                "report says what it did — run the fleet again to finish"
+                f"fleet: the fleet run stopped and {n} running database run(s) were cancelled; each "
+                "database's report says what it did — run the fleet again to finish"
             )
         return interrupted(stop)
     except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
