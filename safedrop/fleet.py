@@ -33,8 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safedrop.errors import MigrationFileError, UsageError
-from safedrop.gitsource import is_git_source, parse_git_source
-from safedrop.migration import Migration, TableName
+from safedrop.migration import Migration, checked_code_paths, checked_table_names
 from safedrop.parameters import DropParameters
 
 FLOW_NAME = "drop-deprecated-tables"  # the single-database flow every child runs
@@ -191,25 +190,12 @@ class FleetSpec(_Strict):
     @field_validator("keep")
     @classmethod
     def _table_names(cls, names: list[str] | None) -> list[str] | None:
-        for name in names or []:
-            try:
-                TableName.parse(name, "public")
-            except UsageError as exc:
-                raise ValueError(str(exc)) from None
-        return names
+        return checked_table_names(names)
 
     @field_validator("code_paths")
     @classmethod
     def _code_sources(cls, paths: list[str] | None) -> list[str] | None:
-        for path in paths or []:
-            if not path.strip():
-                raise ValueError("a code path is empty")
-            if is_git_source(path):
-                try:
-                    parse_git_source(path)  # refuses a URL carrying credentials, secret-free
-                except UsageError as exc:
-                    raise ValueError(str(exc)) from None
-        return paths
+        return checked_code_paths(paths)
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSpec:

@@ -136,26 +136,36 @@ class MigrationSettings(_Settings):
 
     @field_validator("keep")
     @classmethod
-    def _table_names(cls, names: list[str]) -> list[str]:
-        for name in names:
-            try:
-                TableName.parse(name, "public")
-            except UsageError as exc:
-                raise ValueError(str(exc)) from None
-        return names
+    def _table_names(cls, names: list[str] | None) -> list[str] | None:
+        return checked_table_names(names)
 
     @field_validator("code_paths")
     @classmethod
-    def _code_sources(cls, paths: list[str]) -> list[str]:
-        for path in paths:
-            if not path.strip():
-                raise ValueError("a code path is empty")
-            if is_git_source(path):
-                try:
-                    parse_git_source(path)  # refuses a URL carrying credentials, secret-free
-                except UsageError as exc:
-                    raise ValueError(str(exc)) from None
-        return paths
+    def _code_sources(cls, paths: list[str] | None) -> list[str] | None:
+        return checked_code_paths(paths)
+
+
+def checked_table_names(names: list[str] | None) -> list[str] | None:
+    """The tables a settings block names, each a valid (schema.)table; a ValueError for pydantic."""
+    for name in names or []:
+        try:
+            TableName.parse(name, "public")
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+    return names
+
+
+def checked_code_paths(paths: list[str] | None) -> list[str] | None:
+    """Code sources: none empty, and no git URL carrying credentials (refused secret-free)."""
+    for path in paths or []:
+        if not path.strip():
+            raise ValueError("a code path is empty")
+        if is_git_source(path):
+            try:
+                parse_git_source(path)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
+    return paths
 
 
 SETTINGS_MARKER = "[safedrop]"
