@@ -489,3 +489,28 @@ def test_fleet_without_a_prefect_server_says_so_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr == f"safedrop: fleet file {bad}: rollout.on_error is missing\n"
     assert json.loads(done.stdout)["status"] == "failed"
+
+
+@pytest.mark.usefixtures("prefect_harness", "cli_env")
+def test_a_fleet_whose_child_deployment_is_not_on_the_server_starts_nothing(tmp_path, capsys):
+    """A server, but the migration's deployments were never deployed there: one reason, exit 1, no run."""
+    from prefect.client.orchestration import get_client
+
+    from safedrop.cli import main
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(GOOD)
+    with get_client(sync_client=True) as client:
+        before = len(client.read_flow_runs())
+    code = main(["fleet", "run", "--fleet", str(fleet), "--json"])
+    out = capsys.readouterr().out
+    report = json.loads(out)
+    assert code == 1 and report["status"] == "failed", out
+    assert report["reasons"] == [
+        "no deployment drop-deprecated-tables/credit-allocations-fleet-child on the Prefect server: deploy "
+        "the migration's deployments first (python -m deployments.deploy); no database was started"
+    ]
+    assert [d["status"] for d in report["databases"]] == ["ready", "ready"]  # untouched, never started
+    assert not any(d["started"] for d in report["databases"])
+    with get_client(sync_client=True) as client:
+        assert len(client.read_flow_runs()) == before + 1  # the fleet run itself, no child
