@@ -294,7 +294,7 @@ class FleetParameters(BaseModel):
         description="How long to wait for the approval; then the fleet stops with nothing started.",
     )
     poll_interval_s: float = Field(
-        0.5,
+        1.0,
         ge=0.2,
         le=60,
         description="How often the fleet run looks at its children (and at itself, to pass a cancellation "
