@@ -204,21 +204,6 @@ def status_of(run: FlowRun, report: RunReport | None) -> tuple[Status, list[str]
     ]
 
 
-def states_overlap(histories: Iterable[list[tuple[float, float]]]) -> int:
-    """The most intervals open at once (``(start, end)`` pairs in seconds): how many children ran together."""
-    edges = sorted(
-        (moment, step)
-        for intervals in histories
-        for start, end in intervals
-        for moment, step in ((start, 1), (end, -1))
-    )
-    most = current = 0
-    for _, step in edges:
-        current += step
-        most = max(most, current)
-    return most
-
-
 @dataclass
 class Watch:
     """What the fleet run needs to drive children: how to start one, what to do when one ends."""

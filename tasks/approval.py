@@ -21,16 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 
-from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
-from prefect.states import Running
 from pydantic import Field
 
 from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.errors import PrecheckStop
+from safedrop.operatorwait import ask, leave_expired_pause
 from safedrop.report import BackupResult, CleanupResult, DependencyResult
 from safedrop.runlog import run_logger
 
@@ -78,30 +75,7 @@ def plan_markdown(evidence_doc: dict, digest: str, backup: BackupResult | None) 
     return text
 
 
-def _leave_expired_pause() -> None:
-    """Put the run back in Running after the pause timed out, so it can end with its own report.
-
-    Otherwise the server rejects every later state of a run whose pause expired and ends it Failed
-    with a generic "The flow was … and never resumed." — losing the report and the reason.
-    """
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(
-            context.flow_run.id, Running(message="no approval in time; stopping"), force=True
-        )
-
-
 APPROVAL_KEY = "approval"  # the suspension's key: on the resumed run, the same step finds the answer
-
-
-def _ask(form: type[Approval], *, timeout_s: int, poll_interval_s: int) -> Approval:
-    """Suspend (a deployment's run) or pause (in-process) until the operator answers the form."""
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None and context.flow_run.deployment_id:
-        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=APPROVAL_KEY)
-    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
 
 
 def await_approval(
@@ -126,13 +100,14 @@ def await_approval(
         publish_markdown(f"{artifact_prefix}-approval", plan, "The plan waiting for approval")
     logger.info("waiting up to %d s for approval (evidence digest %s)", timeout_s, digest)
     try:
-        answer = _ask(
+        answer = ask(
             Approval.with_initial_data(description=plan, evidence_digest=digest, approve=False),
+            key=APPROVAL_KEY,
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,
         )
     except FlowPauseTimeout:
-        _leave_expired_pause()
+        leave_expired_pause()
         raise PrecheckStop([f"no approval within {timeout_s} s; nothing was dropped"]) from None
     if not answer.approve:
         who = f" by {answer.approver}" if answer.approver else ""

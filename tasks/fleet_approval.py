@@ -14,15 +14,12 @@ destructive run, which stops with nothing changed when its database no longer ma
 
 from __future__ import annotations
 
-from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
-from prefect.states import Running
 from pydantic import Field
 
 from safedrop.errors import PrecheckStop
+from safedrop.operatorwait import ask, leave_expired_pause
 from safedrop.runlog import run_logger
 
 FLEET_APPROVAL_KEY = "fleet-approval"
@@ -40,35 +37,19 @@ class FleetApproval(RunInput):
     comment: str = Field("", description="Anything worth recording.")
 
 
-def _ask(form: type[FleetApproval], timeout_s: int, poll_interval_s: int) -> FleetApproval:
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None and context.flow_run.deployment_id:
-        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=FLEET_APPROVAL_KEY)
-    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
-
-
-def _back_to_running() -> None:
-    """After an expired wait, put the run back in Running so it ends with its own report."""
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(
-                context.flow_run.id, Running(message="no approval in time; stopping"), force=True
-            )
-
-
 def await_fleet_approval(plan: str, digest: str, *, timeout_s: int, poll_interval_s: int = 2) -> None:
     """Wait for the operator's approval of the fleet plan with this digest; raise PrecheckStop if none."""
     logger = run_logger()
     logger.info("waiting up to %d s for the fleet's approval (fleet digest %s)", timeout_s, digest)
     try:
-        answer = _ask(
+        answer = ask(
             FleetApproval.with_initial_data(description=plan, fleet_digest=digest, approve=False),
-            timeout_s,
-            poll_interval_s,
+            key=FLEET_APPROVAL_KEY,
+            timeout_s=timeout_s,
+            poll_interval_s=poll_interval_s,
         )
     except FlowPauseTimeout:
-        _back_to_running()
+        leave_expired_pause()
         raise PrecheckStop(
             [f"no approval of the fleet within {timeout_s} s; no database was started"]
         ) from None
