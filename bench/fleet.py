@@ -94,12 +94,14 @@ def child_timings(api: str, fleet_run_id: str) -> list[dict]:
         )
         for run in runs:
             states = sorted(client.read_flow_run_states(run.id), key=lambda s: s.timestamp)
+            pending = next(s.timestamp for s in states if s.type == StateType.PENDING)
             running = next(s.timestamp for s in states if s.type == StateType.RUNNING)
             end = next(s.timestamp for s in states if s.is_final())
             rows.append(
                 {
                     "name": run.name.rsplit("-", 1)[0],
                     "created": states[0].timestamp.timestamp(),
+                    "pending": pending.timestamp(),
                     "running": running.timestamp(),
                     "end": end.timestamp(),
                 }
@@ -191,7 +193,7 @@ def main() -> int:
                 "databases:\n"
                 + "".join(f"  - {{name: {n}, url_env: FLEET_{n.upper()}_URL}}\n" for n in names)
             )
-            start = time.monotonic()
+            start, started_at = time.monotonic(), time.time()
             done = subprocess.run(
                 [BIN / "safedrop", "fleet", "run", "--fleet", str(fleet), "--json"],
                 env=env,
@@ -199,7 +201,7 @@ def main() -> int:
                 text=True,
                 cwd=tmp,
             )
-            wall = time.monotonic() - start
+            wall, ended_at = time.monotonic() - start, time.time()
             try:
                 report = json.loads(done.stdout)
             except json.JSONDecodeError:
@@ -230,6 +232,8 @@ def main() -> int:
         earlier_ends = [e for e in ends if e <= row["created"]]
         if earlier_ends:
             react.append(row["created"] - earlier_ends[-1])
+    first_created = min(r["created"] for r in rows)
+    last_end = max(r["end"] for r in rows)
     busiest = max(sum(1 for r in rows if r["running"] <= t < r["end"]) for t in (r["running"] for r in rows))
     extra = f", {args.rows:,} extra rows each" if args.rows else ""
     print(
@@ -244,7 +248,17 @@ def main() -> int:
     print(
         f"  per child: created → Running      {statistics.median(to_running):7.1f} s median, {max(to_running):.1f} s max"
     )
+    print(
+        f"  … of which created → Pending      {statistics.median(r['pending'] - r['created'] for r in rows):7.1f} s "
+        "median (a worker's poll and submission)"
+    )
+    print(
+        f"  … and Pending → Running           {statistics.median(r['running'] - r['pending'] for r in rows):7.1f} s "
+        "median (the process start, imports, Prefect's engine)"
+    )
     print(f"  per child: an end → next created  {statistics.median(react):7.2f} s median" if react else "")
+    print(f"  fleet start → first child created {first_created - started_at:7.1f} s")
+    print(f"  last child ended → fleet done     {ended_at - last_end:7.1f} s")
     print(f"  most children Running at once     {busiest:7d}")
     return 0
 

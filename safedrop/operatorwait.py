@@ -27,6 +27,15 @@ def ask(form: type[Form], *, key: str, timeout_s: int, poll_interval_s: int) -> 
     return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
 
 
+def unanswered(timeout_s: int, outcome: str) -> str:
+    """What the form says happens when nobody answers: a suspended run has no process left to say so,
+    Prefect's server ends it with its own words."""
+    return (
+        f"\n\nNo answer within {timeout_s:,} s: {outcome}. The run then ends Failed with Prefect's words "
+        '"The flow was paused and never resumed."\n'
+    )
+
+
 def leave_expired_pause() -> None:
     """Put the run back in Running after the wait timed out, so it can end with its own report.
 

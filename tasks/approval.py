@@ -27,7 +27,7 @@ from pydantic import Field
 
 from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.errors import PrecheckStop
-from safedrop.operatorwait import ask, leave_expired_pause
+from safedrop.operatorwait import ask, leave_expired_pause, unanswered
 from safedrop.report import BackupResult, CleanupResult, DependencyResult
 from safedrop.runlog import run_logger
 
@@ -101,7 +101,11 @@ def await_approval(
     logger.info("waiting up to %d s for approval (evidence digest %s)", timeout_s, digest)
     try:
         answer = ask(
-            Approval.with_initial_data(description=plan, evidence_digest=digest, approve=False),
+            Approval.with_initial_data(
+                description=plan + unanswered(timeout_s, "nothing is dropped"),
+                evidence_digest=digest,
+                approve=False,
+            ),
             key=APPROVAL_KEY,
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,

@@ -19,7 +19,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from safedrop.errors import PrecheckStop
-from safedrop.operatorwait import ask, leave_expired_pause
+from safedrop.operatorwait import ask, leave_expired_pause, unanswered
 from safedrop.runlog import run_logger
 
 FLEET_APPROVAL_KEY = "fleet-approval"
@@ -43,7 +43,11 @@ def await_fleet_approval(plan: str, digest: str, *, timeout_s: int, poll_interva
     logger.info("waiting up to %d s for the fleet's approval (fleet digest %s)", timeout_s, digest)
     try:
         answer = ask(
-            FleetApproval.with_initial_data(description=plan, fleet_digest=digest, approve=False),
+            FleetApproval.with_initial_data(
+                description=plan + unanswered(timeout_s, "no database is started"),
+                fleet_digest=digest,
+                approve=False,
+            ),
             key=FLEET_APPROVAL_KEY,
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from safedrop.pgserver import find_server_bin
 from safedrop.report import DropResult, RunReport
 from tasks.dependencies import scan_dependencies
 from tasks.drop import DropRequest, drop_targets
-from tests.conftest import TARGETS
+from tests.conftest import ROOT, TARGETS
 
 BLOCKER_APP = "lock-test-blocker"
 
@@ -166,3 +168,23 @@ def console(tmp_path: Path, *args: str, timeout: float = 300, **env: str) -> sub
         text=True,
         timeout=timeout,
     )
+
+
+@contextmanager
+def application(tdb, tmp_path: Path, *extra: str) -> Iterator[dict]:
+    """tests/workload.py against ``tdb`` for the block; then its report (ops, errors, latencies)."""
+    report_file = tmp_path / f"workload-{len(list(tmp_path.glob('workload-*')))}.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.workload", tdb.url, str(report_file), *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    report: dict = {}
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        yield report
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    report.update(json.loads(report_file.read_text()))

@@ -6,12 +6,16 @@ The issue's acceptance, as one story an operator lives through:
    the canary finishes before any other database starts; never more than ``max_parallel`` children
    Running at once (from Prefect's state history); both workers ran children; the fleet stops, names
    the blocker, and the databases not started are untouched.
-2. The view is dropped. A run of the fleet *deployment* (on a worker) plans, is suspended for its one
-   approval, is approved, and then cancelled while a child's backup waits on a lock the application
-   holds: no child is left Running, the database the child worked on is whole. Then the same at a
-   terminal: SIGTERM to `safedrop fleet run` (exit 143, one line), no child left going.
-3. `safedrop fleet run` again: the done databases are skipped (already applied), the rest finish, the
-   fleet succeeds.
+2. The view is dropped. A run of the fleet *deployment* (on a worker) plans and is suspended for its
+   one approval: no process, no database session held while it waits. The worker that planned is
+   stopped and a new one starts elsewhere; the approval is given and the run goes on on another
+   worker; it is cancelled while a child's backup waits on a lock the application holds: no child is
+   left Running, the database the child worked on is whole. A second fleet run nobody approves ends
+   Failed ("paused and never resumed") with no database started. Then SIGTERM to `safedrop fleet run`
+   at a terminal (exit 143, one line), no child left going.
+3. `safedrop fleet plan` changes nothing; `safedrop fleet run` again, while the application writes to
+   two of the databases still to do: the done databases are skipped (already applied), the rest
+   finish, the fleet succeeds, and every write the application committed is there.
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from safedrop.childruns import DROP_TAG, fleet_tag
+from safedrop.childruns import DROP_TAG, PLAN_TAG, fleet_tag
 from tests.conftest import GUIDE_TEMPLATE, TARGETS, fresh_database
 from tests.gitrepos import make_app_repo
-from tests.helpers import SAFEDROP
+from tests.helpers import SAFEDROP, application
 from tests.stack import Stack, final, wait_until
 
 N, MAX_PARALLEL, UNREADY = 20, 4, "db07"
@@ -116,10 +120,24 @@ def test_a_fleet_of_20_databases_rolls_out_on_two_workers(stack: Stack, pg, tmp_
             n: cleanup.enter_context(contextlib.contextmanager(fresh_database)(pg, n, GUIDE_TEMPLATE))
             for n in NAMES
         }
-        _story(stack, api, dbs, tmp_path)
+        # The server keeps its own records in PostgreSQL, as a fleet's server should: on SQLite, two
+        # workers and a fleet's API calls made it answer "database is locked", and one worker's request
+        # for a child waited out the client's 60 s timeout.
+        pg.psql("CREATE DATABASE prefect_server")
+        try:
+            _story(
+                stack,
+                api,
+                dbs,
+                tmp_path,
+                pg.url("prefect_server").replace("postgresql:", "postgresql+asyncpg:"),
+            )
+        finally:
+            stack.stop()
+            pg.psql("DROP DATABASE prefect_server WITH (FORCE)")
 
 
-def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
+def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) -> None:
     repo = make_app_repo(tmp_path / "git")  # branch cleanup: the application no longer reads the targets
     code = f"{repo.url}#cleanup"
     urls = {env_name(n): db.url for n, db in dbs.items()}
@@ -127,32 +145,24 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
     # The server, the pool, the deployments (the README's command), and two workers in directories of
     # their own, each with its own backup directory (two machines), both knowing every database's URL.
     port = stack.env["PREFECT_SERVER_API_PORT"]
-    stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", port)
+    stack.start(  # expired approvals are failed within a second (default: every 5 s)
+        "server",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS="1",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=server_db,
+    )
     wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
     stack.ok("work-pool", "create", POOL, "--type", "process")
     deployed = stack.command([sys.executable, "-m", "deployments.deploy"], timeout=120, cwd=tmp_path)
     assert deployed.returncode == 0, stack.explain("deploy failed")
-    backups = {}
-    for worker in ("worker-a", "worker-b"):
-        home = tmp_path / worker
-        home.mkdir()
-        backups[worker] = home / "backups"
-        stack.start(
-            worker,
-            "worker",
-            "start",
-            "--pool",
-            POOL,
-            "--name",
-            worker,
-            cwd=home,
-            SAFEDROP_BACKUP_DIR=str(backups[worker]),
-            **urls,
-        )
+    backups = {worker: _start_worker(stack, worker, tmp_path, urls) for worker in ("worker-a", "worker-b")}
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        wait_until(
-            stack, "a worker polls the pool", lambda: client.read_work_pool(POOL).status.value == "READY", 60
-        )
+        wait_until(stack, "both workers to poll the pool", lambda: _polling(client) >= set(backups), 60)
 
     # 1. One database unready; on_error: stop.
     dbs[UNREADY].execute("CREATE VIEW credit_overview AS SELECT id FROM credit_allocations")
@@ -196,13 +206,18 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
     submitted = {w: sum(str(r.id) in stack.log(w) for r in runs.values()) for w in ("worker-a", "worker-b")}
     assert all(submitted.values()), f"both workers run children: {submitted}"
 
-    # 2. The blocker fixed; the fleet deployment on a worker: one approval, then cancelled mid-backup.
+    # 2. The blocker fixed; the fleet deployment on a worker: one approval — given after the worker that
+    #    planned was replaced by a new one — then cancelled mid-backup. Beside it, a fleet run nobody
+    #    approves.
     dbs[UNREADY].execute("DROP VIEW credit_overview")
     rest = [n for n in NAMES if n not in done_a]
-    held = rest[0]
-    small = [NAMES[0], *rest[:3]]  # a done canary (skipped) and three to do
+    held, ignored = rest[0], rest[-1]
+    small = [NAMES[0], *rest[:2]]  # a done canary (skipped), and two to do
+    busy = [n for n in rest if n not in small][-2:]  # for the application's writes in 3; not done before
+    assert ignored in busy, rest  # (the rollout stopped with at least three databases not done)
     small_fleet = fleet_file(tmp_path / "fleet-small.yaml", code, small)
     spec = _spec(small_fleet)
+    unanswered_spec = _spec(fleet_file(tmp_path / "fleet-unanswered.yaml", code, [ignored]))
     blocker_conn = psycopg2.connect(dbs[held].url, application_name="e2e-application")
     try:
         with blocker_conn.cursor() as cur:  # pg_dump locks every table it dumps; no precheck reads tenants
@@ -212,12 +227,35 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
             fleet_run = client.create_flow_run_from_deployment(
                 deployment.id, parameters={"params": {"fleet": spec}}
             )
+            unanswered = client.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": {"fleet": unanswered_spec, "approval_timeout_s": 10}}
+            )
             waiting = wait_until(
                 stack,
                 "the fleet run to be suspended for its approval",
                 lambda: _suspended(client, fleet_run.id),
                 180,
             )
+            # Waiting for the operator holds nothing: its process exits, no database session is left.
+            wait_until(
+                stack,
+                "the suspended fleet run's process to exit",
+                lambda: not _processes_of(fleet_run.id),
+                60,
+            )
+            assert not [n for n in small if _safedrop_sessions(dbs[n])], "a suspended fleet holds a session"
+            # The worker that planned goes away (a deploy, a reboot); another, on a machine of its own,
+            # comes up. The approval is given meanwhile, and the run goes on wherever a worker takes it.
+            wait_until(  # (the other fleet's plan done: stopping its worker would crash it)
+                stack,
+                "the unanswered fleet run to be suspended too",
+                lambda: (r := client.read_flow_run(unanswered.id)).state.is_paused() or r.state.is_final(),
+                180,
+            )
+            planner = next(w for w in ("worker-a", "worker-b") if str(fleet_run.id) in stack.log(w))
+            stack.stop_one(planner)
+            _start_worker(stack, "worker-c", tmp_path, urls)
+            wait_until(stack, "worker-c to poll the pool", lambda: "worker-c" in _polling(client), 60)
             plan = _artifact(client, fleet_run.id, "drop-credit-allocation-tables-fleet-plan")
             assert all(n in plan for n in small) and "already-applied" in plan, plan
             form = read_flow_run_input(
@@ -234,6 +272,8 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
                 lambda: _dump_waiting(dbs[held]),
                 180,
             )
+            resumed_on = [w for w in stack.processes if w != planner and str(fleet_run.id) in stack.log(w)]
+            assert resumed_on and planner not in resumed_on, stack.explain("where the resumed fleet ran")
             client.set_flow_run_state(fleet_run.id, Cancelling(message="cancelled by the e2e test"))
             ended = final(stack, client, fleet_run.id, 120, "server")
             assert ended.state.type == StateType.CANCELLED, stack.explain(
@@ -251,6 +291,13 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
             assert not [r.name for r in runs if r.state.type == StateType.RUNNING]
             held_run = next(r for r in runs if r.name == f"{held}-drop")
             assert held_run.state.type == StateType.CANCELLED, held_run.state
+
+            # Nobody answered the other fleet: Prefect ended it, said what, and nothing was started.
+            expired = final(stack, client, unanswered.id, 120, "server")
+            assert expired.state.type == StateType.FAILED, expired.state
+            assert expired.state.message == "The flow was paused and never resumed.", expired.state
+            assert not children(client, unanswered.id), "an unapproved fleet started a database's drop"
+            assert list(children(client, unanswered.id, PLAN_TAG)) == [ignored]
         wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
 
         # 2b. At a terminal: SIGTERM to `safedrop fleet run` while a child's backup waits on the lock.
@@ -284,6 +331,7 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
         blocker_conn.rollback()
         blocker_conn.close()
     assert all(dbs[held].exists(f"public.{t}") for t in TARGETS)
+    assert all(dbs[ignored].exists(f"public.{t}") for t in TARGETS)
 
     # 3. The plan at a terminal (nothing changed), then the same fleet again: it finishes the rest and
     #    skips the done ones.
@@ -295,14 +343,68 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path) -> None:
     assert {d["name"]: d["status"] for d in plan["databases"]} == {
         n: "already-applied" if n in done_now else "ready" for n in small
     }
-    # 3. Resume: the same fleet again finishes the rest and skips the done ones.
-    code_b, report_b = fleet_cli(stack, fleet, tmp_path)
+    # 3. Resume: the same fleet again finishes the rest and skips the done ones — while the application
+    #    works on two of the databases still to do; not one of its committed writes may be lost.
+    before = {n: dbs[n].scalar("SELECT count(*) FROM credit_usage") for n in busy}
+    with contextlib.ExitStack() as apps:
+        traffic = {n: apps.enter_context(application(dbs[n], tmp_path, "--interval-ms", "20")) for n in busy}
+        code_b, report_b = fleet_cli(stack, fleet, tmp_path)
+    for name in busy:
+        assert traffic[name]["errors"] == {}, (name, traffic[name])
+        inserted = dbs[name].scalar("SELECT count(*) FROM credit_usage") - before[name]
+        assert inserted == traffic[name]["ops"]["credit_usage insert"] > 0, (name, traffic[name])
     assert code_b == 0 and report_b["status"] == "succeeded", stack.explain(json.dumps(report_b, indent=1))
     statuses = {d["name"]: d["status"] for d in report_b["databases"]}
     assert {n for n, s in statuses.items() if s == "already-applied"} >= set(done_a), statuses
     assert statuses[UNREADY] == "succeeded" and statuses[held] == "succeeded", statuses
     assert set(statuses.values()) <= {"succeeded", "already-applied"}
     assert not any(db.exists(f"public.{t}") for db in dbs.values() for t in TARGETS)
+
+
+def _start_worker(stack: Stack, worker: str, tmp_path: Path, urls: dict[str, str]) -> Path:
+    """A process worker in a directory of its own (another machine), with its own backup directory and
+    every database's URL in its environment; returns the backup directory."""
+    home = tmp_path / worker
+    home.mkdir()
+    backups = home / "backups"
+    stack.start(
+        worker,
+        "worker",
+        "start",
+        "--pool",
+        POOL,
+        "--name",
+        worker,
+        cwd=home,
+        SAFEDROP_BACKUP_DIR=str(backups),
+        **urls,
+    )
+    return backups
+
+
+def _polling(client) -> set[str]:
+    """The workers the server has heard from lately (ONLINE)."""
+    return {w.name for w in client.read_workers_for_work_pool(POOL) if w.status.value == "ONLINE"}
+
+
+def _processes_of(flow_run_id) -> list[int]:
+    """Every live process that runs this flow run (a worker gives it PREFECT__FLOW_RUN_ID)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _safedrop_sessions(db) -> int:
+    return db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'safedrop%' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()"  # (this query's is named so too)
+    )
 
 
 def _children_going(client) -> list[str]:

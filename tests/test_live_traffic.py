@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,34 +22,14 @@ from safedrop.errors import ChangedSinceBackup
 from safedrop.lockschedule import LockSchedule
 from safedrop.pgserver import wait_until
 from tasks.backup import take_backup
-from tests.conftest import ROOT, SURVIVORS, TARGETS
-from tests.helpers import credit_plan, drop_now, holding, run, session
+from tests.conftest import SURVIVORS, TARGETS
+from tests.helpers import application, credit_plan, drop_now, holding, run, session
 
 SEED_TARGETS = (
     "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
     "SELECT 1 + g % 25, 1 + g % 25, g, '2024-01-01', '2024-02-01' FROM generate_series(1, 50) g;"
     "INSERT INTO credit_allocation_transactions (allocation_id, amount) SELECT id, 1 FROM credit_allocations;"
 )
-
-
-@contextmanager
-def application(tdb, tmp_path: Path, *extra: str) -> Iterator[dict]:
-    """tests/workload.py against ``tdb`` for the block; then its report (ops, errors, latencies)."""
-    report_file = tmp_path / f"workload-{len(list(tmp_path.glob('workload-*')))}.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.workload", tdb.url, str(report_file), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    report: dict = {}
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        yield report
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-    report.update(json.loads(report_file.read_text()))
 
 
 def safedrop_waits_for(observer, relation: str) -> bool:
