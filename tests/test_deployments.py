@@ -146,6 +146,22 @@ def test_fleet_deployment_loads_and_takes_the_fleet_at_run_time():
     assert d.schedules == [] and d.parameters == {} and "fleet" in d.tags
 
 
+def test_engine_python_starts_fleet_children_without_the_workspace_supervisor(capsys):
+    """--engine-python sets the fleet-child deployments' command (the workers' own Python, quoted);
+    every other deployment keeps Prefect's default. A relative path is refused in one line."""
+    tuned = {d.name: d for d in deploy.build_deployments(engine_python="/srv/safe drop/bin/python")}
+    children = [name for name in tuned if name.endswith("-fleet-child")]
+    assert f"{MANUAL}-fleet-child" in children
+    for name, d in tuned.items():
+        command = {"command": "'/srv/safe drop/bin/python' -m prefect.engine"} if name in children else {}
+        assert (d.job_variables or {}) == command, name
+        assert not built()[name].job_variables  # without the flag: Prefect's default
+    assert deploy.main(["--check", "--engine-python", "venv/bin/python"]) == 2
+    assert capsys.readouterr().err == (
+        "deploy: --engine-python must be an absolute path (the workers' Python), not 'venv/bin/python'\n"
+    )
+
+
 @pytest.mark.parametrize("name", [n for n in built() if n not in (RESTORE, FLEET)])
 def test_entrypoint_loads_and_parameters_validate(name):
     d = built()[name]

@@ -158,7 +158,11 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
     )
     wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
     stack.ok("work-pool", "create", POOL, "--type", "process")
-    deployed = stack.command([sys.executable, "-m", "deployments.deploy"], timeout=120, cwd=tmp_path)
+    deployed = stack.command(  # fleet children started without the workspace supervisor (README)
+        [sys.executable, "-m", "deployments.deploy", "--engine-python", sys.executable],
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert deployed.returncode == 0, stack.explain("deploy failed")
     backups = {worker: _start_worker(stack, worker, tmp_path, urls) for worker in ("worker-a", "worker-b")}
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
