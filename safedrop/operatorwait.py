@@ -19,21 +19,25 @@ from prefect.states import Running
 Form = TypeVar("Form", bound=RunInput)
 
 
+def _suspends() -> bool:
+    context = FlowRunContext.get()
+    return bool(context is not None and context.flow_run is not None and context.flow_run.deployment_id)
+
+
 def ask(form: type[Form], *, key: str, timeout_s: int, poll_interval_s: int) -> Form:
     """The operator's answer (raises prefect's FlowPauseTimeout when none came within ``timeout_s``)."""
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None and context.flow_run.deployment_id:
+    if _suspends():
         return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
 
 
 def unanswered(timeout_s: int, outcome: str) -> str:
-    """What the form says happens when nobody answers: a suspended run has no process left to say so,
-    Prefect's server ends it with its own words."""
-    return (
-        f"\n\nNo answer within {timeout_s:,} s: {outcome}. The run then ends Failed with Prefect's words "
-        '"The flow was paused and never resumed."\n'
-    )
+    """What the form says happens when nobody answers. A suspended run has no process left to say it
+    with its own reason: Prefect's server ends it, in its own words."""
+    text = f"\n\nNo answer within {timeout_s:,} s: {outcome}."
+    if _suspends():
+        text += ' The run then ends Failed with Prefect\'s words "The flow was paused and never resumed."'
+    return text + "\n"
 
 
 def leave_expired_pause() -> None:

@@ -85,6 +85,8 @@ def test_an_approved_run_drops_the_tables(env_url, tmp_path):
     assert all(env_url.exists(t) for t in TARGETS)  # paused: nothing dropped yet
     plan = shown_plan(flow_run)
     assert "# Approve the drop?" in plan and "public.credit_allocations" in plan and "sha256" in plan
+    # paused in its process (no deployment): a timeout ends the run with safedrop's own reason
+    assert plan.endswith("\n\nNo answer within 3,600 s: nothing is dropped.\n"), plan[-200:]
     resume_flow_run(
         flow_run.id, run_input={"approve": True, "evidence_digest": digest_in(plan), "approver": "test"}
     )

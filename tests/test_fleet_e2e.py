@@ -267,6 +267,14 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
             )
             digest = form["properties"]["fleet_digest"]["default"]
             assert f"`{digest}`" in plan
+            raw = client.read_flow_run_input(
+                waiting.id, keyset_from_paused_state(waiting.state)["description"]
+            )
+            shown = json.loads(raw) if raw.startswith('"') else raw  # the form's text, as the UI shows it
+            assert shown.endswith(  # what nobody answering means, said before it happens
+                "\n\nNo answer within 3,600 s: no database is started. The run then ends Failed with "
+                'Prefect\'s words "The flow was paused and never resumed."\n'
+            ), shown[-300:]
             resume_flow_run(
                 waiting.id, run_input={"approve": True, "fleet_digest": digest, "approver": "e2e"}
             )
