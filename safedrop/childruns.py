@@ -15,6 +15,7 @@ process (the worker runs those hooks after it ended the process).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -188,11 +189,19 @@ _STATE_STATUS: dict[str, Status] = {
 }
 
 
+_CLI_ALLOW = re.compile(r"--allow-cascade (\S+)")
+
+
+def in_fleet_terms(reason: str) -> str:
+    """A database's reason as the fleet's operator acts on it: the fleet file's key, not the CLI flag."""
+    return _CLI_ALLOW.sub(r"allow_cascade: [\1] in the fleet file", reason)
+
+
 def status_of(run: FlowRun, report: RunReport | None) -> tuple[Status, list[str]]:
     """How a finished child ended: its report's status and reasons; without a report (it crashed, was
     cancelled, or never started), failed, with its state's message."""
     if report is not None:
-        return report.status, list(report.reasons)
+        return report.status, [in_fleet_terms(r) for r in report.reasons]
     state = run.state
     name = state.name if state else "unknown"
     message = (state.message if state else "") or ""

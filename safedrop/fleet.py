@@ -182,6 +182,12 @@ class FleetSpec(_Strict):
         description="What code references do: 'fail' stops a database's run, 'warn' only reports them, "
         "'skip' does not look at the code (the reports say it was not scanned).",
     )
+    allow_cascade: list[str] = Field(
+        default_factory=list,
+        description="Objects outside the targets that CASCADE may remove, in any database of the fleet, by "
+        "the name the plan prints (e.g. a view public.orders_overview). A name a database does not have "
+        "is only a warning there.",
+    )
     rollout: RolloutSettings = Field(description="Canaries, parallelism and what an error does.")
     databases: list[FleetDatabase] = Field(
         min_length=1, description="Every database, in the order the rollout takes them after the canaries."
@@ -261,6 +267,8 @@ class FleetSpec(_Strict):
             fields["code_paths"] = list(self.code_paths)
         if self.code_secret_block is not None:
             fields["code_secret_block"] = self.code_secret_block
+        if self.allow_cascade:
+            fields["allow_cascade"] = list(self.allow_cascade)
         if expected_plan_digest:
             fields["expected_plan_digest"] = expected_plan_digest
         DropParameters(**fields)  # what the server and the flow will check: fail here, before any run

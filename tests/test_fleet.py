@@ -11,8 +11,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
+from prefect.client.schemas.objects import FlowRun
 
 from safedrop.errors import UsageError
 from safedrop.fleet import FleetFileError, FleetSpec, child_deployment, load_fleet, parse_fleet
@@ -259,6 +261,36 @@ def test_each_child_gets_the_whole_params_object_with_its_url_source_and_no_appr
     bare = FleetSpec.model_validate({**parse_fleet(GOOD, "f").model_dump(), "keep": None, "code_paths": None})
     assert "keep" not in bare.child_parameters("eu-1", dry_run=True)["params"]
     assert "code_paths" not in bare.child_parameters("eu-1", dry_run=True)["params"]
+    assert "allow_cascade" not in by_env  # nothing allowed unless the file says so
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_allow_cascade_in_the_fleet_file_reaches_every_database_and_the_reason_says_where_to_write_it(
+    guide_db, monkeypatch, tmp_path
+):
+    """A database's stop names the fleet file's key, not the CLI flag; written there, it goes to each
+    database's run, and one with the view loses it with the targets (backed up first)."""
+    from safedrop.childruns import in_fleet_terms, status_of
+    from tests.helpers import run
+
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    guide_db.execute("CREATE VIEW allocation_ids AS SELECT id FROM credit_allocations")
+    state, plan = run(dry_run=True)
+    assert plan.status == "stopped"
+    (reason,) = status_of(FlowRun(flow_id=uuid4(), name="db-plan", state=state), plan)[1]
+    assert reason.endswith("or allow it with allow_cascade: [public.allocation_ids] in the fleet file"), (
+        reason
+    )
+    assert in_fleet_terms("no flag here") == "no flag here"
+
+    spec = FleetSpec.model_validate(
+        {**parse_fleet(GOOD, "f").model_dump(), "allow_cascade": ["public.allocation_ids"]}
+    )
+    child = spec.child_parameters("eu-staging", dry_run=False)["params"]
+    assert child["allow_cascade"] == ["public.allocation_ids"]
+    state, report = run(allow_cascade=child["allow_cascade"], backup_dir=str(tmp_path / "b"))
+    assert state.is_completed() and report.status == "succeeded", report.reasons
+    assert not guide_db.exists("public.allocation_ids") and not guide_db.exists("public.credit_allocations")
 
 
 # --- the rollout's rules ----------------------------------------------------------------------------------
