@@ -20,8 +20,8 @@ databases, max_parallel 4: 3.3 (children ~3 s). Each child costs ~2.8 s from cre
 worker's poll ~0.5–0.9 s, then a new Python process and Prefect's engine ~1.8 s; ~4 s when four
 start on two cores) plus ~0.7 s until the fleet sees it end and creates the next: a fixed ~3.5 s a
 child, so the goal holds for databases whose backup takes ~20 s or more. Through Prefect's workspace
-supervisor (--supervisor) a child takes ~1.1 s more to start; on a SQLite server the fleet's reaction
-varied 0.7–2 s and a worker once waited out the client's 60 s timeout.
+supervisor (--supervisor) a child takes ~1 s more to start (1.22 on the 40M case); on a SQLite server
+the fleet's reaction varied 0.7–2 s and a worker once waited out the client's 60 s timeout.
 
 Prints figures; asserts nothing. The workers poll every second (PREFECT_WORKER_QUERY_SECONDS=1; the
 default 10 s would add ~5 s to each child's start).
