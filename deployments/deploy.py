@@ -53,6 +53,7 @@ from prefect.schedules import Schedule
 from flows.drop_deprecated_tables import drop_deprecated_tables
 from flows.drop_deprecated_tables_fleet import drop_deprecated_tables_fleet
 from flows.restore_dropped_tables import restore_dropped_tables
+from safedrop.childruns import HEARTBEAT_S
 from safedrop.errors import MigrationFileError
 from safedrop.fleet import FLEET_DEPLOYMENT, FLEET_FLOW_NAME, child_deployment
 from safedrop.migration import Migration, load_migration, migration_paths
@@ -218,12 +219,14 @@ def fleet_child_deployment(
     have): measured ~1 s less per database (bench/fleet.py). Wrong on a worker, every child it takes
     crashes at once ("No such file or directory" in the worker's log), changing nothing."""
     name = child_deployment(migration).split("/", 1)[1]
-    if engine_python and work_pool:
-        extra: dict[str, Any] = {
-            "job_variables": {"command": f"{shlex.quote(engine_python)} -m prefect.engine"}
-        }
-    else:
-        extra = {}
+    extra: dict[str, Any] = {}
+    if work_pool:
+        # A heartbeat every 30 s (Prefect's default: 180 s): a fleet takes a child silent for
+        # child_silence_s for gone with its worker, instead of waiting for it for ever.
+        variables: dict[str, Any] = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}}
+        if engine_python:
+            variables["command"] = f"{shlex.quote(engine_python)} -m prefect.engine"
+        extra["job_variables"] = variables
     return _deployment(
         drop_deprecated_tables,
         work_pool,

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -32,8 +33,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Cancelled, Cancelling, Crashed
 
 from safedrop.errors import SafedropError
 from safedrop.report import RunReport, Status
@@ -213,6 +215,55 @@ def status_of(run: FlowRun, report: RunReport | None) -> tuple[Status, list[str]
     ]
 
 
+HEARTBEAT_S = 30  # the children's heartbeat (Prefect's shortest): the fleet-child deployments set it
+_HEARTBEAT = "prefect.flow-run.heartbeat"
+
+
+def silent(ids: Iterable[UUID], silence_s: float) -> set[UUID]:
+    """Those of these flow runs that sent no heartbeat in the last ``silence_s`` seconds (one query)."""
+    wanted = {f"prefect.flow-run.{i}": i for i in ids}
+    if not wanted:
+        return set()
+    since = datetime.now(UTC) - timedelta(seconds=silence_s)
+    heard: set[UUID] = set()
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(
+                occurred=EventOccurredFilter(since=since),
+                event=EventNameFilter(name=[_HEARTBEAT]),
+                resource=EventResourceFilter(id=list(wanted)),
+            ),
+            limit=50,  # the most the API gives a page
+        )
+        while True:
+            heard |= {wanted[e.resource.id] for e in page.events if e.resource.id in wanted}
+            if not page.next_page:
+                return set(wanted.values()) - heard
+            page = client.read_events_page(page.next_page)
+
+
+def declare_lost(child_id: UUID, silence_s: float) -> None:
+    """A child whose process went silent ends Crashed, so it is final for the fleet and on the server."""
+    message = (
+        f"no heartbeat from its run for {silence_s:.0f} s: its worker or machine went away mid-run; the "
+        "database's own state says what was done (a re-run of the fleet finds out)"
+    )
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(child_id, Crashed(message=message), force=True)
+
+
+_LISTEN_EVERY_S = 10
+
+
+def _running_longer_than(runs: Iterable[FlowRun], seconds: float) -> list[UUID]:
+    cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
+    return [
+        r.id
+        for r in runs
+        if r.state is not None and r.state.type == StateType.RUNNING and r.state.timestamp < cutoff
+    ]
+
+
 @dataclass
 class Watch:
     """What the fleet run needs to drive children: how to start one, what to do when one ends."""
@@ -222,6 +273,7 @@ class Watch:
     not_created: Callable[[str, str], None]  # a child that could not be created, and why
     fleet_run_id: str | None
     poll_interval_s: float = 1.0
+    silence_s: float = 120.0  # a Running child without a heartbeat this long is taken for gone
 
 
 def drive(rollout: Rollout, watch: Watch) -> dict[str, UUID]:
@@ -233,6 +285,7 @@ def drive(rollout: Rollout, watch: Watch) -> dict[str, UUID]:
     logger = run_logger()
     running: dict[str, UUID] = {}
     started: dict[str, UUID] = {}
+    next_listen = time.monotonic()
     while not rollout.done:
         for name in rollout.next_to_start():
             try:
@@ -252,6 +305,18 @@ def drive(rollout: Rollout, watch: Watch) -> dict[str, UUID]:
         progressed = False
         if running:
             runs = read_runs(running.values())
+            if time.monotonic() >= next_listen:  # every few seconds: a child whose worker went away
+                next_listen = time.monotonic() + _LISTEN_EVERY_S
+                try:
+                    lost = silent(_running_longer_than(runs.values(), watch.silence_s), watch.silence_s)
+                except PrefectHTTPStatusError as exc:  # the watch goes on; the next look may do better
+                    logger.warning("could not read the children's heartbeats: %s", str(exc).splitlines()[0])
+                    lost = set()
+                for child_id in lost:
+                    logger.warning("child run %s is silent; marking it Crashed", child_id)
+                    declare_lost(child_id, watch.silence_s)
+                if lost:
+                    runs = read_runs(running.values())
             for name, child_id in list(running.items()):
                 run = runs.get(child_id)
                 if run is None or run.state is None or not run.state.is_final():

@@ -249,6 +249,15 @@ FLEET: list[Option] = [
             "a fleet'",
         ),
     ),
+    (
+        ("--child-silence",),
+        dict(
+            metavar="DURATION",
+            default="2m",
+            help="a database's run silent this long (no heartbeat: its worker or machine went away) is "
+            "marked Crashed and counts as failed (default: %(default)s; at least 1m)",
+        ),
+    ),
 ]
 
 

@@ -346,6 +346,9 @@ def fleet(args: argparse.Namespace) -> int:
 
     dry_run = args.fleet_command == "plan"
     try:
+        silence_s = parse_duration_ms(args.child_silence) // 1000
+        if not 60 <= silence_s <= 3600:
+            raise UsageError(f"--child-silence must be between 1m and 1h, not {args.child_silence}")
         spec = load_fleet(args.fleet)
         from safedrop.fleet import child_deployment
         from safedrop.migration import load_migration
@@ -362,7 +365,7 @@ def fleet(args: argparse.Namespace) -> int:
     from safedrop.fleet import FleetParameters
     from safedrop.runlog import quiet_expected_failures
 
-    params = FleetParameters(fleet=spec, dry_run=dry_run, approval="skip")
+    params = FleetParameters(fleet=spec, dry_run=dry_run, approval="skip", child_silence_s=silence_s)
     quiet_expected_failures()
     from safedrop.interrupts import Interrupted
 

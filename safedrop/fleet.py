@@ -308,6 +308,14 @@ class FleetParameters(BaseModel):
         description="How often the fleet run looks at its children (and at itself, to pass a cancellation "
         "on to them).",
     )
+    child_silence_s: int = Field(
+        120,
+        ge=60,
+        le=3600,
+        description="A running database's run sends a heartbeat every 30 s; silent this long, its worker or "
+        "machine is taken for gone: the run is marked Crashed and counts as failed (on_error decides what "
+        "follows; a re-run finds out from the database what was done).",
+    )
 
 
 def child_deployment(migration: Migration) -> str:

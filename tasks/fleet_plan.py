@@ -116,7 +116,10 @@ def plan_fleet(record: FleetRecord, deployment: str) -> None:
     def not_created(name: str, reason: str) -> None:
         record.databases[name].plan_status, record.databases[name].plan_reasons = "failed", [reason]
 
-    drive(rollout, Watch(start, ended, not_created, record.flow_run_id, record.params.poll_interval_s))
+    params = record.params
+    watch = Watch(start, ended, not_created, record.flow_run_id, params.poll_interval_s)
+    watch.silence_s = params.child_silence_s
+    drive(rollout, watch)
     _refuse_one_database_twice(record)
 
 

@@ -64,6 +64,9 @@ def roll_out(record: FleetRecord, deployment: str) -> None:
         database.started, database.status, database.reasons = True, "failed", [reason]
 
     try:
-        drive(rollout, Watch(start, ended, not_created, record.flow_run_id, record.params.poll_interval_s))
+        params = record.params
+        watch = Watch(start, ended, not_created, record.flow_run_id, params.poll_interval_s)
+        watch.silence_s = params.child_silence_s
+        drive(rollout, watch)
     finally:
         record.not_started_reason = rollout.halt_reason()

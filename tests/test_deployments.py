@@ -124,9 +124,10 @@ def test_every_migration_makes_four_deployments_on_the_safedrop_pool():
             assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW", name
         assert d.description.strip() and "safedrop" in d.tags, name
         # Nothing points at the deploying machine: a module entrypoint, no storage (so no pull step),
-        # no path, no job variables; deploy.py builds no image.
+        # no path, no job variables but a fleet child's heartbeat; deploy.py builds no image.
         assert d.entrypoint_type == EntrypointType.MODULE_PATH, name
-        assert d.storage is None and d._path is None and d.job_variables == {}, name
+        beat = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}} if name.endswith("-fleet-child") else {}
+        assert d.storage is None and d._path is None and d.job_variables == beat, name
         module, _, attribute = d.entrypoint.rpartition(".")
         assert "/" not in module and not module.endswith(".py"), d.entrypoint
         assert callable(getattr(importlib.import_module(module), attribute)), d.entrypoint
@@ -152,10 +153,11 @@ def test_engine_python_starts_fleet_children_without_the_workspace_supervisor(ca
     tuned = {d.name: d for d in deploy.build_deployments(engine_python="/srv/safe drop/bin/python")}
     children = [name for name in tuned if name.endswith("-fleet-child")]
     assert f"{MANUAL}-fleet-child" in children
+    beat = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}  # a fleet notices a child that went silent
     for name, d in tuned.items():
-        command = {"command": "'/srv/safe drop/bin/python' -m prefect.engine"} if name in children else {}
-        assert (d.job_variables or {}) == command, name
-        assert not built()[name].job_variables  # without the flag: Prefect's default
+        command = {"command": "'/srv/safe drop/bin/python' -m prefect.engine"}
+        assert (d.job_variables or {}) == ({**beat, **command} if name in children else {}), name
+        assert (built()[name].job_variables or {}) == (beat if name in children else {})  # Prefect's command
     assert deploy.main(["--check", "--engine-python", "venv/bin/python"]) == 2
     assert capsys.readouterr().err == (
         "deploy: --engine-python must be an absolute path (the workers' Python), not 'venv/bin/python'\n"

@@ -521,6 +521,15 @@ def test_fleet_without_a_prefect_server_says_so_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr == f"safedrop: fleet file {bad}: rollout.on_error is missing\n"
     assert json.loads(done.stdout)["status"] == "failed"
+    done = subprocess.run(
+        [SAFEDROP, "fleet", "run", "--fleet", str(fleet), "--child-silence", "30s"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "safedrop: --child-silence must be between 1m and 1h, not 30s\n"
 
 
 @pytest.mark.usefixtures("prefect_harness", "cli_env")

@@ -36,6 +36,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     FlowRunFilter,
+    FlowRunFilterName,
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
@@ -339,6 +340,42 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
         with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             wait_until(stack, "no child left going after SIGTERM", lambda: not _children_going(client), 120)
         wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
+
+        # 2c. The worker running a child goes away mid-backup (a reboot): the child ends, the fleet says so
+        #     and fails, pg_dump's session goes with it, the database is whole; a new worker comes up.
+        cli = subprocess.Popen(  # (a minute of silence: the shortest the fleet takes)
+            [str(SAFEDROP), "fleet", "run", "--fleet", str(small_fleet), "--json", "--child-silence", "1m"],
+            env=stack.env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(stack, f"{held}'s backup to wait once more", lambda: _dump_waiting(dbs[held]), 180)
+            with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+                (child,) = [r for r in _named(client, f"{held}-drop") if r.state.type == StateType.RUNNING]
+            host = next(
+                w
+                for w, p in stack.processes.items()
+                if w.startswith("worker") and p.poll() is None and str(child.id) in stack.log(w)
+            )
+            stack.stop_one(host)
+            out, err = cli.communicate(timeout=180)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        stack.transcript.append(
+            f"$ safedrop fleet run (its worker {host} stopped)  # exit {cli.returncode}\n{err}"
+        )
+        assert "Traceback" not in out + err, stack.explain("a traceback after the worker went")
+        lost = json.loads(out)
+        held_report = next(d for d in lost["databases"] if d["name"] == held)
+        assert cli.returncode == 1 and lost["status"] == "failed", stack.explain(json.dumps(lost, indent=1))
+        assert held_report["status"] == "failed" and held_report["flow_run_id"] == str(child.id), held_report
+        assert "went away mid-run" in " ".join(held_report["reasons"]), held_report
+        wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
+        _start_worker(stack, "worker-d", tmp_path, urls)
     finally:
         blocker_conn.rollback()
         blocker_conn.close()
@@ -417,6 +454,10 @@ def _safedrop_sessions(db) -> int:
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'safedrop%' "
         "AND datname = current_database() AND pid <> pg_backend_pid()"  # (this query's is named so too)
     )
+
+
+def _named(client, name: str):
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
 
 
 def _children_going(client) -> list[str]:
