@@ -12,7 +12,9 @@ The issue's acceptance, as one story an operator lives through:
    worker; it is cancelled while a child's backup waits on a lock the application holds: no child is
    left Running, the database the child worked on is whole. A second fleet run nobody approves ends
    Failed ("paused and never resumed") with no database started. Then SIGTERM to `safedrop fleet run`
-   at a terminal (exit 143, one line), no child left going.
+   at a terminal (exit 143, one line), no child left going. Then the worker running a child is stopped
+   mid-pg_dump: the child goes silent, the fleet marks it Crashed and fails naming it (exit 1), pg_dump's
+   session is gone, the database whole; a new worker comes up.
 3. `safedrop fleet plan` changes nothing; `safedrop fleet run` again, while the application writes to
    two of the databases still to do: the done databases are skipped (already applied), the rest
    finish, the fleet succeeds, and every write the application committed is there.
