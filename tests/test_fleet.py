@@ -493,6 +493,43 @@ def test_a_run_is_held_to_the_plan_approved_for_its_database(guide_db, monkeypat
     assert not any(guide_db.exists(f"public.{t}") for t in TARGETS)
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_running_child_without_a_heartbeat_is_silent_and_one_beat_on_any_page_is_enough():
+    """What the fleet asks Prefect's events to find a child whose worker went away (childruns.silent):
+    one query for every running child, read to its last page (the API gives 50 events a page)."""
+    import time
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+    from prefect.states import Running
+
+    from safedrop.childruns import silent
+
+    @flow
+    def child(): ...
+
+    with get_client(sync_client=True) as client:
+        quiet, early, busy = (client.create_flow_run(child) for _ in range(3))
+        for run in (quiet, early, busy):
+            client.set_flow_run_state(run.id, Running(), force=True)
+    ids = [quiet.id, early.id, busy.id]
+    assert silent(ids, 60) == set(ids)
+
+    def beat(run) -> None:
+        emit_event(
+            event="prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"}
+        )
+
+    beat(early)  # the oldest event: on the second page, behind the 55 below
+    for _ in range(55):
+        beat(busy)
+    deadline = time.monotonic() + 60
+    while (left := silent(ids, 60)) != {quiet.id}:
+        assert time.monotonic() < deadline, f"still silent after 60 s: {left}"
+        time.sleep(0.5)
+
+
 # --- the command line -------------------------------------------------------------------------------------
 
 
