@@ -243,13 +243,15 @@ def silent(ids: Iterable[UUID], silence_s: float) -> set[UUID]:
 
 
 def declare_lost(child_id: UUID, silence_s: float) -> None:
-    """A child whose process went silent ends Crashed, so it is final for the fleet and on the server."""
+    """A child whose process went silent ends Crashed, so it is final for the fleet and on the server.
+
+    Not forced: a run that ended meanwhile keeps its own final state (the server refuses the change)."""
     message = (
         f"no heartbeat from its run for {silence_s:.0f} s: its worker or machine went away mid-run; the "
         "database's own state says what was done (a re-run of the fleet finds out)"
     )
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(child_id, Crashed(message=message), force=True)
+        client.set_flow_run_state(child_id, Crashed(message=message))
 
 
 _LISTEN_EVERY_S = 10
