@@ -12,9 +12,12 @@ from typing import TypeVar
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.states import Running
+
+from safedrop.errors import PrecheckStop
 
 Form = TypeVar("Form", bound=RunInput)
 
@@ -24,11 +27,29 @@ def _suspends() -> bool:
     return bool(context is not None and context.flow_run is not None and context.flow_run.deployment_id)
 
 
-def ask(form: type[Form], *, key: str, timeout_s: int, poll_interval_s: int) -> Form:
-    """The operator's answer (raises prefect's FlowPauseTimeout when none came within ``timeout_s``)."""
-    if _suspends():
-        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
-    return pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s)
+def ask(
+    form: type[Form],
+    *,
+    key: str,
+    plan: str,
+    unanswered_outcome: str,
+    timeout_reason: str,
+    timeout_s: int,
+    poll_interval_s: int,
+    **initial: object,
+) -> Form:
+    """The operator's answer to ``form`` (``plan`` is its text, followed by what no answer means).
+
+    No answer within ``timeout_s`` (a run that paused in its process): PrecheckStop([timeout_reason]).
+    """
+    filled = form.with_initial_data(description=plan + unanswered(timeout_s, unanswered_outcome), **initial)
+    try:
+        if _suspends():
+            return suspend_flow_run(wait_for_input=filled, timeout=timeout_s, key=key)
+        return pause_flow_run(wait_for_input=filled, timeout=timeout_s, poll_interval=poll_interval_s)
+    except FlowPauseTimeout:
+        leave_expired_pause()
+        raise PrecheckStop([timeout_reason]) from None
 
 
 def unanswered(timeout_s: int, outcome: str) -> str:

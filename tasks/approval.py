@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 
-from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from pydantic import Field
 
 from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.errors import PrecheckStop
-from safedrop.operatorwait import ask, leave_expired_pause, unanswered
+from safedrop.operatorwait import ask
 from safedrop.report import BackupResult, CleanupResult, DependencyResult
 from safedrop.runlog import run_logger
 
@@ -99,20 +98,17 @@ def await_approval(
     if artifact_prefix:
         publish_markdown(f"{artifact_prefix}-approval", plan, "The plan waiting for approval")
     logger.info("waiting up to %d s for approval (evidence digest %s)", timeout_s, digest)
-    try:
-        answer = ask(
-            Approval.with_initial_data(
-                description=plan + unanswered(timeout_s, "nothing is dropped"),
-                evidence_digest=digest,
-                approve=False,
-            ),
-            key=APPROVAL_KEY,
-            timeout_s=timeout_s,
-            poll_interval_s=poll_interval_s,
-        )
-    except FlowPauseTimeout:
-        leave_expired_pause()
-        raise PrecheckStop([f"no approval within {timeout_s} s; nothing was dropped"]) from None
+    answer = ask(
+        Approval,
+        key=APPROVAL_KEY,
+        plan=plan,
+        unanswered_outcome="nothing is dropped",
+        timeout_reason=f"no approval within {timeout_s} s; nothing was dropped",
+        timeout_s=timeout_s,
+        poll_interval_s=poll_interval_s,
+        evidence_digest=digest,
+        approve=False,
+    )
     if not answer.approve:
         who = f" by {answer.approver}" if answer.approver else ""
         raise PrecheckStop(

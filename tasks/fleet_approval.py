@@ -14,12 +14,11 @@ destructive run, which stops with nothing changed when its database no longer ma
 
 from __future__ import annotations
 
-from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from pydantic import Field
 
 from safedrop.errors import PrecheckStop
-from safedrop.operatorwait import ask, leave_expired_pause, unanswered
+from safedrop.operatorwait import ask
 from safedrop.runlog import run_logger
 
 FLEET_APPROVAL_KEY = "fleet-approval"
@@ -41,22 +40,17 @@ def await_fleet_approval(plan: str, digest: str, *, timeout_s: int, poll_interva
     """Wait for the operator's approval of the fleet plan with this digest; raise PrecheckStop if none."""
     logger = run_logger()
     logger.info("waiting up to %d s for the fleet's approval (fleet digest %s)", timeout_s, digest)
-    try:
-        answer = ask(
-            FleetApproval.with_initial_data(
-                description=plan + unanswered(timeout_s, "no database is started"),
-                fleet_digest=digest,
-                approve=False,
-            ),
-            key=FLEET_APPROVAL_KEY,
-            timeout_s=timeout_s,
-            poll_interval_s=poll_interval_s,
-        )
-    except FlowPauseTimeout:
-        leave_expired_pause()
-        raise PrecheckStop(
-            [f"no approval of the fleet within {timeout_s} s; no database was started"]
-        ) from None
+    answer = ask(
+        FleetApproval,
+        key=FLEET_APPROVAL_KEY,
+        plan=plan,
+        unanswered_outcome="no database is started",
+        timeout_reason=f"no approval of the fleet within {timeout_s} s; no database was started",
+        timeout_s=timeout_s,
+        poll_interval_s=poll_interval_s,
+        fleet_digest=digest,
+        approve=False,
+    )
     if not answer.approve:
         who = f" by {answer.approver}" if answer.approver else ""
         why = f": {answer.comment}" if answer.comment else ""

@@ -47,6 +47,22 @@ class Stack:
         self.processes[name] = process
         return process
 
+    def start_server(self, **env: str) -> None:
+        """`prefect server start` on the stack's port (``env``: server settings); returns once
+        /api/health answers."""
+        self.start(
+            "server",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.env["PREFECT_SERVER_API_PORT"],
+            **env,
+        )
+        health = f"{self.env['PREFECT_API_URL']}/health"
+        wait_until(self, "/api/health", lambda: _healthy(health), 90, process="server")
+
     def cli(self, *args: str, timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         """One `prefect` command (from the repository root unless ``cwd``); its output goes into the
         transcript."""
@@ -140,6 +156,15 @@ def wait_until(stack: Stack, what: str, check, deadline_s: float, process: str |
         if time.monotonic() > deadline:
             raise AssertionError(stack.explain(f"timed out after {deadline_s} s waiting for {what}"))
         time.sleep(0.25)
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def processes_mentioning(text: str) -> dict[int, str]:

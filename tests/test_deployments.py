@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import httpx
 import psycopg2
 import pytest
 from prefect.blocks.system import Secret
@@ -433,13 +432,6 @@ def _paused_run(client, earlier: set):
     return None
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _cancel_mid_backup(stack: Stack, api: str, guide_db, backup_dir: Path, *, code: str):
     """Start a manual run, cancel it while pg_dump waits for a lock; returns the cancelled run's id."""
     before = guide_db.snapshot()
@@ -539,18 +531,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
 
     # 1. Server (fresh PREFECT_HOME), up when /api/health answers. The deployment concurrency lease is
     #    as short as Prefect allows (30 s), so the approval below comes long after it would have expired.
-    port = stack.env["PREFECT_SERVER_API_PORT"]
-    stack.start(
-        "server",
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        port,
-        PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(LEASE_S),
-    )
-    wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
+    stack.start_server(PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION=str(LEASE_S))
     mark("server up")
 
     # 2. Work pool; a worker in a directory of its own (no checkout), whose Python finds safedrop only

@@ -147,19 +147,10 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
 
     # The server, the pool, the deployments (the README's command), and two workers in directories of
     # their own, each with its own backup directory (two machines), both knowing every database's URL.
-    port = stack.env["PREFECT_SERVER_API_PORT"]
-    stack.start(  # expired approvals are failed within a second (default: every 5 s)
-        "server",
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        port,
+    stack.start_server(  # expired approvals are failed within a second (default: every 5 s)
         PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS="1",
         PREFECT_SERVER_DATABASE_CONNECTION_URL=server_db,
     )
-    wait_until(stack, "/api/health", lambda: _healthy(f"{api}/health"), 90, process="server")
     stack.ok("work-pool", "create", POOL, "--type", "process")
     deployed = stack.command(  # fleet children started without the workspace supervisor (README)
         [sys.executable, "-m", "deployments.deploy", "--engine-python", sys.executable],
@@ -316,14 +307,7 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
         wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
 
         # 2b. At a terminal: SIGTERM to `safedrop fleet run` while a child's backup waits on the lock.
-        cli = subprocess.Popen(
-            [str(SAFEDROP), "fleet", "run", "--fleet", str(small_fleet)],
-            env=stack.env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        cli = _fleet_run_in_background(stack, small_fleet, tmp_path)
         try:
             wait_until(stack, f"{held}'s backup to wait again", lambda: _dump_waiting(dbs[held]), 180)
             cli.send_signal(signal.SIGTERM)
@@ -345,14 +329,8 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
 
         # 2c. The worker running a child goes away mid-backup (a reboot): the child ends, the fleet says so
         #     and fails, pg_dump's session goes with it, the database is whole; a new worker comes up.
-        cli = subprocess.Popen(  # (a minute of silence: the shortest the fleet takes)
-            [str(SAFEDROP), "fleet", "run", "--fleet", str(small_fleet), "--json", "--child-silence", "1m"],
-            env=stack.env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # (a minute of silence: the shortest the fleet takes)
+        cli = _fleet_run_in_background(stack, small_fleet, tmp_path, "--json", "--child-silence", "1m")
         try:
             wait_until(stack, f"{held}'s backup to wait once more", lambda: _dump_waiting(dbs[held]), 180)
             with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
@@ -410,6 +388,17 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
     assert statuses[UNREADY] == "succeeded" and statuses[held] == "succeeded", statuses
     assert set(statuses.values()) <= {"succeeded", "already-applied"}
     assert not any(db.exists(f"public.{t}") for db in dbs.values() for t in TARGETS)
+
+
+def _fleet_run_in_background(stack: Stack, fleet: Path, cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(SAFEDROP), "fleet", "run", "--fleet", str(fleet), *args],
+        env=stack.env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _start_worker(stack: Stack, worker: str, tmp_path: Path, urls: dict[str, str]) -> Path:
@@ -474,15 +463,6 @@ def _spec(path: Path) -> dict:
     from safedrop.fleet import load_fleet
 
     return load_fleet(path).model_dump(mode="json")
-
-
-def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _suspended(client, flow_run_id):
