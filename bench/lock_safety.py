@@ -38,16 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
+from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.catalog import table_status  # noqa: E402
-from safedrop.checksums import pin_text_settings, table_checksums  # noqa: E402
-from safedrop.database import connect, database_from_url  # noqa: E402
+from safedrop.checksums import checksum_methods, pin_text_settings, table_checksums, target_contents  # noqa: E402
+from safedrop.database import connect, database_from_url, execute_composed  # noqa: E402
+from safedrop.dumpplan import exported_snapshot  # noqa: E402
 from safedrop.lockschedule import LockSchedule  # noqa: E402
-from safedrop.migration import load_migration  # noqa: E402
+from safedrop.migration import TableName, load_migration, tables_sql  # noqa: E402
 from safedrop.parameters import DropParameters  # noqa: E402
 from safedrop.pgserver import LocalPostgres  # noqa: E402
 from safedrop.report import BackupResult, TableChecksum  # noqa: E402
@@ -177,13 +179,24 @@ def plan(url: str):
 
 
 def backup_checksums(db, targets) -> BackupResult:
-    """What the backup step hands the drop: each target's rows and content checksum (no archive here)."""
-    with connect(db) as conn, conn.begin():
-        pin_text_settings(conn)
-        sums = table_checksums(conn, targets)
+    """What the backup step hands the drop, as the real backup takes it (no archive here): in one
+    REPEATABLE READ, READ ONLY transaction with the text settings pinned (``exported_snapshot``), the
+    snapshot as ``txid_current_snapshot()::text``, and in it each target's rows, content checksum and
+    the rows at or after the snapshot's xmin (``target_contents``)."""
+    with exported_snapshot(db) as (conn, exported):
+        snapshot = exported["txid_snapshot"]
+        sums = target_contents(conn, targets, snapshot)
     checksums = [
-        TableChecksum(name=t.qualified, schema_name=t.schema, table_name=t.name, rows=n, checksum=c)
-        for t, (n, c) in sums.items()
+        TableChecksum(
+            name=t.qualified,
+            schema_name=t.schema,
+            table_name=t.name,
+            rows=c.rows,
+            checksum=c.checksum,
+            late_rows=c.late_rows,
+            late_xmins=c.late_xmins,
+        )
+        for t, c in sums.items()
     ]
     return BackupResult(
         path="-",
@@ -193,6 +206,7 @@ def backup_checksums(db, targets) -> BackupResult:
         duration_s=0,
         tables_in_archive=[],
         targets=checksums,
+        txid_snapshot=snapshot,
     )
 
 
@@ -350,6 +364,168 @@ def print_hold_times(holds: dict, rows: int, reps: int) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------------
+# the recheck at size: the xmin proof against the checksum-only recheck
+# --------------------------------------------------------------------------------------------------
+
+RECHECK_TEMPLATE = "bench_recheck"
+RECHECK_TARGETS = [
+    TableName("public", "credit_allocations"),
+    TableName("public", "credit_allocation_transactions"),
+]
+# Measured (PostgreSQL 15): one allocation row and its two transactions, heap and indexes, take ~315 bytes.
+BYTES_PER_ALLOCATION = 315
+
+
+def build_recheck_template(pg: LocalPostgres, mb: int) -> dict[TableName, tuple[int, int, int]]:
+    """``bench_recheck``: the guide's schema, and targets of ~``mb`` MB together (pg_total_relation_size):
+    allocations of 1,000 tenants over 4 years, two transactions each (a grant and a spend), loaded with
+    one INSERT … SELECT per table into the schema's own (logged, indexed) tables, then VACUUM ANALYZE.
+    The load skips the foreign-key triggers (session_replication_role = replica): every row references
+    an existing row by construction. Returns (rows, heap bytes, total bytes) per target."""
+    allocations = max(1, mb * 1024 * 1024 // BYTES_PER_ALLOCATION)
+    schema = (SQL_DIR / "demo" / "schema.sql").read_text()
+    pg.psql(f"CREATE DATABASE {RECHECK_TEMPLATE}")
+    pg.psql(
+        schema
+        + f"""
+        INSERT INTO tenants (name) SELECT 'tenant ' || g FROM generate_series(26, {N_TENANTS}) g;
+        INSERT INTO credits (tenant_id, balance) SELECT id, 1000 FROM tenants WHERE id > 25;
+        SET session_replication_role = replica;
+        INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end, created_at)
+            SELECT 1 + g % {N_TENANTS}, 1 + g % {N_TENANTS}, (g * 7919 % 500000) / 100.0,
+                   (date '2021-01-01' + interval '1 month' * (g % 48))::date,
+                   (date '2021-01-01' + interval '1 month' * (g % 48 + 1))::date - 1,
+                   timestamptz '2021-01-01 00:00:00+00' + interval '13 seconds' * g
+            FROM generate_series(1::bigint, {allocations}) g;
+        INSERT INTO credit_allocation_transactions (allocation_id, amount, created_at)
+            SELECT 1 + (g - 1) / 2, (g * 104729 % 100000) / 100.0 * (1 - 2 * (g % 2)),
+                   timestamptz '2021-01-01 00:00:00+00' + interval '7 seconds' * g
+            FROM generate_series(1::bigint, {2 * allocations}) g;
+        RESET session_replication_role;
+        VACUUM ANALYZE;
+        """,
+        database=RECHECK_TEMPLATE,
+    )
+    sizes = pg.psql(
+        "SELECT c::text, (SELECT count(*) FROM credit_allocations), "
+        "(SELECT count(*) FROM credit_allocation_transactions), pg_relation_size(c), "
+        "pg_total_relation_size(c) "
+        "FROM unnest('{credit_allocations,credit_allocation_transactions}'::regclass[]) AS c",
+        database=RECHECK_TEMPLATE,
+    )
+    out = {}
+    for line, table in zip(sizes.split(), RECHECK_TARGETS, strict=True):
+        _, n_alloc, n_tx, heap, total = line.split("|")
+        rows = n_alloc if table.name == "credit_allocations" else n_tx
+        out[table] = (int(rows), int(heap), int(total))
+    return out
+
+
+def locked(db, fn):
+    """``fn(conn)`` timed in one transaction that holds the targets IN EXCLUSIVE MODE, as the drop's
+    recheck runs (text settings pinned first); rolled back. Returns (seconds, what fn returned)."""
+    with connect(db) as conn, conn.begin() as transaction:
+        pin_text_settings(conn)
+        execute_composed(conn, sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables_sql(RECHECK_TARGETS)))
+        began = time.perf_counter()
+        result = fn(conn)
+        seconds = time.perf_counter() - began
+        transaction.rollback()
+    return seconds, result
+
+
+def recheck_times(pg: LocalPostgres, reps: int) -> dict[str, list[float]]:
+    """The checksum-only recheck (``table_checksums``, the drop's before the xmin proof) and the xmin
+    recheck (``target_contents`` against the backup's snapshot) of the same targets, each under the
+    drop's EXCLUSIVE lock in its own transaction, in alternating order after one untimed pass of each
+    (warm cache). Each result is checked against the backup: both rechecks must pass, as they do on
+    a drop that goes ahead."""
+    db = database_from_url(pg.url(RECHECK_TEMPLATE), "bench")
+    backup = backup_checksums(db, RECHECK_TARGETS)
+    methods = checksum_methods(backup.targets)
+    snapshot = backup.txid_snapshot
+    by_table = {TableName(t.schema_name, t.table_name): t for t in backup.targets}
+
+    def checksum_only(conn):
+        sums = table_checksums(conn, RECHECK_TARGETS, methods=methods)
+        return all(sums[t] == (b.rows, b.checksum) for t, b in by_table.items())
+
+    def with_xmin(conn):
+        now = target_contents(conn, RECHECK_TARGETS, snapshot, methods=methods)
+        return all(
+            (now[t].rows, now[t].checksum, now[t].late_rows, now[t].late_xmins, now[t].written)
+            == (b.rows, b.checksum, b.late_rows, b.late_xmins, 0)
+            for t, b in by_table.items()
+        )
+
+    rechecks = {"checksum only": checksum_only, "xmin + checksum": with_xmin}
+    out: dict[str, list[float]] = {name: [] for name in rechecks}
+    for name, fn in rechecks.items():  # warm: the targets' pages in the OS cache, plans, functions
+        _, passed = locked(db, fn)
+        if not passed:
+            raise SystemExit(f"the {name} recheck does not match the backup: the bench measures nothing")
+    order = list(rechecks)
+    for rep in range(reps):
+        for name in order if rep % 2 == 0 else order[::-1]:
+            seconds, passed = locked(db, rechecks[name])
+            if not passed:
+                raise SystemExit(f"the {name} recheck does not match the backup: the bench measures nothing")
+            out[name].append(seconds)
+    return out
+
+
+def big_drop_holds(pg: LocalPostgres, drops: int) -> list[tuple[str, float, float]]:
+    """The full drop at size, on fresh copies: safedrop's (writes blocked, all blocked) and a bare DROP's
+    hold, alternating order. Returns (method, all blocked s, writes blocked s)."""
+    out = []
+    for rep in range(drops):
+        methods = [("safedrop", safedrop_hold), ("bare DROP", bare_hold)]
+        for name, fn in methods if rep % 2 == 0 else methods[::-1]:
+            every, writes = fn(fresh_copy(pg, RECHECK_TEMPLATE, "bench_hold_big"))
+            out.append((name, every, writes))
+    pg.psql("DROP DATABASE IF EXISTS bench_hold_big WITH (FORCE)")
+    return out
+
+
+def print_recheck(sizes: dict, times: dict[str, list[float]], reps: int, drops: list) -> None:
+    total = sum(s[2] for s in sizes.values())
+    heap = sum(s[1] for s in sizes.values())
+    gb, heap_gb = total / 1024**3, heap / 1024**3
+    print(f"\nrecheck under EXCLUSIVE at size, median of {reps}, alternating order, warm cache, no traffic:")
+    for t, (rows, h, tot) in sizes.items():
+        print(
+            f"  {t.qualified:<40} {rows:>12,} rows  {tot / 1024**2:8.0f} MB total  {h / 1024**2:8.0f} MB heap"
+        )
+    print(
+        f"  targets together: {total / 1024**2:.0f} MB (pg_total_relation_size), {heap / 1024**2:.0f} MB heap scanned"
+    )
+    old = statistics.median(times["checksum only"])
+    new = statistics.median(times["xmin + checksum"])
+    for name, median in (("checksum only (before)", old), ("xmin + checksum (now)", new)):
+        runs = ", ".join(f"{s * 1000:.0f}" for s in times[name.split(" (")[0]])
+        print(
+            f"    {name:<24} {median * 1000:8.0f} ms   {median / gb * 1000:6.0f} ms/GB total, "
+            f"{median / heap_gb * 1000:6.0f} ms/GB heap   (runs: {runs} ms)"
+        )
+    print(
+        f"    ratio {new / old:5.2f}x (goal <= 1.2x); the xmin proof adds {(new - old) * 1000:.0f} ms, "
+        f"{(new - old) / gb * 1000:.0f} ms per GB of target data ({(new - old) / heap_gb * 1000:.0f} ms per GB of heap)"
+    )
+    if drops:
+        print(
+            f"  the full drop at that size ({len(drops) // 2} each, fresh copies), lock granted to COMMIT done:"
+        )
+        for name, every, writes in drops:
+            if name == "safedrop":
+                print(
+                    f"    safedrop   writes blocked (EXCLUSIVE) {writes * 1000:8.0f} ms, "
+                    f"all queries blocked (ACCESS EXCLUSIVE) {every * 1000:7.1f} ms"
+                )
+            else:
+                print(f"    bare DROP  all queries blocked (ACCESS EXCLUSIVE) {every * 1000:7.1f} ms")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,6 +534,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rows", type=int, default=200_000, help="rows in each target (the full variant)")
     parser.add_argument("--clients", type=int, default=2, help="traffic threads per kind of op")
     parser.add_argument("--reps", type=int, default=21, help="repetitions of each lock-hold measurement")
+    parser.add_argument(
+        "--recheck-mb", type=int, default=1024, help="MB of target data for the recheck at size (0: skip it)"
+    )
+    parser.add_argument("--recheck-reps", type=int, default=5, help="repetitions of each recheck at size")
+    parser.add_argument("--recheck-drops", type=int, default=2, help="full drops (and bare DROPs) at size")
     args = parser.parse_args(argv)
     began = time.monotonic()
     schedule = LockSchedule.from_parameters(DropParameters(migration=MIGRATION))
@@ -373,7 +554,16 @@ def main(argv: list[str]) -> int:
             results[held] = {m: scenario(pg, held, m, args.hold, args.clients) for m in ("plain", "safedrop")}
         print_scenarios(results)
         holds = hold_times(pg, args.reps)
-    print_hold_times(holds, args.rows, args.reps)
+        print_hold_times(holds, args.rows, args.reps)
+        if args.recheck_mb > 0:
+            loading = time.monotonic()
+            sizes = build_recheck_template(pg, args.recheck_mb)
+            print(
+                f"\nloaded ~{args.recheck_mb} MB of targets in {time.monotonic() - loading:.0f} s", flush=True
+            )
+            times = recheck_times(pg, args.recheck_reps)
+            drops = big_drop_holds(pg, args.recheck_drops)
+            print_recheck(sizes, times, args.recheck_reps, drops)
     print(f"\nfinished in {time.monotonic() - began:.0f} s")
     return 0
 

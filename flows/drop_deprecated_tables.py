@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from safedrop.database import resolve_database
-from safedrop.errors import PrecheckStop, RunEnded, SafedropError, SmokeCheckFailed, VerificationFailed
+from safedrop.database import Database, error_line, resolve_database
+from safedrop.errors import (
+    PrecheckStop,
+    RunEnded,
+    SafedropError,
+    SmokeCheckFailed,
+    UsageError,
+    VerificationFailed,
+)
 from safedrop.interrupts import Interrupted
 from safedrop.lockschedule import LockSchedule
 from safedrop.migration import load_migration, parse_table_list
 from safedrop.parameters import DropParameters
 from safedrop.paths import backup_dir
-from safedrop.plandigest import stop_unless_approved
+from safedrop.plandigest import stop_unless_approved, stop_unless_same_database
 from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
 from safedrop.runlog import run_logger
+from safedrop.smokechecks import restore_command
 from safedrop.steps import running_plain
 from tasks.activity import activity_check
 from tasks.approval import await_approval
@@ -25,11 +37,33 @@ from tasks.cleanup import cleanup_check
 from tasks.code_references import code_scan
 from tasks.connection import connection_precheck
 from tasks.dependencies import dependency_scan
-from tasks.drop import DropRequest, drop
+from tasks.drop import DropRequest, drop, outcome_of_failed_step, read_back_drop
 from tasks.rehearsal import rehearsal
 from tasks.smoke_checks import smoke_checks
-from tasks.summary import RunRecord, plan_digest_of, summary
+from tasks.summary import RunRecord, plan_digest_of, report_of, summary
 from tasks.verification import survivor_structure, verification
+
+RUN_RECORDS: ContextVar[list[RunRecord] | None] = ContextVar("safedrop_run_records", default=None)
+
+
+@contextmanager
+def recording_runs() -> Iterator[list[RunRecord]]:
+    """The records of the runs of this flow started within the block, as the flow fills them in: what
+    the command line reports from when Prefect itself fails after a drop committed (its API gone, the
+    run's final state not recorded), so the facts are never lost with the run's state."""
+    records: list[RunRecord] = []
+    token = RUN_RECORDS.set(records)
+    try:
+        yield records
+    finally:
+        RUN_RECORDS.reset(token)
+
+
+def report_after_prefect_failed(record: RunRecord, error: BaseException) -> RunReport:
+    """The report of a run whose drop committed and whose flow run Prefect could not finish."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    problem = f"Prefect could not finish the flow run ({type(error).__name__}: {first})"
+    return report_of(record, "failed", None, [problem])
 
 
 @flow(name="drop-deprecated-tables", log_prints=False, validate_parameters=True)
@@ -38,9 +72,10 @@ def drop_deprecated_tables(params: DropParameters) -> State:
 
     Prechecks (connection and privileges, cleanup, dependency scan, code references) run before anything
     changes; any failure stops the run with every reason named and the database untouched. The database
-    URL comes from the Secret block named in the parameters, else DATABASE_URL (environment or .env),
-    or only from the environment variable database_url_env names. A fleet's child run is held to the
-    plan approved for its database (expected_plan_digest), checked right after the prechecks.
+    URL comes only from the source the parameters name — the Secret block, or the environment variable
+    database_url_env — and only when neither is named from DATABASE_URL (environment or .env). A fleet's
+    child run is held to the plan approved for its database (expected_plan_digest), checked right after
+    the prechecks.
 
     Args:
         params: The migration to apply, the tables that must survive and the code to scan (by default
@@ -49,7 +84,10 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             as a whole.
     """
     run = RunRecord(params=params, migration=params.migration, flow_run_id=flow_run.get_id())
+    if (records := RUN_RECORDS.get()) is not None:
+        records.append(run)  # the command line reads it if Prefect itself fails after the drop
     prefix = "safedrop"
+    db = request = None
     try:
         migration = load_migration(params.migration, default_schema=params.target_schema)
         run.params = params = params.for_migration(migration)  # its own keep list and code source
@@ -60,6 +98,8 @@ def drop_deprecated_tables(params: DropParameters) -> State:
 
         # 1. Prechecks: nothing changes until every one of them passes.
         run.connection = connection_precheck(db, migration, keep, prefix)
+        if params.expected_system_identifier:  # a fleet's child: the database its plan saw, and no other
+            stop_unless_same_database(params.expected_system_identifier, run.connection.identity)
         if run.connection.all_targets_absent and not run.connection.reasons:
             run.verification = verification(db, migration.targets, keep, prefix)
             run.smoke_checks = smoke_checks(db, params, None, prefix)
@@ -120,9 +160,15 @@ def drop_deprecated_tables(params: DropParameters) -> State:
                 flow_run_id=run.flow_run_id,
                 run_lock_pid=run_lock.pid,
             )
-            run.drop = drop(
-                db, request, LockSchedule.from_parameters(params), params.statement_timeout_s, prefix
-            )
+            run.drop_started = True
+            try:
+                run.drop = drop(
+                    db, request, LockSchedule.from_parameters(params), params.statement_timeout_s, prefix
+                )
+            except Exception as error:
+                if isinstance(error, SafedropError):
+                    raise  # the drop's own word on what happened
+                run.drop = outcome_of_failed_step(db, request, error)  # raised again unless it committed
 
         # 4. Verification: targets gone, survivors whole (row counts reported, not judged); then the
         #    operator's smoke checks.
@@ -136,21 +182,73 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             approved=run.dependencies,
         )
         run.smoke_checks = smoke_checks(db, params, run.backup.path, prefix)
-        return _finish(run, "succeeded", prefix)
+        # the drop committed but its artifact could not be published: every fact is here, the run failed
+        return _finish(run, "failed" if run.reasons() else "succeeded", prefix)
     except Interrupted as stop:
-        stop.stage = run.stage()  # the command line says what was and was not done
+        _interrupted(run, stop, db, request)  # the command line says what was and was not done
         raise
     except SafedropError as error:
         if isinstance(error, VerificationFailed):
             run.verification = error.report
         if isinstance(error, SmokeCheckFailed):
             run.smoke_checks = error.report
-        return _finish(run, error.status, prefix, error)
+        # after the drop committed nothing is "stopped, nothing changed": the run failed, with the facts
+        return _finish(run, "failed" if run.drop is not None else error.status, prefix, error)
+    except Exception as error:
+        if run.drop is None:
+            raise  # nothing was dropped: a bug, which Prefect records as the run's crash
+        return _finish(run, "failed", prefix, _failed_after_the_drop(run, error, db))
+
+
+def _failed_after_the_drop(run: RunRecord, error: Exception, db: Database | None) -> SafedropError:
+    """An error nothing expected (a revoked privilege, a server gone, Prefect's API down) after the drop
+    committed: the step it ended, in one line."""
+    said = error_line(error, db) if db is not None else (str(error).strip().splitlines() or [""])[0]
+    return SafedropError(
+        f"{run.unfinished()} failed after the drop committed ({type(error).__name__}: {said})"
+    )
+
+
+def _interrupted(run: RunRecord, stop: Interrupted, db: Database | None, request: DropRequest | None) -> None:
+    """A signal: settle whether the drop committed (never guessed), the stage the command line names,
+    and — if the tables are or may be gone — the report that says what was dropped and how to restore."""
+    if run.drop is None and stop.drop is not None:
+        run.drop = stop.drop  # the drop step read back that its COMMIT landed
+    if run.drop is None and run.stage() == "drop" and stop.outcome is None:
+        stop.outcome = "rolled back"  # the drop step never began: no DROP was sent
+        if run.drop_started and db is not None and request is not None:  # it began: read back, not guess
+            try:
+                run.drop = read_back_drop(db, request, why=f"interrupted ({stop}) as the drop step ended")
+                stop.outcome = "committed" if run.drop is not None else "rolled back"
+            except (SafedropError, Interrupted) as unknown:
+                stop.outcome, stop.unknown_because = "unknown", str(unknown)
+    stop.stage = run.stage()
+    if stop.stage == "drop" and stop.outcome == "unknown":
+        stop.stage = "drop-unknown"
+        line = (
+            f"interrupted ({stop}) during the drop, and whether it committed could not be read back "
+            f"({stop.unknown_because})"
+        )
+        path = run.backup.path if run.backup else None
+        stop.report = report_of(
+            run, "failed", SafedropError(f"{line}; if the targets are gone: {restore_command(path)}")
+        )
+    elif run.drop is not None:
+        if stop.outcome == "committed":
+            stop.stage = "drop-committed"
+        line = f"interrupted ({stop}) after the drop committed, before {run.unfinished()} finished"
+        stop.report = report_of(run, "failed", SafedropError(line))
 
 
 def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | None = None) -> State:
     """5. Summary: publish the report and end the run in a state that says what happened."""
-    report: RunReport = summary(run, status, error, prefix)
+    try:
+        report: RunReport = summary(run, status, error, prefix)
+    except Exception as failure:  # Prefect's API, say: the report is built here, and says so
+        first = (str(failure).strip().splitlines() or [""])[0]
+        problem = f"the run's summary could not be published ({type(failure).__name__}: {first})"
+        status = "failed" if run.drop is not None else status
+        report = report_of(run, status, error, [problem])
     message = "; ".join(report.reasons)
     logger = None if running_plain() else run_logger()  # the command line prints the report itself
     if status == "stopped" and run.params.dry_run:
@@ -162,8 +260,11 @@ def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | 
         # a stop is an expected outcome (the report says why); a failure is an error
         if logger:
             (logger.info if status == "stopped" else logger.error)("%s: %s", status, message)
+        code = error.exit_code if isinstance(error, UsageError) else None  # bad input found in the run: 2
         return Failed(
-            name=status.capitalize(), message=message, data=RunEnded(message, report=report, status=status)
+            name=status.capitalize(),
+            message=message,
+            data=RunEnded(message, report=report, status=status, exit_code=code),
         )
     names = {"already-applied": "Already applied", "ready": "Ready", "succeeded": "Completed"}
     return Completed(name=names[status], message=f"{status}: {report.migration}", data=report)

@@ -34,15 +34,17 @@ def restore_dropped_tables(params: RestoreParameters) -> State:
     The archive must match its manifest (size and sha256); the manifest says exactly what the drop
     removed: the tables with their rows, sequences and values, indexes, constraints, triggers, policies,
     grants and comments, and what CASCADE took from surviving objects (foreign keys, views). Nothing
-    to restore may exist yet. Everything but the foreign keys goes back in ONE pg_restore transaction,
-    lock-safe: a lock wait longer than lock_timeout rolls it back, and it is retried with a longer one
-    (backoff, jitter) within lock_wait_budget_s, else nothing is restored and the blocking sessions are
+    to restore may exist yet, and the database must be the one the backup was taken of (its name and
+    its cluster's system identifier) unless into_other_database is set. Everything but the foreign
+    keys goes back in ONE pg_restore transaction, lock-safe: a lock wait longer than lock_timeout
+    rolls it back, and it is retried with a longer one (backoff, jitter) within lock_wait_budget_s,
+    else nothing is restored and the blocking sessions are
     named. Then the foreign keys are added NOT VALID (no scan, so writers of the tables they reference
     wait milliseconds, not a whole scan) and validated one by one while writes go on. Last, every
     table's row count and checksum, every sequence's value and every foreign key's validation are
-    compared with the manifest. The database URL comes from the Secret block named in the parameters,
-    else DATABASE_URL (environment or .env), or only from the environment variable database_url_env
-    names.
+    compared with the manifest. The database URL comes only from the source the parameters name — the
+    Secret block, or the environment variable database_url_env — and only when neither is named from
+    DATABASE_URL (environment or .env).
     """
     report = RestoreReport(
         status="failed", backup=params.backup_path, dry_run=params.dry_run, flow_run_id=flow_run.get_id()
@@ -53,8 +55,9 @@ def restore_dropped_tables(params: RestoreParameters) -> State:
         db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         report.database = db.display
 
-        # 1. Precheck: the archive is what its manifest says; nothing to restore exists.
-        plan = restore_precheck(db, params.backup_path, prefix)
+        # 1. Precheck: the archive is what its manifest says, this is its database (or another, chosen);
+        #    nothing to restore exists.
+        plan = restore_precheck(db, params.backup_path, prefix, params.into_other_database)
         report.check = plan.check
         report.warnings = list(plan.warnings)
         if plan.already_restored:

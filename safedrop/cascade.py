@@ -5,6 +5,11 @@ foreign keys, policies, partitions, a column typed by a target's row — each al
 ``--allow-cascade``, plus the references PostgreSQL does not track (plpgsql bodies, string-body SQL
 functions, pg_cron jobs: a word-boundary search of function bodies, with the triggers that call
 them). The drop reruns it, cheaply, under its lock (``Recheck``).
+
+pg_cron keeps its jobs in one database of the server (``cron.database_name``, default ``postgres``).
+When that is another database, its ``cron.job`` is read there over a second, read-only connection with
+the same credentials; when that cannot be read, or row security hides other roles' jobs, the scan says
+so in a warning — it never reports "no cron job" for jobs it could not see.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy.engine import Connection
 
 from safedrop import queries
@@ -30,8 +37,14 @@ from safedrop.catalog import (
     removal_digest,
     statement_oids,
 )
+from safedrop.database import Database, error_line, reading
+from safedrop.errors import SafedropError
 from safedrop.migration import Migration, TableName
 from safedrop.report import CascadeObject, DependencyResult, UntrackedReference
+
+CRON_WARNING = "pg_cron jobs: "  # how the scan's warnings about pg_cron begin
+CRON_READ_TIMEOUT_MS = 10_000  # the statement and lock timeouts of the read in pg_cron's database
+CRON_CONNECT_TIMEOUT_S = "5"
 
 
 def _kind(info: dict[str, Any]) -> str:
@@ -144,15 +157,30 @@ def _why(kind: str, loses_data: bool, restorable: bool, allowed: bool) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _regex_escape(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else f"\\{c}" for c in text)
+
+
 def mention_pattern(name: str) -> str:
-    """A PostgreSQL regex matching ``name`` as a whole identifier (bare, quoted or schema-qualified)."""
-    escaped = "".join(c if c.isalnum() or c == "_" else f"\\{c}" for c in name)
-    return f"(^|[^[:alnum:]_$]){escaped}($|[^[:alnum:]_$])"
+    """A PostgreSQL regex (for the case-sensitive ``~``) matching ``name`` as a whole identifier, bare or
+    schema-qualified: unquoted in any case (PostgreSQL folds it: ``FROM Credit_Allocations``), or quoted
+    as spelt (``"credit_allocations"``). A quoted ``"Credit_Allocations"`` is another table: no match."""
+    unquoted = "".join(
+        f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else _regex_escape(c) for c in name
+    )
+    quoted = _regex_escape('"' + name.replace('"', '""') + '"')
+    return f'(^|[^[:alnum:]_$"]){unquoted}($|[^[:alnum:]_$])|{quoted}'
 
 
 def find_untracked(
-    conn: Connection, targets: Sequence[TableName], removed_functions: set[int], target_oids: set[int]
+    conn: Connection,
+    targets: Sequence[TableName],
+    removed_functions: set[int],
+    target_oids: set[int],
+    warnings: list[str] | None = None,
 ) -> list[UntrackedReference]:
+    """Function bodies and pg_cron jobs that mention a target; what could not be observed (pg_cron's
+    jobs elsewhere) is added to ``warnings``."""
     patterns = [mention_pattern(t.name) for t in targets]
     names = [t.qualified for t in targets]
     found: list[UntrackedReference] = []
@@ -192,18 +220,69 @@ def find_untracked(
                     f"{r['target']}, which PostgreSQL does not track",
                 )
             )
-    if queries.one(conn, "relation_exists", name="cron.job")["present"]:
-        for r in queries.rows(conn, "cron_job_references", patterns=patterns, targets=names):
-            found.append(
-                UntrackedReference(
-                    kind="cron job",
-                    name=str(r["jobname"] or f"job {r['jobid']}"),
-                    mentions=r["target"],
-                    breaks=f"pg_cron job {r['jobname'] or r['jobid']} ({r['schedule']}, database "
-                    f"{r['database']}) fails on every run",
-                )
-            )
+    found += cron_references(conn, patterns, names, warnings if warnings is not None else [])
     return found
+
+
+def cron_references(
+    conn: Connection, patterns: list[str], names: list[str], warnings: list[str]
+) -> list[UntrackedReference]:
+    """The pg_cron jobs that run in this database and mention a target: from ``cron.job`` here, else from
+    the database ``cron.database_name`` names (a second connection: same credentials, read-only,
+    bounded). Nothing when pg_cron is not loaded; a warning when its jobs cannot be seen."""
+    where = queries.one(conn, "cron_location")
+    here, home = where["here"], where["cron_database"]
+    if where["present"]:
+        return _cron_jobs(conn, here, patterns, names, warnings)
+    if not home or home == here:
+        return []  # pg_cron is not loaded on this server, or its extension was never created: no jobs
+    elsewhere = _database_named(conn, home)
+    try:
+        with reading(
+            elsewhere, lock_timeout_ms=CRON_READ_TIMEOUT_MS, statement_timeout_ms=CRON_READ_TIMEOUT_MS
+        ) as other:
+            if not queries.one(other, "relation_exists", name="cron.job")["present"]:
+                return []  # pg_cron is loaded, but CREATE EXTENSION pg_cron never ran there: no jobs
+            return _cron_jobs(other, here, patterns, names, warnings)
+    except (SafedropError, sa.exc.DBAPIError) as exc:
+        why = str(exc) if isinstance(exc, SafedropError) else error_line(exc, elsewhere)
+        warnings.append(
+            f"{CRON_WARNING}not observable from this database (cron.job lives in database {home}: {why}); "
+            f"check there by hand that no job running in {here} uses the targets"
+        )
+        return []
+
+
+def _database_named(conn: Connection, name: str) -> Database:
+    """The database ``name`` on this connection's server, with its credentials and a short connect
+    timeout (unless the URL sets its own)."""
+    url = conn.engine.url.set(database=name)
+    if "connect_timeout" not in url.query:
+        url = url.update_query_dict({"connect_timeout": CRON_CONNECT_TIMEOUT_S})
+    return Database(SecretStr(url.render_as_string(hide_password=False)), f"pg_cron's database {name}")
+
+
+def _cron_jobs(
+    conn: Connection, database: str, patterns: list[str], names: list[str], warnings: list[str]
+) -> list[UntrackedReference]:
+    """The jobs of ``cron.job`` on this connection that run in ``database`` and mention a target."""
+    if not queries.one(conn, "cron_job_visibility")["sees_all"]:
+        warnings.append(
+            f"{CRON_WARNING}only this role's own jobs are visible (row security on cron.job hides the other "
+            "roles'); run as a superuser, or check cron.job for the other roles' jobs by hand"
+        )
+    return [
+        UntrackedReference(
+            kind="cron job",
+            name=str(r["jobname"] or f"job {r['jobid']}"),
+            mentions=r["target"],
+            breaks=f"pg_cron job {r['jobname'] or r['jobid']} ({r['schedule']}, database "
+            f"{r['database']}) fails on every run",
+        )
+        for r in queries.rows(
+            conn, "cron_job_references", patterns=patterns, targets=names, database=database
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,10 +296,11 @@ def untracked_references(
     oids: dict[TableName, int],
     removed_functions: set[int],
     allow: Sequence[str],
+    warnings: list[str] | None = None,
 ) -> list[UntrackedReference]:
     """``find_untracked`` for the present targets; each marked allowed if --allow-cascade names it."""
     untracked = find_untracked(
-        conn, [t for t in migration.targets if t in oids], removed_functions, set(oids.values())
+        conn, [t for t in migration.targets if t in oids], removed_functions, set(oids.values()), warnings
     )
     for ref in untracked:
         ref.allowed = any(a.strip() in ref.names for a in allow)
@@ -241,7 +321,8 @@ def analyse(
     rel_names = {r["oid"]: r["qualified"] for r in queries.rows(conn, "relation_names", oids=sorted(owners))}
     cascade = classify(removed, info, rel_names, allow)
     functions = {a[1] for a in removed if info.get(a, {}).get("type") in ("function", "procedure")}
-    untracked = untracked_references(conn, migration, oids, functions, allow)
+    unobserved: list[str] = []
+    untracked = untracked_references(conn, migration, oids, functions, allow, unobserved)
     reasons = []
     for target, owner in refused:
         reasons.append(
@@ -262,7 +343,9 @@ def analyse(
         if not u.allowed
     ]
     allowed_unused = [a for a in allow if not _allow_matches_any(a, cascade, untracked)]
-    warnings = [f"--allow-cascade {a} matches nothing the drop would remove or break" for a in allowed_unused]
+    warnings = unobserved + [
+        f"--allow-cascade {a} matches nothing the drop would remove or break" for a in allowed_unused
+    ]
     return DependencyResult(
         cascade=cascade,
         untracked=untracked,

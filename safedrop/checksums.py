@@ -14,6 +14,7 @@ This module provides:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -40,12 +41,12 @@ def pin_text_settings(conn: Connection) -> None:
     conn.exec_driver_sql("SET LOCAL row_security = off")
 
 
-def _hashed_rows(conn: Connection, params: dict) -> list[dict] | None:
+def _hashed_rows(conn: Connection, params: dict, query: str = CHECKSUM_QUERIES["hash"]) -> list[dict] | None:
     """The fast checksum's rows, or None when a column type has no extended hash function (json, xml,
     point, …): the caller falls back to md5 of the row text."""
     savepoint = conn.begin_nested()
     try:
-        rows = queries.rows(conn, CHECKSUM_QUERIES["hash"], **params)
+        rows = queries.rows(conn, query, **params)
         savepoint.commit()
         return rows
     except sa.exc.DBAPIError as exc:
@@ -79,6 +80,56 @@ def table_checksums(
             out[TableName(r["schema_name"], r["table_name"])] = (
                 int(r["row_count"]),
                 f"{method}:{r['checksum']}",
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Contents:
+    """A target's rows as one scan saw them, against a snapshot (the backup's)."""
+
+    rows: int
+    checksum: str  # "<method>:<value>", as table_checksums gives it
+    late_rows: int  # rows whose xmin is at or after the snapshot's xmin: every later write is one
+    late_xmins: str  # the sum of their xmins' hashes: the same rows carry the same xmins
+    written: int  # of them, rows whose xmin the snapshot does not see (by a top-level transaction)
+
+
+def target_contents(
+    conn: Connection,
+    tables: Sequence[TableName],
+    snapshot: str,
+    *,
+    methods: dict[TableName, str] | None = None,
+) -> dict[TableName, Contents]:
+    """Each table's row count, content checksum and the rows written at or after ``snapshot``'s xmin,
+    in one scan (sql/queries/target_contents.sql); the checksum method chosen as ``table_checksums``
+    chooses it (call pin_text_settings first).
+
+    The backup takes it in the dump's own snapshot; the drop takes it again under its lock. Every row
+    written after the backup's snapshot has an xmin at or after that snapshot's xmin — a subtransaction
+    of a transaction then in progress too, which ``txid_visible_in_snapshot`` alone would take for
+    visible — so equal ``rows``, ``late_rows`` and ``late_xmins`` prove that no row was written since,
+    whatever the column types hash to.
+    """
+    out: dict[TableName, Contents] = {}
+    fast = int(conn.exec_driver_sql("SHOW server_version_num").scalar() or 0) >= 140000
+    for table in tables:
+        method = (methods or {}).get(table) or ("hash" if fast else "md5")
+        params = {"schemas": [table.schema], "names": [table.name], "snapshot": snapshot}
+        rows = None
+        if methods is None and method == "hash":
+            rows = _hashed_rows(conn, {**params, "method": "hash"}, "target_contents")
+            method = "hash" if rows is not None else "md5"
+        if rows is None:
+            rows = queries.rows(conn, "target_contents", **params, method=method)
+        for r in rows:
+            out[TableName(r["schema_name"], r["table_name"])] = Contents(
+                rows=int(r["row_count"]),
+                checksum=f"{method}:{r['checksum']}",
+                late_rows=int(r["late_rows"]),
+                late_xmins=str(r["late_xmins"]),
+                written=int(r["written"]),
             )
     return out
 

@@ -36,16 +36,16 @@ DATABASE: list[Option] = [
         ("--database-url",),
         dict(
             metavar="URL",
-            help="PostgreSQL URL (default: $DATABASE_URL, else a .env file, else the Secret block)",
+            help="PostgreSQL URL; the only source when given (default: $DATABASE_URL, else a .env file, "
+            "else, with a Prefect server, the Secret block safedrop-database-url)",
         ),
     ),
     (
         ("--secret-block",),
         dict(
             metavar="NAME",
-            default="safedrop-database-url",
-            help="Prefect Secret block holding the URL, used when neither --database-url nor "
-            "$DATABASE_URL is given (default: %(default)s)",
+            help="Prefect Secret block holding the URL (needs a Prefect server); the only source when "
+            "given: $DATABASE_URL and .env are not consulted",
         ),
     ),
 ]
@@ -197,7 +197,8 @@ CHECKS: list[Option] = [
             metavar="SQL",
             action="append",
             default=[],
-            help="after the drop, a query that must return true or no rows (repeatable; run read-only)",
+            help="after the drop, one query that must return true or no rows (repeatable; run read-only "
+            "and rolled back; a second statement is refused)",
         ),
     ),
     (
@@ -207,7 +208,27 @@ CHECKS: list[Option] = [
             action="append",
             default=[],
             help="after the drop, an HTTP(S) URL that must answer 2xx, e.g. the app's health check "
-            "(repeatable)",
+            "(repeatable; never one with a secret: see --check-url-env)",
+        ),
+    ),
+    (
+        ("--check-url-env",),
+        dict(
+            metavar="NAME",
+            action="append",
+            default=[],
+            help="like --check-url, the URL read from the environment variable NAME at check time, for a "
+            "URL that carries a secret (repeatable)",
+        ),
+    ),
+    (
+        ("--check-url-secret-block",),
+        dict(
+            metavar="NAME",
+            action="append",
+            default=[],
+            help="like --check-url, the URL read from the Prefect Secret block NAME at check time, for a "
+            "URL that carries a secret (repeatable)",
         ),
     ),
 ]
@@ -233,6 +254,14 @@ RESTORE: list[Option] = [
         dict(
             action="store_true",
             help="check the archive and the database, list what would be restored; change nothing",
+        ),
+    ),
+    (
+        ("--into-other-database",),
+        dict(
+            action="store_true",
+            help="restore into a database other than the one the backup was taken of (another name, or "
+            "the same name on another cluster); without it that is refused",
         ),
     ),
 ]

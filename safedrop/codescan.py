@@ -5,6 +5,10 @@ and removed afterwards (``safedrop.gitsource``); its references are relative to 
 and the result names the URL (never credentials) and the commit scanned. The search honours
 ``.gitignore`` even outside a git checkout and skips hidden, vendored and build directories,
 migrations (they are supposed to name the tables), docs and lock files. No Prefect here.
+
+The scan counts the files it read (``rg --files`` with the same filters, run beside the search): a
+source of which it read none — an empty directory, a wrong mount, globs that exclude everything —
+stops the run, since a scan that saw nothing cannot say the code is clean.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from safedrop.errors import CodeSourceError, ConfigurationError, SafedropError, UsageError
 from safedrop.gitauth import GitCredential
 from safedrop.gitsource import GitSource, checkout, is_git_source, parse_git_source
-from safedrop.identifiers import search_pattern
+from safedrop.identifiers import exact_spellings, is_other_quoted_table, search_pattern
 from safedrop.migration import TableName
 from safedrop.processes import die_with_parent
 from safedrop.report import CodeReference, CodeScanResult, CodeSource
@@ -188,7 +192,7 @@ def _snippet(line: str, start: int) -> str:
     return ("…" if lead else "") + window + ("…" if lead + TEXT_WIDTH < len(stripped) else "")
 
 
-def _references(data: dict, root: str, prefix: str) -> Iterator[CodeReference]:
+def _references(data: dict, root: str, prefix: str, exact: set[str] | None = None) -> Iterator[CodeReference]:
     path = _path(data["path"])
     path = path[len(prefix) :] if path.startswith(prefix) else path
     lines = data["lines"]
@@ -199,6 +203,8 @@ def _references(data: dict, root: str, prefix: str) -> Iterator[CodeReference]:
         if raw is not None:  # ripgrep's offsets count bytes; columns count characters
             start = len(raw[:start].decode("utf-8", errors="replace"))
         identifier = _text(sub["match"])
+        if exact is not None and is_other_quoted_table(line_text, start, identifier, exact):
+            continue  # "Credit_Allocations": a quoted identifier, another table
         yield CodeReference(
             path=path,
             root=root,
@@ -219,8 +225,19 @@ def _bad_glob(stderr: str, include: Sequence[str], exclude: Sequence[str]) -> Us
     return UsageError(f"code scan glob {glob!r} is not a valid ripgrep glob ({why}){where}")
 
 
-def _run_rg(root: str, path: Path, argv: list[str]) -> tuple[list[CodeReference], int, str]:
-    """One ripgrep run over one root, its JSON output parsed as it streams."""
+def _count_files(listing: IO[bytes]) -> int:
+    listing.seek(0)
+    count = 0
+    while chunk := listing.read(1 << 20):
+        count += chunk.count(b"\0")
+    return count
+
+
+def _run_rg(
+    root: str, path: Path, argv: list[str], files_argv: list[str], exact: set[str] | None = None
+) -> tuple[list[CodeReference], int, str, int]:
+    """One ripgrep run over one root, its JSON output parsed as it streams; beside it, ``rg --files``
+    with the same filters counts the files the search reads. (references, status, stderr, files)"""
     # ripgrep matches globs relative to its working directory, so it runs inside the root and
     # searches "./": `src/legacy/**` then means <root>/src/legacy/**, whatever our own cwd is.
     if path.is_dir():
@@ -228,7 +245,19 @@ def _run_rg(root: str, path: Path, argv: list[str]) -> tuple[list[CodeReference]
     else:
         cwd, target = path.parent, f"./{path.name}"
     references: list[CodeReference] = []
-    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: a full pipe would deadlock rg
+    # files, not pipes: a full pipe would deadlock rg
+    with tempfile.TemporaryFile() as stderr_file, tempfile.TemporaryFile() as listing:
+        try:
+            lister = subprocess.Popen(
+                [*files_argv, "--", target],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=listing,
+                stderr=subprocess.DEVNULL,  # the search itself reports what it could not read
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            raise ConfigurationError(f"cannot run ripgrep at {argv[0]}: {exc.strerror or exc}") from None
         try:
             proc = subprocess.Popen(
                 [*argv, "--", target],
@@ -240,18 +269,28 @@ def _run_rg(root: str, path: Path, argv: list[str]) -> tuple[list[CodeReference]
                 preexec_fn=die_with_parent,
             )
         except OSError as exc:
+            lister.kill()
+            lister.wait()
             raise ConfigurationError(f"cannot run ripgrep at {argv[0]}: {exc.strerror or exc}") from None
-        assert proc.stdout is not None
-        with proc.stdout:
-            for raw_line in proc.stdout:
-                # Only matches are parsed. The summary is not used: in ripgrep 14.1 its `searches`
-                # counts only files with a match, so it cannot say how many files were searched.
-                if raw_line.startswith(b'{"type":"match"'):
-                    references += _references(json.loads(raw_line)["data"], root, "./")
-        returncode = proc.wait()
+        try:
+            assert proc.stdout is not None
+            with proc.stdout:
+                for raw_line in proc.stdout:
+                    # Only matches are parsed. The summary is not used: in ripgrep 14.1 its `searches`
+                    # counts only files with a match, so it cannot say how many files were searched.
+                    if raw_line.startswith(b'{"type":"match"'):
+                        references += _references(json.loads(raw_line)["data"], root, "./", exact)
+            returncode = proc.wait()
+            lister.wait()
+        finally:
+            for process in (proc, lister):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        files = _count_files(listing)
         stderr_file.seek(0)
         stderr = stderr_file.read().decode("utf-8", errors="replace").strip()
-    return references, returncode, stderr
+    return references, returncode, stderr, files
 
 
 def _rg_failure(root: str, returncode: int, stderr: str) -> CodeScanFailed:
@@ -269,15 +308,16 @@ def _plural_s(n: int, word: str) -> str:
 
 
 def _scan_one(
-    root: str, path: Path, argv: list[str], include: Sequence[str], exclude: Sequence[str]
-) -> list[CodeReference]:
-    found, returncode, stderr = _run_rg(root, path, argv)
+    root: str, path: Path, scan: _Scan, include: Sequence[str], exclude: Sequence[str]
+) -> tuple[list[CodeReference], int]:
+    """The references under one root, and how many files the scan read there."""
+    found, returncode, stderr, files = _run_rg(root, path, scan.search_argv, scan.files_argv, scan.exact)
     bad_glob = _bad_glob(stderr, include, exclude)  # an --ignore-file glob errs with status 0/1
     if bad_glob is not None:
         raise bad_glob
     if returncode not in (0, 1):  # 1: no match
         raise _rg_failure(root, returncode, stderr)
-    return found
+    return found, files
 
 
 def scan_code(
@@ -313,9 +353,9 @@ def scan_code(
         return CodeScanResult(status="done", roots=[root for root, _ in checked], references=[])
     scan = _Scan(include, exclude, credential)
     with tempfile.TemporaryDirectory(prefix="safedrop-scan-") as tmp:
-        argv = scan.argv(targets, Path(tmp))
+        scan.prepare(targets, Path(tmp))
         for root, where in checked:
-            scan.source(root, where, argv)
+            scan.source(root, where)
     return _result(scan, [root for root, _ in checked], policy)
 
 
@@ -330,22 +370,22 @@ class _Scan:
         self.references: list[CodeReference] = []
         self.sources: list[CodeSource] = []
         self.failed: list[str] = []
+        self.search_argv: list[str] = []
+        self.files_argv: list[str] = []
+        self.exact: set[str] = set()
 
-    def argv(self, targets: Sequence[TableName], tmp: Path) -> list[str]:
-        """ripgrep's command line; include globs go through an ignore file in ``tmp``."""
-        argv = [
-            find_rg(),
-            *RG_BASE_FLAGS,
-            "--json",
-            *exclude_args(self.exclude),
-            "-e",
-            search_pattern(targets),
-        ]
+    def prepare(self, targets: Sequence[TableName], tmp: Path) -> None:
+        """ripgrep's command lines, the search's and the file count's (the same filters); include globs
+        go through an ignore file in ``tmp``."""
+        filters = [*RG_BASE_FLAGS, *exclude_args(self.exclude)]
         if self.include:
             rules = tmp / "include.ignore"
             rules.write_text(include_rules(self.include))
-            argv[1:1] = ["--ignore-file", str(rules)]
-        return argv
+            filters[:0] = ["--ignore-file", str(rules)]
+        rg = find_rg()
+        self.search_argv = [rg, *filters, "--json", "-e", search_pattern(targets)]
+        self.files_argv = [rg, *filters, "--files", "--null"]
+        self.exact = exact_spellings(targets)
 
     def credential(self, source: GitSource) -> GitCredential | None:
         """The credential, read once, when the first source over the network needs it."""
@@ -353,14 +393,16 @@ class _Scan:
             self._loaded = self._credential()
         return self._loaded
 
-    def source(self, root: str, where: Path | GitSource, argv: list[str]) -> None:
+    def source(self, root: str, where: Path | GitSource) -> None:
         if isinstance(where, Path):
-            self.references += _scan_one(root, where, argv, self.include, self.exclude)
-            self.sources.append(CodeSource(root=root, kind="path"))
+            found, files = _scan_one(root, where, self, self.include, self.exclude)
+            self.references += found
+            self.sources.append(CodeSource(root=root, kind="path", files_read=files))
             return
         try:
             with checkout(where, credential=self.credential(where)) as fetched:
-                self.references += _scan_one(root, fetched.path, argv, self.include, self.exclude)
+                found, files = _scan_one(root, fetched.path, self, self.include, self.exclude)
+                self.references += found
         except CodeSourceError as exc:
             self.failed.append(str(exc))
             return
@@ -372,6 +414,7 @@ class _Scan:
                 ref=where.ref,
                 commit=fetched.commit,
                 fetch_s=fetched.duration_s,
+                files_read=files,
             )
         )
 
@@ -387,7 +430,14 @@ def _result(scan: _Scan, roots: list[str], policy: CodePolicy) -> CodeScanResult
         references=references,
         sources=scan.sources,
         reasons=scan.failed,
+        files_read=sum(s.files_read or 0 for s in scan.sources) if scan.sources else None,
     )
+    globs = " and the --code-include/--code-exclude globs" if scan.include or scan.exclude else ""
+    result.reasons += [
+        f"the code scan read no files under {s.root}; check --code-path{globs}"
+        for s in scan.sources
+        if s.files_read == 0
+    ]
     if references:
         files = len({(r.root, r.path) for r in references})
         first = references[0]

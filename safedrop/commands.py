@@ -32,27 +32,46 @@ def parse_duration_ms(text: str) -> int:
     raise UsageError(f"cannot read duration {text!r}; use e.g. 500ms, 2s or 5m")
 
 
-def database_url(args: argparse.Namespace) -> str | None:
-    """The URL from --database-url, $DATABASE_URL or ./.env, checked (and exported for the flow, which reads
-    it from the environment, never from a parameter); None when the Prefect Secret block is to be read.
-    Without a Prefect server there is no Secret block to read: then a URL is required here."""
-    from safedrop.database import database_from_url, resolve_database
-    from safedrop.errors import ConfigurationError
+DEFAULT_SECRET_BLOCK = "safedrop-database-url"
 
-    url = args.database_url or os.environ.get("DATABASE_URL")
-    if url:
-        database_from_url(url)  # a malformed or non-PostgreSQL URL stops here
-        os.environ["DATABASE_URL"] = url
-        return url
-    if prefect_server():
-        return None
-    try:
-        return resolve_database(None).secret.get_secret_value()  # ./.env
-    except ConfigurationError:
-        raise ConfigurationError(
-            "no database URL: pass --database-url, set DATABASE_URL (in the environment or ./.env), or set "
-            f"PREFECT_API_URL to read it from the Prefect Secret block {args.secret_block!r}"
-        ) from None
+
+def database_source(args: argparse.Namespace) -> dict[str, str | None]:
+    """Which database the operator named, as the flow's parameters name it (the URL itself never is one).
+
+    A named source is the only one: ``--database-url`` (checked here, handed to the flow through the
+    environment), or ``--secret-block`` (read inside the run; needs a Prefect server). Only when neither
+    is named: ``$DATABASE_URL``, else ``./.env``, else — with a Prefect server — the Secret block
+    ``safedrop-database-url``.
+    """
+    from safedrop.database import CLI_SOURCE_ENV, CLI_URL_ENV, database_from_url, resolve_database
+    from safedrop.errors import ConfigurationError, UsageError
+
+    if args.database_url and args.secret_block:
+        raise UsageError("--database-url and --secret-block name two sources of the database URL; give one")
+    if args.secret_block:
+        if not prefect_server():
+            raise UsageError(
+                f"--secret-block {args.secret_block} names a Prefect Secret block, and no Prefect server is "
+                "configured to read it from: set PREFECT_API_URL, or pass --database-url"
+            )
+        return {"database_secret_block": args.secret_block, "database_url_env": None}
+    if args.database_url:
+        url, source = args.database_url, "--database-url"
+    elif os.environ.get("DATABASE_URL"):
+        url, source = os.environ["DATABASE_URL"], "$DATABASE_URL"
+    else:
+        try:
+            url, source = resolve_database(None).secret.get_secret_value(), "./.env"
+        except ConfigurationError:
+            if prefect_server():
+                return {"database_secret_block": DEFAULT_SECRET_BLOCK, "database_url_env": None}
+            raise ConfigurationError(
+                "no database URL: pass --database-url, set DATABASE_URL (in the environment or ./.env), or "
+                "set PREFECT_API_URL and name a Prefect Secret block with --secret-block"
+            ) from None
+    database_from_url(url, source)  # a malformed or non-PostgreSQL URL stops here
+    os.environ[CLI_URL_ENV], os.environ[CLI_SOURCE_ENV] = url, source
+    return {"database_secret_block": None, "database_url_env": CLI_URL_ENV}
 
 
 def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
@@ -72,7 +91,7 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         else:
             code_paths.append(str(Path(code_path)))
 
-    url = database_url(args)
+    source = database_source(args)
     if args.code_secret_block and not prefect_server():
         raise UsageError(
             f"--code-secret-block {args.code_secret_block} names a Prefect Secret block, and no Prefect "
@@ -93,20 +112,19 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
         allow_nonempty=args.allow_nonempty,
         rehearse=args.rehearse,
         dry_run=dry_run,
-        database_secret_block=None if url else args.secret_block,
+        **source,
     )
     if args.keep:  # repeatable, and each may be a comma-separated list
         fields["keep"] = [name.strip() for value in args.keep for name in value.split(",") if name.strip()]
     if getattr(args, "backup_dir", None):
         fields["backup_dir"] = args.backup_dir
     if args.command == "run":
-        from safedrop.smokechecks import check_url_syntax
-
-        for url in args.check_url:
-            check_url_syntax(url)
+        check_checks(args)  # one statement each, no secret in a URL: refused before anything runs
         fields.update(
             check_sql=args.check_sql,
             check_urls=args.check_url,
+            check_url_envs=args.check_url_env,
+            check_url_secret_blocks=args.check_url_secret_block,
             backup_timeout_s=max(1, parse_duration_ms(args.backup_timeout) // 1000),
         )
     if getattr(args, "lock_timeout", None):
@@ -135,6 +153,40 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
     return params
 
 
+def check_checks(args: argparse.Namespace) -> None:
+    """The smoke checks as typed: each SQL check one statement, each URL without a secret, each named
+    URL there to read (the flow runs in this process, so its environment is this one)."""
+    from safedrop.checkinput import is_http_url, sql_check_problem
+    from safedrop.errors import UsageError
+    from safedrop.smokechecks import check_url_syntax
+
+    for query in args.check_sql:
+        problem = sql_check_problem(query)
+        if problem:
+            raise UsageError(f"--check-sql {problem}: give each its own --check-sql")
+    for url in args.check_url:
+        check_url_syntax(url)
+    for name in args.check_url_env:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise UsageError(f"--check-url-env {name}: the environment variable is not set")
+        if not is_http_url(value):
+            raise UsageError(f"--check-url-env {name}: its value is not an http(s) URL")
+    for block in args.check_url_secret_block:
+        if not prefect_server():
+            raise UsageError(
+                f"--check-url-secret-block {block} names a Prefect Secret block, and no Prefect server is "
+                "configured to read it from: set PREFECT_API_URL"
+            )
+        from safedrop.smokechecks import read_secret_url
+
+        url, why = read_secret_url(block)
+        if url is None:
+            raise UsageError(f"--check-url-secret-block {block}: {why}")
+        if not is_http_url(url):
+            raise UsageError(f"--check-url-secret-block {block}: its value is not an http(s) URL")
+
+
 def prefect_server() -> str | None:
     """The Prefect API this process is configured for (PREFECT_API_URL, a profile, a test harness)."""
     from prefect.settings import get_current_settings
@@ -142,39 +194,64 @@ def prefect_server() -> str | None:
     return get_current_settings().api.url or None
 
 
-def run_flow(params: Any):
+def run_flow(params: Any) -> tuple[Any, int]:
     """Run the flow in this process: recorded through Prefect when a server is configured, else its steps
-    as plain functions (no Prefect engine, no temporary server: ``safedrop.steps``)."""
-    from flows.drop_deprecated_tables import drop_deprecated_tables
+    as plain functions (no Prefect engine, no temporary server: ``safedrop.steps``). The run report and
+    the exit code.
+
+    If Prefect itself fails once the drop committed (its API gone: the flow run's state not recorded),
+    the report is made from what the run found, so it still says what was dropped and how to restore."""
+    from flows.drop_deprecated_tables import (
+        drop_deprecated_tables,
+        recording_runs,
+        report_after_prefect_failed,
+    )
     from safedrop.errors import SafedropError
     from safedrop.report import RunReport
     from safedrop.runlog import quiet_expected_failures
     from safedrop.steps import plain_steps
 
-    if prefect_server():
-        quiet_expected_failures()
-        state = drop_deprecated_tables(params, return_state=True)
-    else:
-        with plain_steps():
-            state = drop_deprecated_tables.fn(params)
-    result = state.result(raise_on_failure=False)
+    with recording_runs() as records:
+        try:
+            if prefect_server():
+                quiet_expected_failures()
+                state = drop_deprecated_tables(params, return_state=True)
+            else:
+                with plain_steps():
+                    state = drop_deprecated_tables.fn(params)
+            result = state.result(raise_on_failure=False)
+        except Exception as exc:
+            if not records or records[-1].drop is None:
+                raise  # nothing was dropped: the caller says Prefect could not run the flow
+            return report_after_prefect_failed(records[-1], exc), EXIT_FAILED
     if isinstance(result, RunReport):
-        return result
+        return result, result.exit_code
     if isinstance(result, SafedropError) and isinstance(result.report, RunReport):
-        return result.report
+        return result.report, result.exit_code
+    if records and records[-1].drop is not None:  # the flow run crashed after the drop: still the facts
+        crash = RuntimeError(f"{state.name}: {state.message}")
+        return report_after_prefect_failed(records[-1], crash), EXIT_FAILED
     # the flow crashed (a bug, not an expected failure): say so in one line
-    return RunReport(
+    report = RunReport(
         status="failed",
         reasons=[f"the flow run ended {state.name}: {state.message}"],
         migration=params.migration,
         dry_run=params.dry_run,
     )
+    return report, report.exit_code
 
 
 STAGES = {
     "start-up": "interrupted before it started; nothing was changed",
     "prechecks": "interrupted during the prechecks; nothing was changed",
     "backup": "interrupted during the backup; nothing was dropped (the partial archive was removed)",
+    # the drop: what the database says once the drop's session has ended, never a guess
+    "drop": "interrupted before the drop committed; it rolled back: nothing was dropped",
+    "drop-committed": "interrupted after the drop committed: the targets are dropped, but verification did "
+    "not run — run it again to verify (it reports 'already applied')",
+    "drop-unknown": "interrupted during the drop, and whether it committed could not be read back — run "
+    "`safedrop plan` to see (it reports 'already applied' if the targets are gone); the report above names "
+    "the backup and the restore command",
     "verification": "interrupted after the drop: the targets are dropped, but verification did not finish "
     "— run it again to verify (it reports 'already applied')",
     "restore": "interrupted during the restore; its transaction rolled back: nothing was restored",
@@ -182,36 +259,15 @@ STAGES = {
 
 
 def interrupted(stop: Any, params: Any = None) -> int:
-    """Say in one line what was and was not done when a signal stopped the command; its exit code."""
+    """Say in one line what was and was not done when a signal stopped the command; its exit code.
+    (Once the drop committed, or may have, the run's report — printed first — names the backup and the
+    restore command.)"""
     if stop.stage.startswith("fleet: "):  # each database's own run says what it did (its report, its ledger)
         line = f"interrupted; {stop.stage.removeprefix('fleet: ')}"
     else:
-        line = STAGES.get(stop.stage) or _after_interrupted_drop(params)
+        line = STAGES.get(stop.stage) or f"interrupted during {stop.stage}"
     print(f"safedrop: {line}", file=sys.stderr)
     return stop.exit_code
-
-
-def _after_interrupted_drop(params: Any) -> str:
-    """Interrupted between the backup and the drop's answer: the catalog says whether it committed."""
-    try:
-        from safedrop.catalog import table_status
-        from safedrop.database import connect, resolve_database
-        from safedrop.migration import load_migration
-
-        migration = load_migration(params.migration, default_schema=params.target_schema)
-        with connect(resolve_database(params.database_secret_block)) as conn:
-            present = [r for r in table_status(conn, migration.targets) if r["oid"] is not None]
-    except Exception:
-        return (
-            "interrupted around the drop, and the database could not be read to tell whether it "
-            "committed — run `safedrop plan` to see"
-        )
-    if present:
-        return "interrupted before the drop committed; it rolled back: nothing was dropped"
-    return (
-        "interrupted after the drop committed: the targets are dropped, but verification did not run "
-        "— run it again to verify (it reports 'already applied')"
-    )
 
 
 def print_report(report: Any, *, as_json: bool, markdown: bool = False, out=None) -> None:
@@ -243,16 +299,17 @@ def restore(args: argparse.Namespace) -> int:
     from safedrop.report import RestoreReport
 
     try:
-        url = database_url(args)
+        source = database_source(args)
         from safedrop.manifest import find_backup
 
         archive = find_backup(args.backup)  # a path, a file name in the backup directory, a flow run id
         try:
             params = RestoreParameters(
                 backup_path=str(archive),
-                database_secret_block=None if url else args.secret_block,
+                **source,
                 no_owner=args.no_owner,
                 dry_run=args.dry_run,
+                into_other_database=args.into_other_database,
                 lock_timeout_ms=parse_duration_ms(args.lock_timeout),
                 max_lock_timeout_ms=parse_duration_ms(args.max_lock_timeout),
                 lock_wait_budget_s=parse_duration_ms(args.lock_wait_budget) / 1000,
@@ -318,8 +375,10 @@ def plan_or_run(args: argparse.Namespace) -> int:
     from safedrop.interrupts import Interrupted
 
     try:
-        report = run_flow(params)
+        report, code = run_flow(params)
     except Interrupted as stop:
+        if getattr(stop, "report", None) is not None:  # the drop committed (or may have): the facts first
+            print_report(stop.report, as_json=args.json, markdown=getattr(args, "markdown", False))
         return interrupted(stop, params)
     except Exception as exc:  # Prefect itself could not run the flow: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -329,7 +388,7 @@ def plan_or_run(args: argparse.Namespace) -> int:
         print(f"safedrop: {message}", file=sys.stderr)
         return EXIT_FAILED
     print_report(report, as_json=args.json, markdown=getattr(args, "markdown", False))
-    return report.exit_code
+    return code
 
 
 def fleet(args: argparse.Namespace) -> int:

@@ -141,13 +141,23 @@ def _from_dotenv(path: Path) -> str | None:
     return dotenv_values(path).get("DATABASE_URL") or None
 
 
+# The command line hands the URL it was given (--database-url, $DATABASE_URL or ./.env) to the flow in
+# this variable, with where it came from in the next one, and names the variable as database_url_env.
+CLI_URL_ENV = "SAFEDROP_DATABASE_URL"
+CLI_SOURCE_ENV = "SAFEDROP_DATABASE_URL_SOURCE"
+
+
 def resolve_database(
     secret_block: str | None, *, env_file: Path | None = None, url_env: str | None = None
 ) -> Database:
-    """Find the database URL: the Secret block by name, else ``DATABASE_URL``, else ``.env``.
+    """The database the operator named, and only that one.
 
-    ``url_env`` names an environment variable holding it (a fleet's database on a worker): then that
-    variable is the only source — falling back to another URL would be another database.
+    ``url_env`` names an environment variable holding the URL (a fleet's database on a worker, the
+    command line's own URL): then that variable is the only source. ``secret_block`` names a Prefect
+    Secret block: then that block is the only source — a block that does not exist, cannot be read
+    (the API down) or holds no PostgreSQL URL stops the run naming the block. Only when neither is
+    named: ``DATABASE_URL`` from the environment, else from ``.env``. Falling back from a named source
+    to another would be another database.
     """
     if url_env:
         value = os.environ.get(url_env)
@@ -157,35 +167,80 @@ def resolve_database(
                 "this machine; set it in the environment of every worker of the pool "
                 "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME)"
             )
-        return database_from_url(value, f"${url_env}")
+        source = os.environ.get(CLI_SOURCE_ENV) or url_env if url_env == CLI_URL_ENV else f"${url_env}"
+        return _named(value, source)
     if secret_block:
-        value = _read_secret_block(secret_block)
-        if value:
-            return database_from_url(value, f"Secret block {secret_block!r}")
+        return _named(read_secret_block(secret_block), f"Secret block {secret_block!r}")
     if os.environ.get("DATABASE_URL"):
-        return database_from_url(os.environ["DATABASE_URL"], "DATABASE_URL")
+        return database_from_url(os.environ["DATABASE_URL"], "$DATABASE_URL")
     dotenv = _from_dotenv(env_file or Path.cwd() / ".env")
     if dotenv:
         return database_from_url(dotenv, ".env")
-    where = f"a Prefect Secret block named {secret_block!r}, " if secret_block else ""
     raise ConfigurationError(
-        f"no database URL: create {where}or set DATABASE_URL in the environment or a .env file "
+        "no database URL: name a Prefect Secret block (database_secret_block) or an environment variable "
+        "(database_url_env), or set DATABASE_URL in the environment or a .env file "
         "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME)"
     )
 
 
-def _read_secret_block(name: str) -> str | None:
-    """The Secret block's value, or None when no such block exists (or no Prefect API is reachable)."""
+def _named(raw: str, source: str) -> Database:
+    """The URL from a source the operator named; a value that is no PostgreSQL URL names the source."""
+    try:
+        return database_from_url(raw, source)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source} does not hold a usable PostgreSQL URL: {exc}") from None
+
+
+def read_secret_block(name: str) -> str:
+    """The text in the Prefect Secret block ``name``; a one-line ConfigurationError naming the block when
+    it does not exist, cannot be read, or holds something other than text."""
     from prefect.blocks.system import Secret
 
     try:
         block = Secret.load(name, _sync=True)  # type: ignore[call-arg]
-    except ValueError:
-        return None  # no block of that name
-    except Exception:
-        return None
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise ConfigurationError(
+                f"cannot read the Prefect Secret block {name!r}: {_first_line(exc)}"
+            ) from None
+        raise ConfigurationError(
+            f"no Prefect Secret block named {name!r} (database_secret_block): create it holding the "
+            "database URL (postgresql://USER:PASSWORD@HOST:PORT/DBNAME), or name the block that does; "
+            "nothing was touched"
+        ) from None
+    except Exception as exc:  # the API unreachable, refusing, timing out: never a fallback
+        raise ConfigurationError(
+            f"cannot read the Prefect Secret block {name!r} (database_secret_block): {_first_line(exc)}; "
+            "nothing was touched — check PREFECT_API_URL and that the server is up"
+        ) from None
     value = block.get()
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"the Prefect Secret block {name!r} (database_secret_block) holds {type(value).__name__}, not "
+            "a PostgreSQL URL; store the URL as text (postgresql://USER:PASSWORD@HOST:PORT/DBNAME)"
+        )
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def identify(conn: Connection, db: Database):
+    """What the server says this session's database is (name, system identifier), with the URL's source."""
+    from safedrop import queries
+    from safedrop.report import DatabaseIdentity
+
+    row = queries.one(conn, "database_identity")
+    url = db.url
+    return DatabaseIdentity(
+        source=db.source,
+        host=url.host or "localhost",
+        port=url.port,
+        database=row["database"],
+        system_identifier=row["system_identifier"],
+    )
 
 
 def make_engine(url: URL, **kwargs) -> Engine:
@@ -256,11 +311,18 @@ def reading(
     statement_timeout_ms: int | None = None,
 ) -> Iterator[Connection]:
     """A READ ONLY transaction for the block (``snapshot``: REPEATABLE READ, one view of every table),
-    with its own lock and statement timeouts when given; rolled back at the end."""
+    with its own lock and statement timeouts when given; rolled back at the end, whatever the block did.
+
+    The session is READ ONLY too: a statement that ends the transaction (a smoke check's ``COMMIT``)
+    leaves any statement after it in a read-only transaction, itself rolled back at the end.
+    """
     with connect(db) as conn:
-        with conn.begin():
+        transaction = conn.begin()
+        try:
             isolation = "ISOLATION LEVEL REPEATABLE READ, " if snapshot else ""
-            conn.exec_driver_sql(f"SET TRANSACTION {isolation}READ ONLY")
+            conn.exec_driver_sql(
+                f"SET TRANSACTION {isolation}READ ONLY; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+            )
             if lock_timeout_ms is not None or statement_timeout_ms is not None:
                 from safedrop import queries
 
@@ -271,3 +333,5 @@ def reading(
                     statement_timeout=f"{statement_timeout_ms or 0}ms",
                 )
             yield conn
+        finally:
+            transaction.rollback()  # a reading never writes: nothing to commit, and nothing escapes

@@ -3,7 +3,9 @@
 Starts PostgreSQL in a temporary directory on a free port (as the `postgres` user when run as root),
 seeds a database shaped like the team's guide, writes a small application tree that no longer uses
 the targets, then runs `plan` and `run` in Prefect's embedded mode, prints both summaries and where
-the backup is, and stops the server and removes its files.
+the backup is, and stops the server and removes its files. The backup goes to ``demo/`` in this
+machine's backup directory (``$SAFEDROP_BACKUP_DIR``, else ``~/.local/share/safedrop/backups``),
+not into the working directory (the checkout, for ``make demo``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from safedrop import SQL_DIR
+from safedrop.paths import default_backup_dir
 from safedrop.pgserver import LocalPostgres
 
 DEMO_DATABASE = "credit_demo"
@@ -60,7 +63,7 @@ def run_demo(main: Callable[[list[str]], int], *, as_json: bool = False) -> int:
             pg.psql(f"CREATE DATABASE {DEMO_DATABASE}")
             pg.psql((SQL_DIR / "demo" / "schema.sql").read_text(), database=DEMO_DATABASE)
             app = write_demo_app(work / "credits-api")
-            backups = Path("backups") / "demo"
+            backups = default_backup_dir().absolute() / "demo"
             os.environ["DATABASE_URL"] = pg.url(DEMO_DATABASE)
             print(
                 f"safedrop demo: PostgreSQL on 127.0.0.1:{pg.port}, database {DEMO_DATABASE} seeded; "
@@ -76,7 +79,7 @@ def run_demo(main: Callable[[list[str]], int], *, as_json: bool = False) -> int:
             code = main(["run", *common, "--backup-dir", str(backups)])
             if code == 0:
                 print(
-                    f"\nsafedrop demo: done. The backup is in {backups.resolve()}/ ; the throwaway "
+                    f"\nsafedrop demo: done. The backup is in {backups}/ ; the throwaway "
                     "server is being stopped and removed.",
                     file=sys.stderr,
                 )

@@ -9,7 +9,6 @@ back from the catalog and the ledger what really happened. ``tasks/drop.py`` com
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
@@ -18,23 +17,17 @@ from sqlalchemy.engine import Connection
 
 from safedrop import queries
 from safedrop.catalog import table_status
-from safedrop.checksums import checksum_methods, pin_text_settings, table_checksums
+from safedrop.checksums import checksum_methods, pin_text_settings, target_contents
 from safedrop.database import Database, connect
 from safedrop.errors import ChangedSinceBackup, ConnectionFailed, DropFailed, DropStopped
 from safedrop.migration import TableName
 from safedrop.report import BackupResult, DependencyResult, TableChecksum
 from safedrop.rowcounts import count_rows
 
-_QUALIFIED = re.compile(r'^("(?:[^"]|"")*"|[^".]+)\.("(?:[^"]|"")*"|[^".]+)$')
-
 
 def unquote_qualified(text: str) -> TableName | None:
     """``schema.table`` as quote_ident() printed it, back into its parts."""
-    match = _QUALIFIED.match(text)
-    if not match:
-        return None
-    schema, name = (p[1:-1].replace('""', '"') if p.startswith('"') else p for p in match.groups())
-    return TableName(schema, name)
+    return TableName.from_qualified(text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,45 +153,58 @@ def stop_if_run_lock_lost(conn: Connection, run_lock_pid: int | None) -> None:
         )
 
 
-def content_changes(conn: Connection, backed_up: list[TableChecksum], txid_snapshot: str | None) -> list[str]:
-    """What changed in the targets since the backup's snapshot (empty: every row is in the archive).
+def _plural(n: int, word: str = "row") -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
-    Each target's row count and checksum, taken now the way the backup took it, against the manifest.
-    Where they differ, rows whose xmin the backup's snapshot does not see say how many were written since.
+
+def content_changes(conn: Connection, backed_up: list[TableChecksum], txid_snapshot: str | None) -> list[str]:
+    """What was written to the targets since the backup's snapshot (empty: every row is in the archive).
+
+    The proof, per target, in one scan: no row now has an xmin the backup's snapshot did not see
+    (``written``), the rows at or after the snapshot's xmin are the very rows the backup saw there
+    (``late_rows`` and the hash of their xmins — this also catches a subtransaction of a transaction
+    in progress at the snapshot), and the row count is the backup's (a delete). The content checksum
+    is the second proof. Whatever the column types (numeric 1.0 → 1.00 and citext case changes hash
+    equal), any committed write shows in the xmins.
     """
+    if not txid_snapshot:
+        return [
+            "the backup records no snapshot to prove later writes against (a manifest from an older "
+            "safedrop); nothing was dropped — re-run to take a new backup"
+        ]
     pin_text_settings(conn)
     tables = [TableName(t.schema_name, t.table_name) for t in backed_up]
-    now = table_checksums(conn, tables, methods=checksum_methods(backed_up))
-    changed = [
-        (t, table)
-        for t, table in zip(backed_up, tables, strict=True)
-        if now.get(table) != (t.rows, t.checksum)
-    ]
-    if not changed:
-        return []
-    written: dict[str, int] = {}
-    if txid_snapshot:
-        rows = queries.rows(
-            conn,
-            "rows_written_since",
-            schemas=[table.schema for _, table in changed],
-            names=[table.name for _, table in changed],
-            snapshot=txid_snapshot,
-        )
-        written = {TableName(r["schema_name"], r["table_name"]).qualified: int(r["written"]) for r in rows}
+    now = target_contents(conn, tables, txid_snapshot, methods=checksum_methods(backed_up))
     out = []
-    for t, table in changed:
-        rows_now = now[table][0] if table in now else 0
-        if table.qualified not in written:
-            out.append(f"{t.name} changed after the backup ({t.rows:,} rows then, {rows_now:,} now)")
+    for t, table in zip(backed_up, tables, strict=True):
+        seen = now.get(table)
+        if seen is None:
+            continue  # gone meanwhile: the recheck of the catalog decides
+        late_then = t.late_rows
+        same_late = late_then is None or (seen.late_rows, seen.late_xmins) == (late_then, t.late_xmins)
+        if seen.written == 0 and same_late and seen.rows == t.rows:
+            if seen.checksum != t.checksum:
+                out.append(
+                    f"the content checksum of {t.name} differs from the backup's although no row was "
+                    "written after it"
+                )
             continue
-        new = written[table.qualified]
-        gone = t.rows - (rows_now - new)  # backed-up rows deleted or overwritten since
-        changed_rows = max(new, gone)
-        out.append(
-            f"{changed_rows:,} row{'' if changed_rows == 1 else 's'} of {t.name} changed after the backup "
-            f"({new:,} written since its snapshot, {gone:,} of its rows deleted or overwritten)"
-        )
+        written = max(seen.written, seen.late_rows - late_then if late_then is not None else 0)
+        deleted = max(t.rows - seen.rows, 0)
+        if written:
+            line = (
+                f"{_plural(written)} of {t.name} {'was' if written == 1 else 'were'} written after the backup"
+            )
+            out.append(line + (f" (and {_plural(deleted)} deleted)" if deleted else ""))
+        elif deleted:
+            out.append(
+                f"{_plural(deleted)} of {t.name} {'was' if deleted == 1 else 'were'} deleted after the backup"
+            )
+        else:
+            out.append(
+                f"rows of {t.name} were written after the backup (the rows written since its snapshot's "
+                "oldest transaction are not those the backup saw)"
+            )
     return out
 
 
@@ -251,7 +257,7 @@ def outcome_after_lost_commit(
                 f"again within {patience_s:g} s to tell whether it committed; check whether {names} still "
                 "exist (safedrop plan tells) before anything else"
             )
-        time.sleep(1)
+        time.sleep(0.1)  # a cancelled session usually ends within milliseconds
     gone = [r["qualified"] for r in status if r["oid"] is None]
     if not gone:
         return False
@@ -282,6 +288,14 @@ def recheck_contents(
     expected_rows: dict[str, int],
 ) -> str:
     """Under EXCLUSIVE: the targets hold what the backup holds (else: what the prechecks counted)."""
+    if backup is not None:
+        in_archive = {TableName(t.schema_name, t.table_name) for t in backup.targets}
+        missing = [t.qualified for t in present if t not in in_archive]
+        if missing:
+            raise DropStopped(
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in the backup "
+                f"{backup.path}; nothing was dropped — re-run to take a backup of every target"
+            )
     if backed_up:
         changes = content_changes(conn, backed_up, backup.txid_snapshot if backup else None)
         if changes:
@@ -289,7 +303,10 @@ def recheck_contents(
                 f"{'; '.join(changes)}; nothing was dropped — re-run so the backup holds every row "
                 "(stop the application's writes to the targets first)"
             )
-        return f"row counts and content checksums of {len(backed_up)} target(s) match the backup"
+        return (
+            f"no row of {len(backed_up)} target(s) was written after the backup's snapshot (xmin), "
+            "row counts and content checksums match the backup"
+        )
     rows_now = count_rows(conn, present)
     changed = {t: (expected_rows.get(t), n) for t, n in rows_now.items() if expected_rows.get(t) != n}
     if changed:

@@ -139,16 +139,19 @@ def _rebuild_connection_failed(message: str, transient: bool) -> ConnectionFaile
 
 
 class RunEnded(SafedropError):
-    """How a stopped or failed flow run ends: carries the run report (the state's data)."""
+    """How a stopped or failed flow run ends: carries the run report (the state's data) and the exit
+    code (``exit_code`` given: a usage error found inside the run, 2; else 3 stopped, 1 failed)."""
 
-    def __init__(self, message: str, *, report=None, status: str = "failed") -> None:
+    def __init__(
+        self, message: str, *, report=None, status: str = "failed", exit_code: int | None = None
+    ) -> None:
         super().__init__(message, report=report)
         self.status = status
-        self.exit_code = 3 if status == "stopped" else 1
+        self.exit_code = exit_code or (3 if status == "stopped" else 1)
 
     def __reduce__(self):
-        return (_rebuild_run_ended, (str(self), self.report, self.status))
+        return (_rebuild_run_ended, (str(self), self.report, self.status, self.exit_code))
 
 
-def _rebuild_run_ended(message: str, report, status: str) -> RunEnded:
-    return RunEnded(message, report=report, status=status)
+def _rebuild_run_ended(message: str, report, status: str, exit_code: int | None = None) -> RunEnded:
+    return RunEnded(message, report=report, status=status, exit_code=exit_code)

@@ -243,7 +243,12 @@ class FleetSpec(_Strict):
         return next(d for d in self.databases if d.name == name)
 
     def child_parameters(
-        self, name: str, *, dry_run: bool, expected_plan_digest: str | None = None
+        self,
+        name: str,
+        *,
+        dry_run: bool,
+        expected_plan_digest: str | None = None,
+        expected_system_identifier: str | None = None,
     ) -> dict[str, Any]:
         """The parameters of database ``name``'s child run: the whole ``params`` object (a run's
         parameters replace the deployment's), checked against the single-database flow's model.
@@ -271,6 +276,8 @@ class FleetSpec(_Strict):
             fields["allow_cascade"] = list(self.allow_cascade)
         if expected_plan_digest:
             fields["expected_plan_digest"] = expected_plan_digest
+        if expected_system_identifier:
+            fields["expected_system_identifier"] = expected_system_identifier
         DropParameters(**fields)  # what the server and the flow will check: fail here, before any run
         return {"params": fields}
 

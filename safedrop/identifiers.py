@@ -3,6 +3,10 @@
 ``credit_allocations`` is also ``creditAllocation``, ``CreditAllocationTransaction``,
 ``/credit-allocations`` in code; each spelling is matched as a whole word, so ``credit_allocation_id``
 and ``creditAllocationId`` are not hits. The pattern is ripgrep's (Rust) regex syntax.
+
+The spellings carry their case, except the table's own (lowercase) name: PostgreSQL folds an unquoted
+identifier, so ``FROM Credit_Allocations`` in a query is the table too. A quoted ``"Credit_Allocations"``
+is another table: ``is_other_quoted_table`` tells the scan to drop such a hit.
 """
 
 from __future__ import annotations
@@ -69,13 +73,36 @@ def _rust_escape(text: str) -> str:
     return "".join("\\" + c if c in _RUST_META else c for c in text)
 
 
+def _folds(name: str) -> bool:
+    """Whether PostgreSQL reads ``name`` unquoted in any case as this table: a lowercase ASCII name."""
+    return name == name.lower() and name.isascii() and any(c.isalpha() for c in name)
+
+
 def search_pattern(targets: Iterable[TableName]) -> str:
-    """One regex for all targets: every variant as a whole word, longest first."""
-    variants: dict[str, None] = {}
+    """One regex for all targets: every variant as a whole word, longest first; the table's own name in
+    any case (``(?i:…)``) when PostgreSQL folds it."""
+    variants: dict[str, str] = {}
     for target in targets:
-        variants.update(dict.fromkeys(identifier_variants(target.name)))
+        for variant in identifier_variants(target.name):
+            variants.setdefault(variant, _rust_escape(variant))
+        if _folds(target.name):
+            variants[target.name] = f"(?i:{_rust_escape(target.name)})"
     ordered = sorted(variants, key=len, reverse=True)
-    return r"\b(?:" + "|".join(_rust_escape(v) for v in ordered) + r")\b"
+    return r"\b(?:" + "|".join(variants[v] for v in ordered) + r")\b"
+
+
+def exact_spellings(targets: Iterable[TableName]) -> set[str]:
+    """Every spelling the pattern matches with its case as written (the rest are case-folded names)."""
+    return {v for target in targets for v in identifier_variants(target.name)}
+
+
+def is_other_quoted_table(line: str, start: int, match: str, exact: set[str]) -> bool:
+    """A hit in another case that stands in double quotes, ``"Credit_Allocations"``: a quoted identifier,
+    so another table than ``credit_allocations`` (``start`` counts characters)."""
+    if match in exact:
+        return False
+    end = start + len(match)
+    return start > 0 and line[start - 1 : start] == '"' and line[end : end + 1] == '"'
 
 
 # --------------------------------------------------------------------------------------------------

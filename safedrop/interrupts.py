@@ -6,6 +6,13 @@ out closes its connection (the server rolls back what was not committed), and a 
 pg_restore is killed and reaped. A query the signal finds waiting (for a lock, say) is cancelled on
 the server at once: psycopg2 waits through ``wait_cancelling``, in Python, so the signal is handled
 within milliseconds instead of when the server answers.
+
+A signal during the drop cannot know by itself whether the drop's transaction committed: the COMMIT
+may be under way on the server (a cancel does not stop a COMMIT that is writing its record, nor one
+whose deferred triggers ignore it). So the drop step waits for its session on the server to end and
+reads the truth back from the catalog and the ledger (``tasks/drop.py``); the ``Interrupted`` carries
+it (``outcome``, the ``DropResult`` when it committed, and the run's report, for the command line to
+print), never a guess.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import select
 import signal
 import time
 from types import FrameType
+from typing import Any
 
 import psycopg2.extensions
 
@@ -27,6 +35,12 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.stage = "start-up"  # the flow refines it: prechecks, backup, approval, drop, verification
+        # Interrupted during the drop: what the database says happened ("committed", "rolled back", or
+        # "unknown": it could not be read back), the drop's result if it committed, and why not known.
+        self.outcome: str | None = None
+        self.drop: Any = None
+        self.unknown_because = ""
+        self.report: Any = None  # the run report, when the drop committed (or may have): the facts to print
 
     @property
     def exit_code(self) -> int:

@@ -39,6 +39,8 @@ from safedrop import SQL_DIR
 from safedrop.errors import MigrationFileError, UsageError
 from safedrop.gitsource import is_git_source, parse_git_source
 
+_QUALIFIED = re.compile(r'^("(?:[^"]|"")*"|[^".]+)\.("(?:[^"]|"")*"|[^".]+)$')
+
 
 @dataclass(frozen=True, order=True)
 class TableName:
@@ -52,6 +54,15 @@ class TableName:
 
     def __str__(self) -> str:
         return self.qualified
+
+    @classmethod
+    def from_qualified(cls, text: str) -> TableName | None:
+        """``schema.table`` as quote_ident() printed it (``qualified``), back into its parts."""
+        match = _QUALIFIED.match(text)
+        if not match:
+            return None
+        schema, name = (p[1:-1].replace('""', '"') if p.startswith('"') else p for p in match.groups())
+        return cls(schema, name)
 
     @classmethod
     def parse(cls, raw: str, default_schema: str) -> TableName:

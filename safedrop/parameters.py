@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from safedrop.checkinput import display_url, is_http_url, sql_check_problem, url_secret_problem
 from safedrop.migration import Migration
 
 # Both flows find the database the same way: the URL itself is never a parameter.
 DATABASE_SECRET_BLOCK = Field(
     "safedrop-database-url",
-    description="Name of a Prefect Secret block holding the database URL. If no such block exists, "
-    "DATABASE_URL from the environment, then from a .env file, is used. The URL itself is never a "
-    "parameter.",
+    description="Name of a Prefect Secret block holding the database URL: then the only source — a block "
+    "that does not exist, cannot be read or holds no PostgreSQL URL stops the run, never falling back to "
+    "another database. Empty (null) with no database_url_env: DATABASE_URL from the worker's environment, "
+    "then from a .env file. The URL itself is never a parameter.",
 )
 # ... or from an environment variable of the machine that runs the flow, named by a parameter (a fleet's
 # databases whose fleet entry says url_env).
@@ -30,7 +33,8 @@ DATABASE_URL_ENV = Field(
 class DropParameters(BaseModel):
     """What to drop, what must survive, and how carefully."""
 
-    model_config = ConfigDict(extra="forbid")
+    # an error never repeats the value: a refused check URL may hold a token
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     migration: str = Field(
         description="Migration to apply: a name in sql/ (without .sql) or a path to a .sql file holding "
@@ -185,19 +189,84 @@ class DropParameters(BaseModel):
         "nothing changed. Empty: no such check.",
         pattern=r"^[0-9a-f]{64}$",
     )
+    expected_system_identifier: str | None = Field(
+        None,
+        description="Set by the fleet flow: the system identifier (pg_control_system()) of the database "
+        "its plan approved. Right after connecting, a run that finds itself connected to another cluster "
+        "stops before the backup with nothing changed. Empty: no such check.",
+        pattern=r"^[0-9]+$",
+    )
     check_sql: list[str] = Field(
         default_factory=list,
-        description="Smoke checks after the drop: SQL queries that must return true, or no rows (run "
-        "read-only, with check_timeout_s). One failing ends the run Failed with the restore command.",
+        description="Smoke checks after the drop: SQL queries that must return true, or no rows. Each is "
+        "exactly one statement (a second one, or COMMIT/BEGIN/ROLLBACK, is refused), run in a read-only "
+        "session and transaction with check_timeout_s, and rolled back. One failing ends the run Failed "
+        "with the restore command.",
     )
     check_urls: list[str] = Field(
         default_factory=list,
         description="Smoke checks after the drop: HTTP(S) URLs (e.g. the application's health endpoint) "
-        "that must answer 2xx. One failing ends the run Failed with the restore command.",
+        "that must answer 2xx. One failing ends the run Failed with the restore command. Never a URL with "
+        "a secret (user:password@, or a token such as ?token= or ?api_key=): it is refused — name it with "
+        "check_url_envs or check_url_secret_blocks instead.",
+    )
+    check_url_envs: list[str] = Field(
+        default_factory=list,
+        description="Smoke checks after the drop: names of environment variables, on the machine that runs "
+        "the flow, each holding an HTTP(S) URL that must answer 2xx — for a URL that carries a secret. Read "
+        "at check time; reports show only the variable's name and the URL's scheme and host.",
+        max_length=20,
+    )
+    check_url_secret_blocks: list[str] = Field(
+        default_factory=list,
+        description="Smoke checks after the drop: names of Prefect Secret blocks, each holding an HTTP(S) "
+        "URL that must answer 2xx — for a URL that carries a secret. Read at check time; reports show only "
+        "the block's name and the URL's scheme and host.",
+        max_length=20,
     )
     check_timeout_s: float = Field(
         30, gt=0, le=600, description="How long each smoke check may take before it counts as failed."
     )
+
+    @field_validator("check_sql")
+    @classmethod
+    def _one_statement_each(cls, queries: list[str]) -> list[str]:
+        for query in queries:
+            problem = sql_check_problem(query)
+            if problem:
+                raise ValueError(f"check_sql: {problem}: give each its own entry")
+        return queries
+
+    @field_validator("check_urls")
+    @classmethod
+    def _no_secret_in_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not is_http_url(url):
+                raise ValueError(f"check_urls: {display_url(url)!r} is not an http(s) URL")
+            secret = url_secret_problem(url)
+            if secret:
+                raise ValueError(
+                    f"check_urls: {display_url(url)} {secret}; a URL holding a secret is never a parameter: "
+                    "name an environment variable holding it in check_url_envs, or a Prefect Secret block "
+                    "in check_url_secret_blocks"
+                )
+        return urls
+
+    @field_validator("check_url_envs")
+    @classmethod
+    def _variable_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+                raise ValueError(f"check_url_envs: {name[:40]!r} is not an environment variable name")
+        return names
+
+    @field_validator("check_url_secret_blocks")
+    @classmethod
+    def _block_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name.strip() or len(name) > 200:
+                raise ValueError("check_url_secret_blocks: each is the name of a Prefect Secret block")
+        return names
 
     @model_validator(mode="after")
     def _jobs_need_directory_format(self) -> DropParameters:
@@ -245,6 +314,11 @@ class RestoreParameters(BaseModel):
         False,
         description="Check the archive, its manifest and the database, and list what would be restored; "
         "change nothing.",
+    )
+    into_other_database: bool = Field(
+        False,
+        description="Restore into a database other than the one the backup was taken of (another name, or "
+        "the same name on another cluster). Off: such a restore is refused with nothing changed.",
     )
     timeout_s: int = Field(
         3600, ge=10, le=24 * 3600, description="pg_restore is stopped (and rolled back) after this long."

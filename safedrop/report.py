@@ -25,6 +25,37 @@ class TableStatus(BaseModel):
     rows: int | None = None
 
 
+class DatabaseIdentity(BaseModel):
+    """Which database a run is connected to: where its URL came from, and what the server says it is."""
+
+    source: str  # where the URL came from: "--database-url", "Secret block 'x'", "$EU_1_DATABASE_URL", …
+    host: str  # as the URL names it
+    port: int | None = None
+    database: str  # current_database()
+    system_identifier: str | None = None  # pg_control_system(): the cluster's identity (None: not readable)
+
+    @property
+    def line(self) -> str:
+        """``credit_demo on 127.0.0.1:5432 (system 7716…) from --database-url``"""
+        port = f":{self.port}" if self.port else ""
+        system = (
+            f"system {self.system_identifier}" if self.system_identifier else "system identifier unreadable"
+        )
+        return f"{self.database} on {self.host}{port} ({system}), from {self.source}"
+
+    def differs_from(self, other: DatabaseIdentity) -> str | None:
+        """Why ``other`` is not this database (None: the same, as far as both can tell)."""
+        if self.database != other.database:
+            return f"database {other.database!r}, not {self.database!r}"
+        if (
+            self.system_identifier
+            and other.system_identifier
+            and self.system_identifier != other.system_identifier
+        ):
+            return f"cluster {other.system_identifier}, not {self.system_identifier}"
+        return None
+
+
 class ConnectionResult(StepResult):
     server: str  # user@host:port/db
     server_version: str
@@ -35,6 +66,7 @@ class ConnectionResult(StepResult):
     keep: list[TableStatus]
     ledger: Literal["present", "creatable", "unavailable"] = "unavailable"
     already_dropped: list[str] = Field(default_factory=list)  # absent targets the ledger says we dropped
+    identity: DatabaseIdentity | None = None
 
     @property
     def all_targets_absent(self) -> bool:
@@ -126,6 +158,7 @@ class CodeSource(BaseModel):
     ref: str | None = None  # git: the branch, tag or commit asked for; None: the default branch
     commit: str | None = None  # git: the commit whose files were scanned
     fetch_s: float | None = None  # git: how long the shallow fetch took
+    files_read: int | None = None  # files the scan read (after .gitignore, the excludes and includes)
 
 
 class CodeScanResult(StepResult):
@@ -133,7 +166,7 @@ class CodeScanResult(StepResult):
     roots: list[str]
     references: list[CodeReference]
     sources: list[CodeSource] = Field(default_factory=list)
-    files_scanned: int | None = None
+    files_read: int | None = None  # over every source scanned; None: nothing was scanned
 
 
 class TableChecksum(BaseModel):
@@ -146,6 +179,11 @@ class TableChecksum(BaseModel):
     rows: int
     checksum: str  # sum of the first 64 bits of md5(row::text) over every row (order-independent)
     below: list[str] = Field(default_factory=list)  # partitions / inheritance children, any depth
+    leaves: list[str] = Field(default_factory=list)  # a partitioned target's leaf partitions (hold its rows)
+    # Rows whose xmin is at or after the snapshot's xmin, and the sum of their xmins' hashes (see
+    # safedrop.checksums.target_contents): what the drop's recheck compares; None in older manifests.
+    late_rows: int | None = None
+    late_xmins: str | None = None
 
 
 class SequenceState(BaseModel):
@@ -175,7 +213,10 @@ class BackupManifest(BaseModel):
     bytes: int
     sha256: str  # custom: of the file; directory: of its sha256sum-style listing (see files)
     files: dict[str, str] = Field(default_factory=dict)  # directory format: sha256 of each file
-    database: str
+    database: str  # current_database() when the backup was taken
+    # pg_control_system() of the backed-up cluster (None: a manifest from before safedrop recorded it,
+    # or a role that may not read it): with the name, which database a restore belongs in
+    system_identifier: str | None = None
     server: str  # user@host:port/dbname, no password
     server_version: str
     server_version_num: int
@@ -279,6 +320,8 @@ class RunReport(BaseModel):
     migration: str
     dry_run: bool
     database: str | None = None
+    # which database, as the server says it (name, system identifier), and where its URL came from
+    database_identity: DatabaseIdentity | None = None
     server_version: str | None = None
     targets: list[TableStatus] = Field(default_factory=list)
     keep: list[TableStatus] = Field(default_factory=list)

@@ -24,11 +24,13 @@ def render_markdown(report: RunReport) -> str:
 def _heading(report: RunReport) -> list[str]:
     version = f" (PostgreSQL {report.server_version})" if report.server_version else ""
     dry = " — dry run" if report.dry_run else ""
+    identity = f"Database: {report.database_identity.line}." if report.database_identity else ""
     return [
         f"# {HEADLINES[report.status]}",
         "",
         f"Migration `{report.migration}` on `{report.database or '?'}`{version}{dry}; {report.duration_s} s.",
         "",
+        *([identity, ""] if identity else []),
     ]
 
 
@@ -72,7 +74,12 @@ def _code(report: RunReport) -> list[str]:
         return ["## Code references", "", "Skipped: the application's code was not scanned.", ""]
     if report.code_scan != "done":
         return []
-    scanned = [f"`{s.root}`" + (f" at commit `{s.commit}`" if s.commit else "") for s in report.code_sources]
+    scanned = [
+        f"`{s.root}`"
+        + (f" at commit `{s.commit}`" if s.commit else "")
+        + (f" ({s.files_read:,} files read)" if s.files_read is not None else "")
+        for s in report.code_sources
+    ]
     files = files_by_references(report.code_references)
     out = ["## Code references", ""] + ([f"Scanned {', '.join(scanned)}.", ""] if scanned else [])
     if files:

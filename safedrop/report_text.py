@@ -63,6 +63,8 @@ def _heading(report: RunReport) -> list[str]:
         f"safedrop: {_HEADLINE[report.status]}",
         f"  migration {report.migration} on {report.database or '?'}{version}",
     ]
+    if report.database_identity:
+        lines.append(f"  database: {report.database_identity.line}")
     lines += [f"  ✗ {r}" for r in reasons_once(report)]
     return lines + [f"  ! {w}" for w in report.warnings]
 
@@ -124,7 +126,9 @@ def _code(report: RunReport) -> list[str]:
     if report.code_scan != "done":
         return []
     files = files_by_references(report.code_references)
-    lines = [f"  code references: {len(report.code_references):,} in {len(files):,} file(s)"]
+    counted = [s.files_read for s in report.code_sources if s.files_read is not None]
+    read = f"; read {sum(counted):,} files" if counted else ""
+    lines = [f"  code references: {len(report.code_references):,} in {len(files):,} file(s){read}"]
     lines += [
         f"    scanned {source.root} at commit {source.commit}"
         for source in report.code_sources

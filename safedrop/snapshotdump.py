@@ -9,7 +9,8 @@ This module provides:
   runs pg_dump on that snapshot while the same transaction counts and checksums the targets and reads
   the removed sequences, then fsyncs the archive and renames it into place. The archive and the numbers
   describe the very same data. A failure or interruption kills pg_dump and leaves no partial file;
-- ``Dumped``: what the snapshot said (server, snapshot ids, plan, counts, checksums, sequences).
+- ``Dumped``: what the snapshot said (server, which database and cluster, snapshot ids, plan, counts,
+  checksums, sequences).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from sqlalchemy.engine import Connection
 from safedrop import queries
 from safedrop.artifacts import run_progress
 from safedrop.backupfiles import fsync_dir, remove, seal
-from safedrop.checksums import sequence_states, table_checksums
-from safedrop.database import Database, error_line
+from safedrop.checksums import Contents, sequence_states, target_contents
+from safedrop.database import Database, error_line, identify
 from safedrop.dumpplan import DumpPlan, Scope, exported_snapshot, plan_dump
 from safedrop.errors import DID_NOT_RUN, UsageError
 from safedrop.migration import Migration, TableName
@@ -35,7 +36,7 @@ from safedrop.pgdump import ArchiveFormat, dump_failure, pg_dump_args
 from safedrop.pgtools import PgTools
 from safedrop.processes import ToolFailed, kill, session_env, start, wait
 from safedrop.progress import DumpProgress
-from safedrop.report import SequenceState, TableChecksum
+from safedrop.report import DatabaseIdentity, SequenceState, TableChecksum
 from safedrop.retries import backup_failure
 from safedrop.scratchrestore import require_createdb
 
@@ -99,8 +100,9 @@ class Dumped:
     info: dict[str, Any]  # server_info
     exported: dict[str, str]  # snapshot_id, txid_snapshot
     plan: DumpPlan
-    sums: dict[TableName, tuple[int, str]]
+    sums: dict[TableName, Contents]
     sequences: list[SequenceState]
+    identity: DatabaseIdentity | None = None  # which database (name, cluster) the snapshot is of
 
     @property
     def checksums(self) -> list[TableChecksum]:
@@ -110,9 +112,12 @@ class Dumped:
                 schema_name=t.schema,
                 table_name=t.name,
                 relkind=self.plan.layout[t][0],
-                rows=self.sums[t][0],
-                checksum=self.sums[t][1],
+                rows=self.sums[t].rows,
+                checksum=self.sums[t].checksum,
                 below=self.plan.below.get(t, []),
+                leaves=[leaf.qualified for leaf in self.plan.layout[t][1]],
+                late_rows=self.sums[t].late_rows,
+                late_xmins=self.sums[t].late_xmins,
             )
             for t in self.plan.targets
         ]
@@ -127,9 +132,10 @@ def _pg_dump_in(
     options: BackupOptions,
     *,
     snapshot: str,
+    txid_snapshot: str,
     server_version_num: int,
     progress_key: str | None,
-) -> tuple[dict[TableName, tuple[int, str]], list[SequenceState]]:
+) -> tuple[dict[TableName, Contents], list[SequenceState]]:
     """pg_dump ``--snapshot`` into ``partial`` while ``conn`` (the same snapshot) counts and checksums
     the targets and reads the removed sequences. Raises BackupFailed; kills pg_dump on any failure."""
     if options.archive_format == "directory":
@@ -157,7 +163,8 @@ def _pg_dump_in(
             max_bytes=options.max_bytes,
         )
         try:
-            sums, sequences = table_checksums(conn, plan.targets), sequence_states(conn, plan.sequences)
+            sums = target_contents(conn, plan.targets, txid_snapshot)
+            sequences = sequence_states(conn, plan.sequences)
         except BaseException:
             kill(running)
             raise
@@ -186,6 +193,7 @@ def dump_in_snapshot(
     try:
         with exported_snapshot(db) as (conn, exported):
             info = queries.one(conn, "server_info")
+            identity = identify(conn, db)
             if options.verify_restore:
                 require_createdb(conn, info["current_user"])
             plan = plan_dump(
@@ -199,6 +207,7 @@ def dump_in_snapshot(
                 plan,
                 options,
                 snapshot=exported["snapshot_id"],
+                txid_snapshot=exported["txid_snapshot"],
                 server_version_num=server_version_num,
                 progress_key=progress_key,
             )
@@ -213,4 +222,4 @@ def dump_in_snapshot(
     except BaseException:
         remove(partial)
         raise
-    return Dumped(info, exported, plan, sums, sequences)
+    return Dumped(info, exported, plan, sums, sequences, identity)

@@ -118,7 +118,8 @@ def _manifest(
         bytes=size,
         sha256=sha256,
         files=files,
-        database=db.url.database or "",
+        database=dumped.identity.database if dumped.identity else db.url.database or "",
+        system_identifier=dumped.identity.system_identifier if dumped.identity else None,
         server=db.display,
         server_version=dumped.info["server_version"],
         server_version_num=dumped.info["server_version_num"],
@@ -242,24 +243,55 @@ def _result(
     )
 
 
-def backup_of_run(backup_dir: Path, flow_run_id: str, server_version_num: int) -> BackupResult | None:
-    """The archive an earlier attempt of this flow run wrote into ``backup_dir``, proven intact, or None.
+def backup_of_run(
+    backup_dir: Path, flow_run_id: str, server_version_num: int, targets: Sequence[TableName] = ()
+) -> tuple[BackupResult | None, str | None]:
+    """The archive an earlier attempt of this flow run wrote into ``backup_dir``, proven intact, or None
+    with why it is not reused.
 
     A run that was suspended for approval starts again from the top when it is resumed: it reuses the
-    backup it took before (its manifest names the flow run) instead of dumping the database twice. An
-    archive that no longer matches its manifest is not reused (a new one is taken).
+    backup it took before (its manifest names the flow run) instead of dumping the database twice —
+    only when the manifest's targets are exactly ``targets`` (a migration changed meanwhile needs a new
+    backup) and the archive still matches its manifest and holds every target (a partitioned one: each
+    of its leaf partitions). Otherwise a new one is taken.
     """
+    why = None
+    wanted = set(targets)
     for manifest_file, manifest in manifests_of_run(Path(backup_dir), flow_run_id):
         archive = manifest_file.parent / manifest.archive
+        held = [TableName(t.schema_name, t.table_name) for t in manifest.targets]
+        if wanted and set(held) != wanted:
+            why = (
+                f"the backup {archive} holds {', '.join(sorted(t.qualified for t in held)) or 'no target'}, "
+                f"not the current targets {', '.join(sorted(t.qualified for t in wanted))}: taking a new one"
+            )
+            continue
         size, digest, _files = archive_digest(archive)
         if (size, digest) != (manifest.bytes, manifest.sha256):
+            why = f"the backup {archive} no longer matches its manifest: taking a new one"
             continue
         tools = find_pg_dump(server_version_num)
-        targets = [TableName(t.schema_name, t.table_name) for t in manifest.targets]
-        tables = verify_archive(archive, targets, tools)
+        layout = {
+            TableName(t.schema_name, t.table_name): (t.relkind, [_table(name) for name in t.leaves])
+            for t in manifest.targets
+        }
+        try:
+            tables = verify_archive(archive, held, tools, layout=layout)
+        except BackupFailed as exc:
+            why = f"{exc}: taking a new one"
+            continue
         reused = f"reused the backup this flow run took at {manifest.created_at} (archive intact)"
-        return _result(manifest, archive, manifest_file, tables, [reused], duration_s=manifest.duration_s)
-    return None
+        result = _result(manifest, archive, manifest_file, tables, [reused], duration_s=manifest.duration_s)
+        return result, None
+    return None, why
+
+
+def _table(qualified: str) -> TableName:
+    """``schema.table`` as a manifest records it (quote_ident() form)."""
+    table = TableName.from_qualified(qualified)
+    if table is None:
+        raise BackupFailed(f"the manifest names {qualified!r}, not a schema-qualified table")
+    return table
 
 
 def backup_markdown(result: BackupResult, db: Database) -> str:
@@ -308,7 +340,9 @@ def backup(
     """
     logger = run_logger()
     options = options or BackupOptions()
-    result = backup_of_run(Path(backup_dir), flow_run_id or "", server_version_num)
+    result, not_reused = backup_of_run(Path(backup_dir), flow_run_id or "", server_version_num, targets)
+    if not_reused:
+        logger.warning(not_reused)
     if result is not None:
         logger.info("reusing this flow run's backup %s (sha256 %s, intact)", result.path, result.sha256)
     else:

@@ -49,7 +49,10 @@ def _code_span(text: str) -> str:
 
 
 def _scanned(source: CodeSource) -> str:
-    return f"`{source.root}` (commit `{source.commit}`)" if source.commit else f"`{source.root}`"
+    details = [f"commit `{source.commit}`"] if source.commit else []
+    if source.files_read is not None:
+        details.append(f"{source.files_read:,} files read")
+    return f"`{source.root}`" + (f" ({', '.join(details)})" if details else "")
 
 
 def _markdown(result: CodeScanResult, policy: CodePolicy, table_key: str) -> str:

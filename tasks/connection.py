@@ -10,7 +10,7 @@ from __future__ import annotations
 from safedrop import queries
 from safedrop.artifacts import md_table, publish_markdown
 from safedrop.catalog import ledger_entries, table_status
-from safedrop.database import Database, connect
+from safedrop.database import Database, connect, identify
 from safedrop.errors import UsageError
 from safedrop.migration import Migration, TableName
 from safedrop.report import ConnectionResult, TableStatus
@@ -37,6 +37,7 @@ def check_connection(db: Database, migration: Migration, keep: list[TableName]) 
         )
     with connect(db) as conn:
         info = queries.one(conn, "server_info")
+        identity = identify(conn, db)
         target_rows = table_status(conn, targets)
         keep_rows = table_status(conn, keep)
         ledger = queries.one(conn, "ledger_status")
@@ -89,6 +90,7 @@ def check_connection(db: Database, migration: Migration, keep: list[TableName]) 
         keep=keep_status,
         ledger=ledger_state,
         already_dropped=[str(t) for t in dropped_before],
+        identity=identity,
         reasons=reasons,
         warnings=warnings,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from safedrop.artifacts import md_table, publish_markdown, publish_table
-from safedrop.cascade import analyse
+from safedrop.cascade import CRON_WARNING, analyse
 from safedrop.database import Database, reading
 from safedrop.migration import Migration, TableName
 from safedrop.report import DependencyResult
@@ -45,8 +45,11 @@ def render(result: DependencyResult) -> str:
         lines.append("## References PostgreSQL does not track")
         rows = [r.model_dump() for r in result.untracked]
         lines.append(md_table(rows, ["kind", "name", "mentions", "breaks"]))
-    else:
-        lines.append("\nNo function, trigger or cron job body mentions the targets.")
+    unobserved = [w for w in result.warnings if w.startswith(CRON_WARNING)]
+    if not result.untracked:
+        bodies = "function or trigger body" if unobserved else "function, trigger or cron job body"
+        lines.append(f"\nNo {bodies} mentions the targets.")
+    lines += [f"\n**{w}**" for w in unobserved]  # pg_cron's jobs not seen: never "none"
     return "\n".join(lines)
 
 

@@ -80,6 +80,7 @@ from safedrop.dropping import (
     write_ledger,
 )
 from safedrop.errors import DropFailed
+from safedrop.interrupts import Interrupted
 from safedrop.lockschedule import (
     Attempts,
     CommitOutcomeUnknown,
@@ -94,6 +95,7 @@ from safedrop.lockschedule import (
 from safedrop.migration import Migration, TableName, render_drop, tables_sql
 from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
 from safedrop.runlog import run_logger
+from safedrop.smokechecks import restore_command
 from safedrop.steps import step
 
 QUERY_CANCELED = "57014"
@@ -179,9 +181,11 @@ class Attempt:
         )
         self.rounds = 0
         self.removed_by_cascade: list[str] = []
+        self.backend_pid: int | None = None  # the session of the latest attempt (its COMMIT's, at the end)
 
     def __call__(self, conn: Connection, deadline: float) -> Held:
         self.rounds += 1
+        self.backend_pid = conn.connection.dbapi_connection.info.backend_pid  # no round trip
         request, present, held = self.request, self.request.present, Held()
         self.before_any_lock(conn)
         # 1. The targets, and only them, IN EXCLUSIVE MODE: their readers go on, nothing changes.
@@ -275,6 +279,7 @@ def drop_targets(
     targets' contents are rechecked against its checksums; without, their row counts."""
     started = time.monotonic()
     tally = Attempts()
+    attempt: Attempt | None = None
     try:
         # Nothing new since the prechecks? (Checked again, under the lock, before the DROP itself.)
         with connect(db) as conn:
@@ -294,6 +299,9 @@ def drop_targets(
             return _after_lost_commit(db, request, lost, tally, schedule, started, attempt.removed_by_cascade)
     except sa.exc.DBAPIError as exc:
         raise _failure(exc, statement_timeout_s) from None
+    except Interrupted as stop:  # SIGTERM, Ctrl-C: say what the database did, not what it may have done
+        _after_interrupted(db, request, attempt, stop, tally, schedule, started)
+        raise
 
     def held_ms(since: float | None) -> float | None:
         return round((committed - since) * 1000, 2) if since is not None else None
@@ -356,13 +364,18 @@ def _after_lost_commit(
     removed_by_cascade: list[str],
 ) -> DropResult:
     """The connection broke during COMMIT: report what the database says happened."""
-    committed = outcome_after_lost_commit(
-        db,
-        request.present,
-        backend_pid=lost.backend_pid,
-        flow_run_id=request.flow_run_id,
-        record_in_ledger=request.record_in_ledger,
-    )
+    try:
+        committed = outcome_after_lost_commit(
+            db,
+            request.present,
+            backend_pid=lost.backend_pid,
+            flow_run_id=request.flow_run_id,
+            record_in_ledger=request.record_in_ledger,
+        )
+    except DropFailed as unknown:  # not known whether it committed: the way back goes with the news
+        raise DropFailed(
+            f"{unknown}; if the targets are gone: {restore_command(_archive(request))}"
+        ) from None
     if not committed:
         raise DropFailed(
             f"the connection was lost during the drop's COMMIT ({lost}); the database shows it did not "
@@ -379,6 +392,106 @@ def _after_lost_commit(
             "again, show that it committed"
         ],
     )
+
+
+def _archive(request: DropRequest) -> str | None:
+    return request.backup.path if request.backup else None
+
+
+WAIT_FOR_THE_COMMIT_S = 60  # how long an interrupted run waits for its drop's session to end
+
+
+def _after_interrupted(
+    db: Database,
+    request: DropRequest,
+    attempt: Attempt | None,
+    stop: Interrupted,
+    tally: Attempts,
+    schedule: LockSchedule,
+    started: float,
+) -> None:
+    """A signal stopped the drop — perhaps during its COMMIT, which a cancel may not stop. Wait for the
+    attempt's session to end on the server, then read from the catalog and the ledger whether the drop
+    committed; record it on ``stop`` (``outcome``, and ``drop`` when it committed). A second signal,
+    or a database that cannot be read, leaves it "unknown" — never "rolled back" unverified."""
+    if attempt is None or attempt.backend_pid is None:  # no attempt began: no DROP was ever sent
+        stop.outcome = "rolled back"
+        return
+    run_logger().warning(
+        "interrupted during the drop: waiting for its session (pid %d) to end to tell whether it "
+        "committed (at most %d s; interrupt again to stop waiting)",
+        attempt.backend_pid,
+        WAIT_FOR_THE_COMMIT_S,
+    )
+    try:
+        committed = outcome_after_lost_commit(
+            db,
+            request.present,
+            backend_pid=attempt.backend_pid,
+            flow_run_id=request.flow_run_id,
+            record_in_ledger=request.record_in_ledger,
+            patience_s=WAIT_FOR_THE_COMMIT_S,
+        )
+    except (DropFailed, Interrupted) as unknown:
+        stop.outcome = "unknown"
+        stop.unknown_because = (
+            "interrupted again while waiting" if isinstance(unknown, Interrupted) else str(unknown)
+        )
+        return
+    stop.outcome = "committed" if committed else "rolled back"
+    if committed:
+        stop.drop = _result(
+            request,
+            attempt.removed_by_cascade,
+            started,
+            schedule,
+            tally,
+            warnings=[
+                f"interrupted ({stop}) during the drop; its session ended and the catalog and the ledger, "
+                "read again, show that it committed"
+            ],
+        )
+
+
+def read_back_drop(db: Database, request: DropRequest, *, why: str) -> DropResult | None:
+    """Whether the drop committed, read back from the catalog and the ledger, when its step ended
+    without saying (``why``: what ended it): its result if it did (``why`` in its ``reasons``: the run
+    fails, but says what was dropped), None if it did not. Raises DropFailed, carrying the restore
+    command, when the database cannot tell."""
+    try:
+        committed = outcome_after_lost_commit(
+            db,
+            request.present,
+            backend_pid=None,  # the step is over: no COMMIT of its is still under way
+            flow_run_id=request.flow_run_id,
+            record_in_ledger=request.record_in_ledger,
+            patience_s=10,
+        )
+    except DropFailed as unknown:
+        raise DropFailed(
+            f"{why}, and {unknown}; if the targets are gone: {restore_command(_archive(request))}"
+        ) from None
+    if not committed:
+        return None
+    return _result(
+        request,
+        [],
+        time.monotonic(),
+        LockSchedule(),
+        Attempts(),
+        reasons=[f"{why}; the catalog and the ledger, read again, show that the drop committed"],
+    )
+
+
+def outcome_of_failed_step(db: Database, request: DropRequest, error: Exception) -> DropResult:
+    """The drop step failed with an error the drop did not raise itself — Prefect's API gone after the
+    COMMIT (the task's state could not be recorded), a bug: the drop's result if it committed all the
+    same; ``error`` raised again if it did not."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    result = read_back_drop(db, request, why=f"the drop step failed ({type(error).__name__}: {first})")
+    if result is None:
+        raise error
+    return result
 
 
 def render(result: DropResult) -> str:
@@ -410,11 +523,23 @@ def drop(
 ) -> DropResult:
     """Run the migration's DROP statements: lock-safe, in one transaction, rechecked under the lock."""
     result = drop_targets(db, request, schedule=schedule, statement_timeout_s=statement_timeout_s)
-    logger = run_logger()
-    logger.info(
-        "dropped %s in %.3f s (%d attempts)", ", ".join(result.dropped), result.duration_s, result.attempts
-    )
-    for warning in result.warnings:
-        logger.warning(warning)
-    publish_markdown(f"{artifact_prefix}-drop", render(result), "What the drop removed")
+    try:  # committed: from here on nothing may lose the result
+        logger = run_logger()
+        logger.info(
+            "dropped %s in %.3f s (%d attempts)",
+            ", ".join(result.dropped),
+            result.duration_s,
+            result.attempts,
+        )
+        for warning in result.warnings:
+            logger.warning(warning)
+        publish_markdown(f"{artifact_prefix}-drop", render(result), "What the drop removed")
+    except Interrupted as stop:
+        stop.outcome, stop.drop = "committed", result
+        raise
+    except Exception as exc:  # Prefect's API, say: the run fails, and still says what was dropped
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        result.reasons.append(
+            f"the drop committed, but its artifact could not be published ({type(exc).__name__}: {first})"
+        )
     return result

@@ -38,9 +38,15 @@ def roll_out(record: FleetRecord, deployment: str) -> None:
     def start(name: str):
         database = record.databases[name]
         approved = database.plan.plan_digest if database.plan else None  # None: no plan was approved
+        identity = database.plan.database_identity if database.plan else None  # the database it saw
         child_id = start_child(
             deployment,
-            fleet.child_parameters(name, dry_run=False, expected_plan_digest=approved),
+            fleet.child_parameters(
+                name,
+                dry_run=False,
+                expected_plan_digest=approved,
+                expected_system_identifier=identity.system_identifier if identity else None,
+            ),
             name=child_name(name, "drop"),
             tags=[fleet_tag(record.flow_run_id or "local"), DROP_TAG],
             idempotency_key=f"{record.flow_run_id}:drop:{name}",

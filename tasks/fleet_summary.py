@@ -96,6 +96,7 @@ def database_report(record: FleetRecord, d: DatabaseRecord) -> FleetDatabaseRepo
         backup=report.backup if report else None,
         source=d.source,
         database=(report or d.plan).database if (report or d.plan) else None,
+        identity=_identity(report or d.plan),
         started=d.started,
         plan_flow_run_id=str(d.plan_run.id) if d.plan_run else None,
         plan_digest=d.plan.plan_digest if d.plan else None,
@@ -157,3 +158,8 @@ def fleet_summary(
     publish_table(f"{record.slug}-fleet", table_rows(report), f"The fleet: {headline(report)}")
     publish_markdown(f"{record.slug}-fleet-summary", summary_markdown(report), headline(report))
     return report
+
+
+def _identity(report) -> str | None:
+    identity = report.database_identity if report else None
+    return identity.line if identity else None

@@ -20,7 +20,9 @@ Without queueing production behind it, in three steps:
    violate stays NOT VALID — enforced for new rows — and is named, with the rows and what to do.
 
 Refusals (nothing changed, exit code 3): no manifest beside the archive; the archive's size or sha256
-differs from the manifest (corrupted or truncated); the installed pg_restore cannot read the archive;
+differs from the manifest (corrupted or truncated); the database is not the one the backup was taken
+of — another name, or the same name on another cluster (``system_identifier``) — unless the operator
+chose it (``into_other_database``); the installed pg_restore cannot read the archive;
 a target, or anything else to restore, already exists; the locks could not be had within the budget.
 Two exceptions, both when every target is there with exactly the manifest's rows: if everything else
 is there too, and every foreign key validated, it is "already restored" (nothing to do); if only some
@@ -46,7 +48,7 @@ from safedrop import queries
 from safedrop.archive import read_toc
 from safedrop.artifacts import publish_markdown, run_progress
 from safedrop.checksums import pin_text_settings, sequence_states
-from safedrop.database import Database, connect, error_line, reading
+from safedrop.database import Database, connect, error_line, identify, reading
 from safedrop.errors import NOTHING_CHANGED, RestoreFailed, RestoreRefused, VerificationFailed
 from safedrop.foreignkeys import (
     add_foreign_keys,
@@ -62,6 +64,7 @@ from safedrop.pgtools import find_pg_restore
 from safedrop.progress import RestoreProgress, human_bytes
 from safedrop.report import (
     BackupManifest,
+    DatabaseIdentity,
     ForeignKeyOutcome,
     RestoreCheck,
     RestoredTable,
@@ -96,25 +99,79 @@ from safedrop.tocfilter import (
 # --------------------------------------------------------------------------------------------------
 
 
-def _server_info(db: Database) -> dict:
-    """The server's version and role; refuses a read-only standby."""
+def _server_info(db: Database) -> tuple[dict, DatabaseIdentity]:
+    """The server's version and role, and which database this is; refuses a read-only standby."""
     with connect(db) as conn:
         info = queries.one(conn, "server_info")
+        identity = identify(conn, db)
         conn.rollback()
     if info["in_recovery"]:
         raise RestoreRefused(
             f"the server at {db.display} is a read-only standby; point the database URL at the primary; "
             f"{NOTHING_CHANGED}"
         )
-    return info
+    return info, identity
 
 
-def _warnings(info: dict, manifest: BackupManifest, existing: Existing, lost: list[str]) -> list[str]:
-    warnings: list[str] = []
-    if info["database"] != manifest.database:
-        warnings.append(
-            f"restoring into database {info['database']}, but the backup was taken of {manifest.database}"
+def _backup_identity(manifest: BackupManifest) -> DatabaseIdentity:
+    """Which database the backup was taken of, as its manifest records it."""
+    address = manifest.server.rpartition("@")[2].partition("/")[0]  # host:port
+    return DatabaseIdentity(
+        source="the backup's manifest",
+        host=address,
+        database=manifest.database,
+        system_identifier=manifest.system_identifier,
+    )
+
+
+def _named(identity: DatabaseIdentity, unknown: str) -> str:
+    system = f"system {identity.system_identifier}" if identity.system_identifier else unknown
+    return f"database {identity.database!r} ({system})"
+
+
+def _check_identity(
+    archive: Path, manifest: BackupManifest, target: DatabaseIdentity, into_other_database: bool
+) -> list[str]:
+    """Refuse a restore into another database than the backup's (another name, or the same name on
+    another cluster) unless ``into_other_database``; the warnings of what could not be compared."""
+    backup = _backup_identity(manifest)
+    theirs = _named(backup, "system identifier not recorded")
+    ours = _named(target, "system identifier unreadable")
+    if backup.differs_from(target):
+        if into_other_database:
+            return [
+                f"restoring into {ours}, as asked (--into-other-database); the backup was taken of {theirs}"
+            ]
+        if backup.database != target.database:
+            what = f"another database; restore it into {backup.database!r}"
+            here = repr(target.database)
+        else:
+            what = (
+                f"the same name on another cluster; restore it into {backup.database!r} on the cluster with "
+                f"system identifier {backup.system_identifier}"
+            )
+            here = "this one"
+        raise RestoreRefused(
+            f"the backup {archive} was taken of {theirs}, and this is {ours}: {what}, or pass "
+            f"--into-other-database (parameter into_other_database) to restore it into {here} on purpose; "
+            f"{NOTHING_CHANGED}"
         )
+    if not backup.system_identifier:
+        return [
+            "the backup's manifest records no system identifier (written before safedrop recorded one, or "
+            "by a role that may not read it): it was compared with this database by name only "
+            f"({target.database!r}), so the same name on another cluster would not have been told apart"
+        ]
+    if not target.system_identifier:
+        return [
+            "this role may not read the cluster's system identifier (pg_control_system()): the backup was "
+            f"compared with this database by name only ({target.database!r})"
+        ]
+    return []
+
+
+def _warnings(manifest: BackupManifest, existing: Existing, lost: list[str]) -> list[str]:
+    warnings: list[str] = []
     for row in existing.ledger:
         if row["backup_sha256"] and row["backup_sha256"] != manifest.sha256:
             warnings.append(
@@ -177,11 +234,13 @@ def _decide(plan: RestorePlan, existing: Existing) -> RestorePlan:
     return plan
 
 
-def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
-    """Every refusal, before anything changes: the manifest, the archive's hash, the tools, what exists."""
+def plan_restore(db: Database, backup_path: str | Path, *, into_other_database: bool = False) -> RestorePlan:
+    """Every refusal, before anything changes: the manifest, the archive's hash, the database the backup
+    belongs in (unless ``into_other_database``), the tools, what exists."""
     archive, manifest = locate_backup(backup_path)
     check_archive(archive, manifest)
-    info = _server_info(db)
+    info, identity = _server_info(db)
+    identity_warnings = _check_identity(archive, manifest, identity, into_other_database)
     tools = find_pg_restore(info["server_version_num"], manifest)
     entries = select_entries(
         read_toc(archive, tools, failure=RestoreRefused, suffix=NOTHING_CHANGED), manifest
@@ -189,7 +248,7 @@ def plan_restore(db: Database, backup_path: str | Path) -> RestorePlan:
     objects = restored_objects(entries, manifest)
     existing = read_existing(db, manifest, objects, read_foreign_keys(db, archive, tools, entries))
     lost = not_restorable(entries, manifest)
-    warnings = _warnings(info, manifest, existing, lost)
+    warnings = identity_warnings + _warnings(manifest, existing, lost)
     check = RestoreCheck(
         archive=str(archive),
         manifest=str(manifest_path(archive)),
@@ -356,12 +415,15 @@ def verify_restored(
 
 
 @step("restore-precheck", retry_delays=(1, 5))
-def restore_precheck(db: Database, backup_path: str, artifact_prefix: str) -> RestorePlan:
-    """The archive matches its manifest; nothing to restore exists; the entries to replay."""
+def restore_precheck(
+    db: Database, backup_path: str, artifact_prefix: str, into_other_database: bool = False
+) -> RestorePlan:
+    """The archive matches its manifest; this is the database it was taken of (or another one, chosen);
+    nothing to restore exists; the entries to replay."""
     logger = run_logger()
     logger.info("checking %s against its manifest, and %s", backup_path, db.display)
     try:
-        plan = plan_restore(db, backup_path)
+        plan = plan_restore(db, backup_path, into_other_database=into_other_database)
     except sa.exc.DBAPIError as exc:
         raise RestoreFailed(
             f"the restore precheck failed: {error_line(exc, db)}; {NOTHING_CHANGED}"

@@ -1,7 +1,8 @@
 """Step: the operator's smoke checks after the drop (``safedrop.smokechecks``), published as an artifact.
 
 One failing ends the run Failed, naming the check and the exact ``safedrop restore`` command that
-puts the tables back from this run's backup.
+puts the tables back from this run's backup. Nothing else ends it: a check that cannot run is a failed
+check (``run_smoke_checks`` never raises), and an artifact that cannot be published is a log line.
 """
 
 from __future__ import annotations
@@ -25,10 +26,21 @@ def render(result: SmokeCheckResult) -> str:
 def smoke_checks(
     db: Database, params: DropParameters, backup_path: str | None, artifact_prefix: str
 ) -> SmokeCheckResult:
-    """The operator's checks after the drop (``check_sql``, ``check_urls``); one failing fails the run
-    with the restore command."""
-    result = run_smoke_checks(db, params.check_sql, params.check_urls, timeout_s=params.check_timeout_s)
-    publish_markdown(f"{artifact_prefix}-smoke-checks", render(result), "Smoke checks after the drop")
+    """The operator's checks after the drop (``check_sql``, ``check_urls``, and the URLs named by
+    ``check_url_envs`` and ``check_url_secret_blocks``); one failing fails the run with the restore
+    command."""
+    result = run_smoke_checks(
+        db,
+        params.check_sql,
+        params.check_urls,
+        timeout_s=params.check_timeout_s,
+        url_envs=params.check_url_envs,
+        url_secret_blocks=params.check_url_secret_blocks,
+    )
+    try:
+        publish_markdown(f"{artifact_prefix}-smoke-checks", render(result), "Smoke checks after the drop")
+    except Exception as exc:  # the report still says how every check went
+        run_logger().warning("could not publish the smoke checks' artifact (%s)", type(exc).__name__)
     failed = failures(result)
     if failed:
         raise SmokeCheckFailed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,6 +28,7 @@ from safedrop.report import (
 )
 from safedrop.report_json import REPORT_ARTIFACT, report_json_markdown
 from safedrop.report_markdown import HEADLINES, render_markdown
+from safedrop.smokechecks import restore_command
 from safedrop.steps import step
 
 
@@ -50,6 +52,7 @@ class RunRecord:
     drop: DropResult | None = None
     verification: VerificationResult | None = None
     smoke_checks: SmokeCheckResult | None = None
+    drop_started: bool = False  # the drop step was called: from here a signal may find it committed
 
     def stage(self) -> str:
         """Where the run is: prechecks, backup, drop (from the backup's end to the drop's commit), or
@@ -81,6 +84,14 @@ class RunRecord:
             if s is not None
         ]
 
+    def unfinished(self) -> str:
+        """The step after the drop that has not finished: the one a failure after the commit was in."""
+        if self.verification is None:
+            return "verification"
+        if self.smoke_checks is None:
+            return "the smoke checks"
+        return "the run's summary"
+
     def reasons(self) -> list[str]:
         return list(dict.fromkeys(r for s in self.steps for r in s.reasons))
 
@@ -94,10 +105,28 @@ def plan_digest_of(record: RunRecord) -> str | None:
     if record.cleanup is None or record.dependencies is None:
         return None
     deps = record.dependencies
-    return plan_digest(record.database, record.cleanup.target_rows, deps.cascade, deps.untracked)
+    identity = record.connection.identity if record.connection else None
+    return plan_digest(
+        record.database, record.cleanup.target_rows, deps.cascade, deps.untracked, identity=identity
+    )
 
 
-def build_report(record: RunRecord, status: Status, error: SafedropError | None = None) -> RunReport:
+def after_the_drop(record: RunRecord) -> str | None:
+    """What a run that failed after its drop committed must still say: what was dropped, where the
+    backup is, the exact command that puts the tables back (None before the drop)."""
+    if record.drop is None:
+        return None
+    dropped = ", ".join(record.drop.dropped) or "no table"
+    path = record.backup.path if record.backup else None
+    where = f"; the backup is {path}" if path else ""
+    return f"the drop committed: {dropped} dropped{where}; to put them back: {restore_command(path)}"
+
+
+def build_report(
+    record: RunRecord, status: Status, error: SafedropError | None = None, problems: Sequence[str] = ()
+) -> RunReport:
+    """The run report. ``problems``: failures outside any step's result (the summary's own publication).
+    A failed run whose drop committed ends its reasons with what was dropped and how to restore it."""
     reasons = record.reasons()
     own = list(getattr(error, "reasons", None) or ([str(error)] if error is not None else []))
     if error is not None and not reasons:
@@ -106,11 +135,20 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         reasons = [*reasons, *own]
     elif error is not None:
         reasons = list(dict.fromkeys([*reasons, *own]))
+    reasons = [*reasons, *problems]
+    facts = after_the_drop(record) if status == "failed" else None
+    if facts and not any(
+        restore_command(record.backup.path if record.backup else None) in r for r in reasons
+    ):
+        reasons.append(facts)
     conn = record.connection
     targets = conn.targets if conn else []
     if record.cleanup:
         for t in targets:
             t.rows = record.cleanup.target_rows.get(t.name)
+    if record.drop:  # the report tells the end state: a dropped target no longer exists
+        gone = set(record.drop.dropped)
+        targets = [t.model_copy(update={"exists": False}) if t.name in gone else t for t in targets]
     keep = conn.keep if conn else []
     if record.cleanup:
         for t in keep:
@@ -122,6 +160,7 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         migration=record.migration,
         dry_run=record.params.dry_run,
         database=record.database,
+        database_identity=conn.identity if conn else None,
         server_version=conn.server_version if conn else None,
         targets=targets,
         keep=keep,
@@ -144,6 +183,34 @@ def build_report(record: RunRecord, status: Status, error: SafedropError | None 
         duration_s=round(time.monotonic() - record.started, 2),
         plan_digest=plan_digest_of(record),
     )
+
+
+def report_of(
+    record: RunRecord, status: Status, error: SafedropError | None = None, problems: Sequence[str] = ()
+) -> RunReport:
+    """The run report, published nowhere: when the summary step itself failed. Even if building the
+    full report fails, a short one still says what was dropped, the backup and the restore command."""
+    try:
+        return build_report(record, status, error, problems)
+    except Exception as exc:  # a bug in the report: the facts are still owed
+        reasons = [str(error)] if error is not None else []
+        first = (str(exc).strip().splitlines() or [""])[0]
+        reasons += [*problems, f"the run report could not be built ({type(exc).__name__}: {first})"]
+        facts = after_the_drop(record) if status == "failed" else None
+        return RunReport(
+            status=status,
+            reasons=[*reasons, *([facts] if facts else [])],
+            migration=record.migration,
+            dry_run=record.params.dry_run,
+            database=record.database,
+            backup=BackupSummary(
+                path=record.backup.path, bytes=record.backup.bytes, sha256=record.backup.sha256
+            )
+            if record.backup
+            else None,
+            dropped=record.drop.dropped if record.drop else [],
+            flow_run_id=record.flow_run_id,
+        )
 
 
 @step("summary")

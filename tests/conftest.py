@@ -132,8 +132,9 @@ def cli_env(monkeypatch, tmp_path):
     """For tests that call the CLI's main(): no DATABASE_URL to start with (main() exports the one it is
     given; registered first, so monkeypatch removes it again afterwards), and a working directory of the
     test's own (no .env of the checkout's)."""
-    monkeypatch.setenv("DATABASE_URL", "unset")
-    monkeypatch.delenv("DATABASE_URL")
+    for name in ("DATABASE_URL", "SAFEDROP_DATABASE_URL", "SAFEDROP_DATABASE_URL_SOURCE"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
 

@@ -101,8 +101,7 @@ def test_an_approved_run_drops_the_tables(env_url, tmp_path):
         (
             "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
             "VALUES (1, 1, 10, '2024-01-01', '2024-02-01')",
-            "1 row of public.credit_allocations changed after the backup (1 written since its snapshot, 0 of "
-            "its rows deleted or overwritten); nothing was dropped",
+            "1 row of public.credit_allocations was written after the backup; nothing was dropped",
         ),
         (
             "CREATE VIEW late_view AS SELECT * FROM credit_allocation_transactions",

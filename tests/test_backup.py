@@ -15,6 +15,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -738,24 +739,64 @@ def test_verify_restore_without_createdb_stops_before_dumping(guide_db, server_v
         guide_db.execute(f"DROP OWNED BY {role}; DROP ROLE {role};")
 
 
-@contextmanager
-def tiny_filesystem(path: Path, size: str = "16k") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path``; skips the test (saying why) where this host cannot mount one."""
+TINY = 16 * 1024  # bytes: the full disk's size
+
+
+def _backup_on_a_full_disk(url: str, tiny: Path, server_version_num: int) -> dict:
+    """take_backup into a tmpfs of TINY bytes mounted at ``tiny``: what it raised and the files left."""
+    statvfs = os.statvfs(tiny)
+    out: dict = {"size": statvfs.f_blocks * statvfs.f_frsize, "error": None, "transient": None}
+    try:
+        take_backup(database_from_url(url), TARGETS, tiny, server_version_num=server_version_num)
+    except BackupFailed as exc:
+        out.update(error=str(exc), transient=is_transient(exc))
+    out["files"] = files_in(tiny)
+    return out
+
+
+# A user's process cannot mount: the backup runs in a child that is root of its own user and mount
+# namespaces (``unshare --user --map-root-user --mount``), where the tmpfs exists and then vanishes.
+_IN_NAMESPACE = """
+import json, os, sys
+from pathlib import Path
+from tests.test_backup import _backup_on_a_full_disk
+print(json.dumps(_backup_on_a_full_disk(os.environ["SAFEDROP_TEST_URL"], Path(sys.argv[1]), int(sys.argv[2]))))
+"""
+
+
+def backup_on_a_full_disk(guide_db, path: Path, server_version_num: int) -> dict:
+    """A backup into a real full disk (ENOSPC, not a size limit): a TINY tmpfs mounted at ``path`` —
+    here, as root; as a user, in a child process in namespaces of its own. Never skipped: a host that
+    allows neither fails the test, saying so."""
     path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("a full disk needs a tiny tmpfs, and mounting one needs root (this test runs as a user)")
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+    options = f"size={TINY},mode=0700"
+    if os.geteuid() == 0:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if mount.returncode == 0:
+            try:
+                return _backup_on_a_full_disk(guide_db.url, path, server_version_num)
+            finally:
+                subprocess.run(["umount", "-l", str(path)], check=False)
+    child = subprocess.run(
+        [
+            *("unshare", "--user", "--map-root-user", "--mount"),
+            *("sh", "-c", f'mount -t tmpfs -o {options} tmpfs "$1" && exec "$2" -c "$3" "$1" "$4"', "sh"),
+            *(str(path), sys.executable, _IN_NAMESPACE, str(server_version_num)),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "SAFEDROP_TEST_URL": guide_db.url},
         capture_output=True,
         text=True,
+        timeout=120,
     )
-    if mount.returncode != 0:
-        why = mount.stderr.strip() or f"exit code {mount.returncode}"
-        pytest.skip(f"a full disk needs a tiny tmpfs, and this host refuses to mount one: {why}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+    if child.returncode != 0:
+        pytest.fail(
+            "a full disk needs a tiny tmpfs: this host lets this process neither mount one (root) nor make "
+            f"a user namespace to mount it in ({child.stderr.strip()[-500:] or child.returncode})"
+        )
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def seed_many(guide_db) -> None:
@@ -789,14 +830,14 @@ def test_a_size_limit_stops_the_backup_and_leaves_nothing(guide_db, server_versi
 def test_a_full_disk_stops_the_backup_and_leaves_nothing(guide_db, server_version_num, tmp_path):
     seed_many(guide_db)
     before = guide_db.snapshot()
-    with tiny_filesystem(tmp_path / "tiny") as tiny:  # the real thing: ENOSPC
-        with pytest.raises(
-            BackupFailed,
-            match=r"^pg_dump failed: could not write to output file: "
-            r"No space left on device \(the backup directory's file system is full",
-        ):
-            take_backup(guide_db.db, TARGETS, tiny, server_version_num=server_version_num)
-        assert files_in(tiny) == []
+    outcome = backup_on_a_full_disk(guide_db, tmp_path / "tiny", server_version_num)  # the real thing
+    assert outcome["size"] == TINY
+    assert outcome["error"] == (
+        "pg_dump failed: could not write to output file: No space left on device (the backup directory's "
+        "file system is full, or the archive outgrew its size limit: free space there or choose another "
+        "backup_dir); the drop did not run"
+    )
+    assert outcome["files"] == [] and outcome["transient"] is False
     assert guide_db.snapshot() == before
 
 

@@ -8,7 +8,10 @@ a Prefect server (its steps in-process, ~2 s each).
 from __future__ import annotations
 
 import json
+import shutil
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,9 @@ from safedrop.cli import main
 from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
 from safedrop.commands import parse_duration_ms
 from safedrop.pgserver import free_port
-from tests.conftest import TARGETS
+from tests.conftest import ROOT, TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
-from tests.helpers import archive_listing, console
+from tests.helpers import SAFEDROP, archive_listing, console, console_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "cli_env")
 
@@ -480,9 +483,30 @@ def test_console_script_plan_with_a_git_url(guide_db, app_repo, tmp_path):
 
 @pytest.mark.cli
 def test_make_demo_runs_the_whole_job(tmp_path):
-    """`safedrop demo` (what `make demo` runs): zero configuration, exit 0, a summary and a backup."""
-    result = console(tmp_path, "demo", timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "READY" in result.stdout and "SUCCEEDED" in result.stdout
-    assert list((tmp_path / "backups" / "demo").glob("*.dump"))
-    assert not list(Path("/tmp").glob("safedrop-demo-*"))
+    """`safedrop demo` (what `make demo` runs, from the checkout): zero configuration, exit 0, a summary,
+    and its backup in the machine's backup directory — outside the checkout — with no temporary files
+    (the demo's work directory, the throwaway server's) left behind."""
+    tmp = Path(tempfile.mkdtemp(prefix="safedrop-test-demo-"))  # the demo's TMPDIR: what is left leaked
+    tmp.chmod(0o755)  # the throwaway server (the postgres user, when run as root) lives in it
+    data = tmp_path / "data"
+    try:
+        result = subprocess.run(
+            [str(SAFEDROP), "demo"],
+            cwd=ROOT,
+            # no SAFEDROP_BACKUP_DIR (blank is unset): the default, under XDG_DATA_HOME
+            env=console_env(tmp_path, XDG_DATA_HOME=str(data), SAFEDROP_BACKUP_DIR="", TMPDIR=str(tmp)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "READY" in result.stdout and "SUCCEEDED" in result.stdout
+        backups = data / "safedrop" / "backups" / "demo"
+        (dump,) = backups.glob("credit_demo-*.dump")
+        assert f"  backup: {dump} (" in result.stdout, result.stdout
+        assert f"The backup is in {backups}/ ;" in result.stderr, result.stderr
+        assert not dump.resolve().is_relative_to(ROOT)
+        assert not (ROOT / "backups" / "demo" / dump.name).exists()
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("safedrop-")] == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,7 @@ from safedrop.parameters import DropParameters
 from safedrop.plandigest import plan_digest
 from safedrop.report import CascadeObject, UntrackedReference
 from safedrop.rollout import Rollout
-from tests.conftest import TARGETS
+from tests.conftest import SURVIVORS, TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFEDROP = str(Path(sys.executable).with_name("safedrop"))
@@ -85,7 +85,19 @@ def test_the_readme_s_fleet_file_reads(tmp_path):
     path = tmp_path / "fleet.yaml"
     path.write_text(text)
     spec = load_fleet(path)
-    assert spec.rollout.on_error in ("stop", "continue") and len(spec.databases) >= 2
+    # it reads as written: every key the README shows, with the value it shows (and nothing else set)
+    assert spec == parse_fleet(GOOD + "  - {name: us-1, secret_block: us-1-database-url}\n", "f.yaml")
+    assert spec.migration == "drop_credit_allocation_tables"
+    assert spec.keep == SURVIVORS  # credits, credit_transactions, credit_purchases, credit_usage, …
+    assert spec.code_paths == ["https://github.com/acme/wrapper-backend.git#main"]
+    rollout = spec.rollout
+    assert (rollout.canary, rollout.max_parallel, rollout.on_error) == (["eu-staging"], 4, "stop")
+    assert [(d.name, d.source) for d in spec.databases] == [
+        ("eu-staging", "$EU_STAGING_DATABASE_URL"),
+        ("eu-1", "Secret block eu-1-database-url"),
+        ("us-1", "Secret block us-1-database-url"),
+    ]
+    assert spec.order == ["eu-staging", "eu-1", "us-1"]
 
 
 @pytest.mark.parametrize(

@@ -309,8 +309,14 @@ def test_a_failed_backup_stops_before_the_drop(env_url, tmp_path):
     before = env_url.snapshot()
     state, report = run(backup_dir=str(blocker / "backups"))
     assert state.is_failed() and report.status == "stopped", report.reasons
-    assert "backup" in " ".join(report.reasons)
+    # the backup step is what stopped the run, and the drop never started
+    assert report.reasons == [
+        f"backup directory {blocker / 'backups'} is not writable: it cannot be created (Not a directory); "
+        "pass a backup_dir this process can create and write to; the drop did not run"
+    ]
+    assert report.backup is None and report.drop is None and report.dropped == []
     assert env_url.snapshot() == before
+    assert blocker.read_text() == "a file where the backup directory should be"
 
 
 def test_targets_that_never_existed_stop_the_run(env_url, tmp_path):
@@ -375,7 +381,16 @@ def test_no_url_anywhere_fails_with_instructions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     state, report = run(database_secret_block="no-such-block", dry_run=True)
     assert report.status == "failed"
-    assert "no database URL: create a Prefect Secret block named 'no-such-block'" in report.reasons[0]
+    assert report.reasons == [
+        "no Prefect Secret block named 'no-such-block' (database_secret_block): create it holding the database "
+        "URL (postgresql://USER:PASSWORD@HOST:PORT/DBNAME), or name the block that does; nothing was touched"
+    ]
+    state, report = run(database_secret_block=None, dry_run=True)
+    assert report.reasons == [
+        "no database URL: name a Prefect Secret block (database_secret_block) or an environment variable "
+        "(database_url_env), or set DATABASE_URL in the environment or a .env file "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DBNAME)"
+    ]
 
 
 def test_dotenv_file_is_a_fallback(guide_db, tmp_path, monkeypatch):

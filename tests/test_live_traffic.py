@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_targets_written_during_the_run_are_never_lost(guide_db, tmp_path, monke
         schema_during = guide_db.snapshot()[0]
     assert state.is_failed() and report.status == "stopped", report.reasons
     [reason] = report.reasons
-    assert " of public.credit_allocations changed after the backup (" in reason, reason
+    assert re.search(r"^[\d,]+ rows? of public\.credit_allocations (was|were) written after the backup;", reason), reason
     assert reason.endswith(
         "nothing was dropped — re-run so the backup holds every row (stop the application's writes to "
         "the targets first)"
@@ -134,8 +135,7 @@ def test_a_row_updated_nine_times_after_the_backup_is_one_changed_row(guide_db, 
             backup=backup,
         )
     assert str(caught.value).startswith(
-        "1 row of public.credit_allocations changed after the backup (1 written since its snapshot, 1 of "
-        "its rows deleted or overwritten); nothing was dropped"
+        "1 row of public.credit_allocations was written after the backup; nothing was dropped"
     ), caught.value
     assert caught.value.exit_code == 3 and caught.value.status == "stopped"
     assert guide_db.snapshot() == before

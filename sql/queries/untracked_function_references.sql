@@ -1,6 +1,7 @@
 -- Returns functions and procedures whose body text mentions a target although pg_depend does not
 -- link them to it (plpgsql and string-body SQL functions), with the triggers and event triggers
--- that call them. :patterns are PostgreSQL regular expressions, one per target in :targets.
+-- that call them. :patterns are PostgreSQL regular expressions (case-sensitive ~: each spells out
+-- the cases it accepts), one per target in :targets.
 SELECT p.oid                                                        AS function_oid,
        CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END AS kind,
        quote_ident(n.nspname) || '.' || quote_ident(p.proname)      AS name,
@@ -26,5 +27,5 @@ WHERE l.lanname NOT IN ('internal', 'c')
   AND p.prosqlbody IS NULL
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_toast%'
-  AND p.prosrc ~* w.pattern
+  AND p.prosrc ~ w.pattern
 ORDER BY 3, 4, 6
