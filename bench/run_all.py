@@ -16,7 +16,7 @@ ORDER = [
     "code_scan",
     "dependency_scan",
     "backup",
-    "lock_safety",
+    "lock_safety",  # its defaults include the recheck at ~1 GB of targets (--recheck-mb 1024)
     "restore_traffic",
     "live_traffic",
     "fleet",  # the orchestration's floor: 12 demo databases, children of ~2 s

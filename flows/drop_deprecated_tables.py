@@ -28,7 +28,7 @@ from safedrop.plandigest import stop_unless_approved, stop_unless_same_database
 from safedrop.report import RunReport, Status
 from safedrop.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
 from safedrop.runlog import run_logger
-from safedrop.smokechecks import restore_command
+from safedrop.smokechecks import named_url_problems, restore_command
 from safedrop.steps import running_plain
 from tasks.activity import activity_check
 from tasks.approval import await_approval
@@ -63,7 +63,7 @@ def report_after_prefect_failed(record: RunRecord, error: BaseException) -> RunR
     """The report of a run whose drop committed and whose flow run Prefect could not finish."""
     first = (str(error).strip().splitlines() or [""])[0]
     problem = f"Prefect could not finish the flow run ({type(error).__name__}: {first})"
-    return report_of(record, "failed", None, [problem])
+    return report_of(record, "failed", record.error, [problem])
 
 
 @flow(name="drop-deprecated-tables", log_prints=False, validate_parameters=True)
@@ -115,10 +115,17 @@ def drop_deprecated_tables(params: DropParameters) -> State:
             )
             run.dependencies = dependency_scan(db, migration, oids, params.allow_cascade, prefix)
             if params.rehearse:
-                run.rehearsal = rehearsal(db, migration, run.connection.server_version_num, prefix)
+                run.rehearsal = rehearsal(
+                    db,
+                    migration,
+                    run.connection.server_version_num,
+                    prefix,
+                    lock_wait_s=params.lock_wait_budget_s,  # its schema dump queues no longer than that
+                )
             run.code = code_scan(params, migration.targets, prefix)
-            if run.reasons():
-                raise PrecheckStop(run.reasons())
+            unreadable = named_url_problems(params.check_url_envs, params.check_url_secret_blocks)
+            if run.reasons() or unreadable:  # a smoke check this worker cannot read stops before the drop
+                raise PrecheckStop(run.reasons() + unreadable)
             if params.expected_plan_digest:  # a fleet's child: held to the plan approved for this database
                 stop_unless_approved(params.expected_plan_digest, plan_digest_of(run) or "", run.database)
             if params.dry_run:
@@ -236,12 +243,15 @@ def _interrupted(run: RunRecord, stop: Interrupted, db: Database | None, request
     elif run.drop is not None:
         if stop.outcome == "committed":
             stop.stage = "drop-committed"
+        elif run.verification is not None:
+            stop.stage = "verified"  # during the smoke checks or the summary
         line = f"interrupted ({stop}) after the drop committed, before {run.unfinished()} finished"
         stop.report = report_of(run, "failed", SafedropError(line))
 
 
 def _finish(run: RunRecord, status: Status, prefix: str, error: SafedropError | None = None) -> State:
     """5. Summary: publish the report and end the run in a state that says what happened."""
+    run.error = error  # if Prefect cannot even end the run, the command line still reports it
     try:
         report: RunReport = summary(run, status, error, prefix)
     except Exception as failure:  # Prefect's API, say: the report is built here, and says so

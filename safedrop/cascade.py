@@ -45,6 +45,7 @@ from safedrop.report import CascadeObject, DependencyResult, UntrackedReference
 CRON_WARNING = "pg_cron jobs: "  # how the scan's warnings about pg_cron begin
 CRON_READ_TIMEOUT_MS = 10_000  # the statement and lock timeouts of the read in pg_cron's database
 CRON_CONNECT_TIMEOUT_S = "5"
+CRON_DEFAULT_DATABASE = "postgres"  # pg_cron's default cron.database_name
 
 
 def _kind(info: dict[str, Any]) -> str:
@@ -229,28 +230,76 @@ def cron_references(
 ) -> list[UntrackedReference]:
     """The pg_cron jobs that run in this database and mention a target: from ``cron.job`` here, else from
     the database ``cron.database_name`` names (a second connection: same credentials, read-only,
-    bounded). Nothing when pg_cron is not loaded; a warning when its jobs cannot be seen."""
+    bounded). Nothing when pg_cron is not loaded; a warning when its jobs cannot be seen.
+
+    ``cron.database_name`` is a superuser-only setting: a role that may not read it, on a server where
+    pg_cron is installed, looks in pg_cron's default database, ``postgres``.
+    """
     where = queries.one(conn, "cron_location")
-    here, home = where["here"], where["cron_database"]
+    here = where["here"]
     if where["present"]:
-        return _cron_jobs(conn, here, patterns, names, warnings)
-    if not home or home == here:
-        return []  # pg_cron is not loaded on this server, or its extension was never created: no jobs
+        savepoint = conn.begin_nested()  # a role without rights on cron.job must not end the scan
+        try:
+            found = _cron_jobs(conn, here, patterns, names, warnings)
+        except sa.exc.DBAPIError as exc:
+            savepoint.rollback()
+            warnings.append(
+                f"{CRON_WARNING}not observable from this database (cron.job could not be read: "
+                f"{error_line(exc, _database_named(conn, here))}); check its jobs by hand"
+            )
+            return []
+        savepoint.commit()
+        return found
+    if where["readable"]:
+        home = where["cron_database"]
+        if not home or home == here:
+            return []  # pg_cron is not loaded on this server, or its extension was never created: no jobs
+        return _cron_jobs_in(conn, home, here, patterns, names, warnings, guessed=False)
+    if not where["installed"]:
+        return []  # pg_cron is not installed on this server: no jobs
+    if here == CRON_DEFAULT_DATABASE:
+        warnings.append(
+            f"{CRON_WARNING}not observable from this database (pg_cron is installed on this server, and "
+            "this role may not read cron.database_name to find cron.job); check its jobs by hand"
+        )
+        return []
+    return _cron_jobs_in(conn, CRON_DEFAULT_DATABASE, here, patterns, names, warnings, guessed=True)
+
+
+def _cron_jobs_in(
+    conn: Connection,
+    home: str,
+    here: str,
+    patterns: list[str],
+    names: list[str],
+    warnings: list[str],
+    *,
+    guessed: bool,
+) -> list[UntrackedReference]:
+    """The jobs running in ``here`` read from ``cron.job`` in the database ``home`` (``guessed``: pg_cron's
+    default, this role may not read the setting), or a warning saying why they cannot be."""
     elsewhere = _database_named(conn, home)
+    lives = (
+        f"this role may not read cron.database_name; pg_cron's default is database {home}"
+        if guessed
+        else f"cron.job lives in database {home}"
+    )
     try:
         with reading(
             elsewhere, lock_timeout_ms=CRON_READ_TIMEOUT_MS, statement_timeout_ms=CRON_READ_TIMEOUT_MS
         ) as other:
-            if not queries.one(other, "relation_exists", name="cron.job")["present"]:
+            if queries.one(other, "cron_location")["present"]:
+                return _cron_jobs(other, here, patterns, names, warnings)
+            if not guessed:
                 return []  # pg_cron is loaded, but CREATE EXTENSION pg_cron never ran there: no jobs
-            return _cron_jobs(other, here, patterns, names, warnings)
+            why = "it has no cron.job"
     except (SafedropError, sa.exc.DBAPIError) as exc:
         why = str(exc) if isinstance(exc, SafedropError) else error_line(exc, elsewhere)
-        warnings.append(
-            f"{CRON_WARNING}not observable from this database (cron.job lives in database {home}: {why}); "
-            f"check there by hand that no job running in {here} uses the targets"
-        )
-        return []
+    warnings.append(
+        f"{CRON_WARNING}not observable from this database ({lives}: {why}); check there by hand that no "
+        f"job running in {here} uses the targets"
+    )
+    return []
 
 
 def _database_named(conn: Connection, name: str) -> Database:
@@ -265,7 +314,9 @@ def _database_named(conn: Connection, name: str) -> Database:
 def _cron_jobs(
     conn: Connection, database: str, patterns: list[str], names: list[str], warnings: list[str]
 ) -> list[UntrackedReference]:
-    """The jobs of ``cron.job`` on this connection that run in ``database`` and mention a target."""
+    """The jobs of ``cron.job`` on this connection that run in ``database`` and mention a target; a
+    warning when row security shows this role only its own."""
+    rows = queries.rows(conn, "cron_job_references", patterns=patterns, targets=names, database=database)
     if not queries.one(conn, "cron_job_visibility")["sees_all"]:
         warnings.append(
             f"{CRON_WARNING}only this role's own jobs are visible (row security on cron.job hides the other "
@@ -279,9 +330,7 @@ def _cron_jobs(
             breaks=f"pg_cron job {r['jobname'] or r['jobid']} ({r['schedule']}, database "
             f"{r['database']}) fails on every run",
         )
-        for r in queries.rows(
-            conn, "cron_job_references", patterns=patterns, targets=names, database=database
-        )
+        for r in rows
     ]
 
 

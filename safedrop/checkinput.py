@@ -92,6 +92,21 @@ def _secret_key(key: str) -> bool:
     return bool(words) and ("".join(words) in _SECRET_KEYS or words[-1] in _SECRET_KEYS)
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+#: The same rule as a JSON-schema ``pattern`` (lookaheads only: Python's re and JavaScript read it alike)
+#: for the parameter form: Prefect's server refuses to create a run whose check URL matches it, so the
+#: secret is never stored with the run. ``url_secret_problem`` stays the check that says why.
+NO_SECRET_URL_PATTERN = (
+    r"^(?![A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*@)"
+    r"(?![^#]*[?&]([^=&#]*([-_.]|[a-z0-9](?=[A-Z])))?("
+    + "|".join(_any_case(k) for k in sorted(_SECRET_KEYS, key=len, reverse=True))
+    + r")=)"
+)
+
+
 def url_secret_problem(url: str) -> str | None:
     """What secret ``url`` carries (None: none that shows), never repeating it."""
     try:

@@ -156,9 +156,9 @@ def parameters_from_args(args: argparse.Namespace, *, dry_run: bool) -> Any:
 def check_checks(args: argparse.Namespace) -> None:
     """The smoke checks as typed: each SQL check one statement, each URL without a secret, each named
     URL there to read (the flow runs in this process, so its environment is this one)."""
-    from safedrop.checkinput import is_http_url, sql_check_problem
+    from safedrop.checkinput import sql_check_problem
     from safedrop.errors import UsageError
-    from safedrop.smokechecks import check_url_syntax
+    from safedrop.smokechecks import check_url_syntax, named_url_problems
 
     for query in args.check_sql:
         problem = sql_check_problem(query)
@@ -166,25 +166,15 @@ def check_checks(args: argparse.Namespace) -> None:
             raise UsageError(f"--check-sql {problem}: give each its own --check-sql")
     for url in args.check_url:
         check_url_syntax(url)
-    for name in args.check_url_env:
-        value = os.environ.get(name, "").strip()
-        if not value:
-            raise UsageError(f"--check-url-env {name}: the environment variable is not set")
-        if not is_http_url(value):
-            raise UsageError(f"--check-url-env {name}: its value is not an http(s) URL")
     for block in args.check_url_secret_block:
         if not prefect_server():
             raise UsageError(
                 f"--check-url-secret-block {block} names a Prefect Secret block, and no Prefect server is "
                 "configured to read it from: set PREFECT_API_URL"
             )
-        from safedrop.smokechecks import read_secret_url
-
-        url, why = read_secret_url(block)
-        if url is None:
-            raise UsageError(f"--check-url-secret-block {block}: {why}")
-        if not is_http_url(url):
-            raise UsageError(f"--check-url-secret-block {block}: its value is not an http(s) URL")
+    problems = named_url_problems(args.check_url_env, args.check_url_secret_block)
+    if problems:
+        raise UsageError(problems[0])
 
 
 def prefect_server() -> str | None:
@@ -254,6 +244,8 @@ STAGES = {
     "the backup and the restore command",
     "verification": "interrupted after the drop: the targets are dropped, but verification did not finish "
     "— run it again to verify (it reports 'already applied')",
+    "verified": "interrupted after the drop was verified: the targets are dropped; the smoke checks or the "
+    "summary did not finish — the report above says what was dropped and how to restore it",
     "restore": "interrupted during the restore; its transaction rolled back: nothing was restored",
 }
 

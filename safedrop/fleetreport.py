@@ -36,7 +36,7 @@ class FleetDatabaseReport(BaseModel):
     backup: BackupSummary | None = None
     source: str = ""  # where its URL comes from: "Secret block NAME" or "$NAME" (never the URL)
     database: str | None = None  # user@host:port/dbname, as its run connected
-    identity: str | None = None  # the database as the server named it (name, system identifier), and its source
+    identity: str | None = None  # the database as its server names it (name, system id), and its source
     started: bool = False  # whether the rollout started its destructive run
     plan_flow_run_id: str | None = None
     plan_digest: str | None = None  # what the approval bound its run to

@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from safedrop.checkinput import display_url, is_http_url, sql_check_problem, url_secret_problem
+from safedrop.checkinput import (
+    NO_SECRET_URL_PATTERN,
+    display_url,
+    is_http_url,
+    sql_check_problem,
+    url_secret_problem,
+)
 from safedrop.migration import Migration
 
 # Both flows find the database the same way: the URL itself is never a parameter.
@@ -209,6 +215,7 @@ class DropParameters(BaseModel):
         "that must answer 2xx. One failing ends the run Failed with the restore command. Never a URL with "
         "a secret (user:password@, or a token such as ?token= or ?api_key=): it is refused — name it with "
         "check_url_envs or check_url_secret_blocks instead.",
+        json_schema_extra={"items": {"type": "string", "pattern": NO_SECRET_URL_PATTERN}},
     )
     check_url_envs: list[str] = Field(
         default_factory=list,

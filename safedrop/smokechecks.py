@@ -123,6 +123,29 @@ def read_secret_url(block: str) -> tuple[str | None, str]:
     return value.strip(), ""
 
 
+def named_url_problems(url_envs: Sequence[str], url_secret_blocks: Sequence[str]) -> list[str]:
+    """Why a smoke check's URL, named by an environment variable or a Secret block, cannot be read on
+    this machine (one line each, no value): found before anything changes, not after the drop."""
+    problems = []
+    for name in url_envs:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            problems.append(
+                f"the smoke check's URL variable {name} (check_url_envs) is not set on this machine"
+            )
+        elif not is_http_url(value):
+            problems.append(
+                f"the smoke check's URL variable {name} (check_url_envs) does not hold an http(s) URL"
+            )
+    for block in url_secret_blocks:
+        url, why = read_secret_url(block)
+        if url is None:
+            problems.append(f"the smoke check's URL (check_url_secret_blocks): {why}")
+        elif not is_http_url(url):
+            problems.append(f"the smoke check's URL in the Secret block {block!r} is not an http(s) URL")
+    return problems
+
+
 def run_smoke_checks(
     db: Database,
     sql_checks: Sequence[str],

@@ -49,10 +49,8 @@ def _code_span(text: str) -> str:
 
 
 def _scanned(source: CodeSource) -> str:
-    details = [f"commit `{source.commit}`"] if source.commit else []
-    if source.files_read is not None:
-        details.append(f"{source.files_read:,} files read")
-    return f"`{source.root}`" + (f" ({', '.join(details)})" if details else "")
+    scanned = f"`{source.root}` (commit `{source.commit}`)" if source.commit else f"`{source.root}`"
+    return scanned + (f": {source.files_read:,} files read" if source.files_read is not None else "")
 
 
 def _markdown(result: CodeScanResult, policy: CodePolicy, table_key: str) -> str:

@@ -1,6 +1,7 @@
 """Rehearsal (optional, ``--rehearse``): prove the CASCADE prediction on a scratch copy.
 
-Copies the database's schema (``pg_dump --schema-only``) into a scratch database on the same server,
+Copies the database's schema (``pg_dump --schema-only --lock-wait-timeout``: it never queues behind a
+lock for longer than the lock-wait budget) into a scratch database on the same server,
 predicts the removal set there from the catalogs, then lets PostgreSQL really run the migration in a
 transaction that is rolled back while a ``sql_drop`` event trigger records every dropped object, and
 compares the two object for object. The production database is only read (by pg_dump). Needs a
@@ -21,6 +22,7 @@ from safedrop.catalog import describe, predict_removal, rehearse, statement_oids
 from safedrop.database import Database, connect, execute_composed
 from safedrop.errors import PrecheckStop, UsageError
 from safedrop.migration import Migration
+from safedrop.pgdump import dump_failure
 from safedrop.pgtools import find_pg_dump
 from safedrop.processes import ToolFailed, run, tool_env
 from safedrop.report import StepResult
@@ -50,7 +52,11 @@ def _scratch(db: Database, name: str) -> Database:
     )
 
 
-def rehearse_on_copy(db: Database, migration: Migration, server_version_num: int) -> RehearsalResult:
+def rehearse_on_copy(
+    db: Database, migration: Migration, server_version_num: int, *, lock_wait_s: float = 120
+) -> RehearsalResult:
+    """``lock_wait_s``: how long the schema dump may wait for each table's lock (``--lock-wait-timeout``;
+    a schema-only dump locks every table too) before the run stops, naming who holds it."""
     with connect(db) as conn:
         superuser = conn.exec_driver_sql(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
@@ -67,9 +73,17 @@ def rehearse_on_copy(db: Database, migration: Migration, server_version_num: int
         with tempfile.TemporaryDirectory(prefix="safedrop-rehearsal-") as tmp:
             schema = Path(tmp) / "schema.dump"
             env = {**tool_env(), **db.libpq_env("rehearsal")}
+            lock_wait_ms = max(1, int(lock_wait_s * 1000))
             dump = ["--schema-only", "--format=custom", f"--file={schema}", "--no-password"]
+            dump.append(f"--lock-wait-timeout={lock_wait_ms}ms")
             try:
                 run(tools.pg_dump, dump, env=env, timeout_s=600)
+            except ToolFailed as exc:
+                if exc.kind not in ("exit", "signal"):
+                    raise
+                said = dump_failure(exc, db, lock_wait_ms)  # a lock it could not get names the holder
+                raise PrecheckStop([f"could not copy the schema for the rehearsal: {said}"]) from None
+            try:
                 run(
                     tools.pg_restore,
                     ["--exit-on-error", "--no-password", f"--dbname={name}", str(schema)],
@@ -77,7 +91,7 @@ def rehearse_on_copy(db: Database, migration: Migration, server_version_num: int
                     timeout_s=600,
                 )
             except ToolFailed as exc:
-                if exc.kind not in ("exit", "signal"):  # pg_dump or pg_restore failed
+                if exc.kind not in ("exit", "signal"):  # pg_restore failed
                     raise
                 first = exc.stderr.strip().splitlines()[:1]
                 raise PrecheckStop(
@@ -122,10 +136,16 @@ def render(result: RehearsalResult) -> str:
 
 @step("rehearsal")
 def rehearsal(
-    db: Database, migration: Migration, server_version_num: int, artifact_prefix: str
+    db: Database,
+    migration: Migration,
+    server_version_num: int,
+    artifact_prefix: str,
+    *,
+    lock_wait_s: float = 120,
 ) -> RehearsalResult:
-    """Prove the CASCADE prediction against the server on a scratch copy of the schema."""
-    result = rehearse_on_copy(db, migration, server_version_num)
+    """Prove the CASCADE prediction against the server on a scratch copy of the schema (its dump waits
+    at most ``lock_wait_s`` for each table's lock)."""
+    result = rehearse_on_copy(db, migration, server_version_num, lock_wait_s=lock_wait_s)
     run_logger().info(
         "rehearsal: predicted %d, server removed %d", result.predicted, result.removed_by_server
     )

@@ -53,6 +53,7 @@ class RunRecord:
     verification: VerificationResult | None = None
     smoke_checks: SmokeCheckResult | None = None
     drop_started: bool = False  # the drop step was called: from here a signal may find it committed
+    error: SafedropError | None = None  # what the run ended with (its summary may not be published)
 
     def stage(self) -> str:
         """Where the run is: prechecks, backup, drop (from the backup's end to the drop's commit), or

@@ -197,6 +197,23 @@ def test_a_check_url_with_a_secret_is_refused_by_the_parameters(url, problem):
     assert "s3cr3t" not in str(caught.value)
 
 
+def test_the_server_refuses_a_run_whose_check_url_has_a_secret_before_storing_it():
+    """What Prefect's server does when a deployment run is created (enforce_parameter_schema): the
+    parameter form's schema refuses the URL, so no flow run (and no log of it) ever holds the secret."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.schema_tools import validate
+
+    schema = load_flow_from_entrypoint(
+        "flows.drop_deprecated_tables:drop_deprecated_tables", use_placeholder_flow=False
+    ).parameters.model_dump()
+    secret = ["https://ops:s3cr3t@app.internal/h", "https://app.internal/h?x=1&X-Amz-Signature=s3cr3t"]
+    for url in secret + ["https://app.internal/h?apiKey=s3cr3t", "https://app.internal/h?token=s3cr3t"]:
+        params = {"params": {"migration": MIGRATION, "check_urls": [url]}}
+        assert validate(params, schema), url
+    fine = ["https://app.internal/health?verbose=1&monkey=2&tokenId=3", "http://127.0.0.1:8080/users/@me"]
+    assert validate({"params": {"migration": MIGRATION, "check_urls": fine}}, schema) == []
+
+
 def test_a_check_url_without_a_secret_is_a_parameter():
     urls = ["https://app.internal/health?verbose=1&monkey=2", "http://127.0.0.1:8080/ok"]
     assert DropParameters(migration=MIGRATION, check_urls=urls).check_urls == urls
@@ -282,11 +299,12 @@ def test_a_check_url_from_a_secret_block_is_read_at_check_time_and_shown_masked(
         ),
         (
             ["--check-url-env", "NO_SUCH_HEALTH_URL"],
-            "safedrop: --check-url-env NO_SUCH_HEALTH_URL: the environment variable is not set",
+            "safedrop: the smoke check's URL variable NO_SUCH_HEALTH_URL (check_url_envs) is not set on this "
+            "machine",
         ),
         (
             ["--check-url-secret-block", "no-such-health-block"],
-            "safedrop: --check-url-secret-block no-such-health-block: cannot read the Prefect Secret block "
+            "safedrop: the smoke check's URL (check_url_secret_blocks): cannot read the Prefect Secret block "
             "'no-such-health-block': there is no such block",
         ),
     ],
@@ -464,7 +482,24 @@ def test_cron_jobs_that_cannot_be_read_are_a_warning_never_none(guide_db):
     assert warning in shown and "No function, trigger or cron job body" not in shown, shown
 
 
-def test_cron_jobs_hidden_by_row_security_are_a_warning(guide_db, pg):
+@pytest.mark.parametrize(
+    ("grants", "warning"),
+    [
+        (
+            "GRANT USAGE ON SCHEMA cron TO {role}; GRANT SELECT ON cron.job TO {role};",
+            "pg_cron jobs: only this role's own jobs are visible (row security on cron.job hides the other "
+            "roles')",
+        ),
+        (
+            "",
+            "pg_cron jobs: not observable from this database (cron.job could not be read: permission denied",
+        ),
+    ],
+    ids=["row-security", "no-usage-on-schema-cron"],
+)
+def test_cron_jobs_this_role_cannot_see_are_a_warning(guide_db, pg, grants, warning):
+    """pg_cron's own policy shows each role only its jobs; a role without rights on schema cron cannot
+    even ask to_regclass about it. Neither ends the scan, neither reports "none"."""
     role = f"r_{uuid.uuid4().hex[:8]}"
     guide_db.execute(
         _cron_jobs(guide_db.name)
@@ -472,17 +507,59 @@ def test_cron_jobs_hidden_by_row_security_are_a_warning(guide_db, pg):
         ALTER TABLE cron.job ENABLE ROW LEVEL SECURITY;
         CREATE POLICY cron_job_policy ON cron.job USING (username = CURRENT_USER);
         CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}';
-        GRANT USAGE ON SCHEMA cron TO {role};
-        GRANT SELECT ON cron.job TO {role};
         """
+        + grants.format(role=role)
     )
     try:
         db = database_from_url(pg.url(guide_db.name, user=role, password=f"pw-{role}"))
         migration, oids, _ = credit_plan(guide_db)
         result = scan_dependencies(db, migration, oids)
         assert not [u for u in result.untracked if u.kind == "cron job"]  # its jobs are not this role's
-        [warning] = [w for w in result.warnings if "pg_cron" in w]
-        assert warning.startswith("pg_cron jobs: only this role's own jobs are visible"), warning
+        [found] = [w for w in result.warnings if "pg_cron" in w]
+        assert found.startswith(warning), found
     finally:
         guide_db.execute(f"DROP OWNED BY {role}")
         pg.psql(f"DROP ROLE IF EXISTS {role}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole run: nothing is dropped on a scan that saw nothing, or a check this machine cannot read
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_whose_code_path_is_an_empty_directory_drops_nothing(guide_db, tmp_path, monkeypatch):
+    """Reproduction: `--code-path` of an empty directory (a wrong mount, an empty clone) passed and dropped."""
+    from tests.helpers import run
+
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    (tmp_path / "app").mkdir()
+    before = guide_db.snapshot()
+    state, report = run(
+        code_paths=[str(tmp_path / "app")], code_policy="fail", backup_dir=str(tmp_path / "b")
+    )
+    assert report.status == "stopped" and state.is_failed(), report.reasons
+    assert report.reasons == [f"the code scan read no files under {tmp_path / 'app'}; check --code-path"]
+    assert report.backup is None and report.dropped == [] and guide_db.snapshot() == before
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_named_check_url_this_worker_cannot_read_stops_before_the_backup(guide_db, tmp_path, monkeypatch):
+    """A deployment's check_url_envs / check_url_secret_blocks are read on the worker: one it lacks stops
+    the run in the prechecks, not after the drop."""
+    from tests.helpers import run
+
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    monkeypatch.delenv("APP_HEALTH_URL", raising=False)
+    before = guide_db.snapshot()
+    state, report = run(
+        check_url_envs=["APP_HEALTH_URL"],
+        check_url_secret_blocks=["no-such-health-block"],
+        backup_dir=str(tmp_path / "b"),
+    )
+    assert report.status == "stopped", report.reasons
+    assert report.reasons == [
+        "the smoke check's URL variable APP_HEALTH_URL (check_url_envs) is not set on this machine",
+        "the smoke check's URL (check_url_secret_blocks): cannot read the Prefect Secret block "
+        "'no-such-health-block': there is no such block",
+    ]
+    assert report.backup is None and not (tmp_path / "b").exists() and guide_db.snapshot() == before

@@ -632,8 +632,18 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     # 7. The manual deployment with its deployed parameters, but the code from the cleanup branch (no
     #    references left) and no backup_dir (the worker's own). It is suspended for approval: no
     #    process, no database session held while the operator reads the plan.
+    #    One target is partitioned, so the backup reused after the resume is verified partition by
+    #    partition (its rows live in the leaves), as the first attempt verified it.
+    guide_db.execute(
+        "CREATE TABLE cat_parted (LIKE credit_allocation_transactions) PARTITION BY RANGE (id);"
+        "CREATE TABLE cat_parted_1 PARTITION OF cat_parted FOR VALUES FROM (MINVALUE) TO (100);"
+        "CREATE TABLE cat_parted_2 PARTITION OF cat_parted FOR VALUES FROM (100) TO (MAXVALUE);"
+        "DROP TABLE credit_allocation_transactions;"
+        "ALTER TABLE cat_parted RENAME TO credit_allocation_transactions"
+    )
     params = params_of(MANUAL)
     params["params"]["code_paths"] = [f"{repo.url}#cleanup"]
+    params["params"]["allow_cascade"] = ["public.cat_parted_1", "public.cat_parted_2"]  # they go too
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         manual = client.read_deployment_by_name(f"{FLOW_NAME}/{MANUAL}")
         flow_run = client.create_flow_run_from_deployment(manual.id, parameters=params)
@@ -680,6 +690,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     # 11. The database: targets gone, survivors there with their rows; one backup, reused after the
     #     resume, in the worker's backup directory and nowhere in the checkout.
     assert not any(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("targets still exist")
+    assert not guide_db.exists("public.cat_parted_1"), stack.explain("a partition of a target survived")
     assert {t: guide_db.count(t) for t in SURVIVORS} == before, stack.explain("survivors changed")
     assert len(list(worker_backups.glob("*.dump"))) == 1, stack.explain("expected one backup, reused")
     assert "reusing this flow run's backup" in stack.log("worker-2"), stack.explain("backup not reused")

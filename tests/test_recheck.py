@@ -226,3 +226,32 @@ def test_a_resumed_run_reuses_its_backup_only_for_the_same_targets(guide_db, tmp
         "targets public.allocation_events, public.credit_allocation_transactions, public.credit_allocations: "
         "taking a new one"
     )
+
+
+def test_a_resumed_run_whose_targets_changed_takes_a_new_backup(guide_db, tmp_path, caplog):
+    """The backup step of a resumed run (the same flow run id) whose migration now names another target:
+    the earlier archive lacks it, so a new backup of every current target is taken, and the log says why."""
+    from safedrop.migration import TableName
+    from safedrop.steps import plain_steps
+    from tasks.backup import backup
+
+    version = int(guide_db.scalar("SHOW server_version_num"))
+    run_id = "0b3d9c4e-0000-4000-8000-000000000002"
+    before = [TableName("public", "credit_allocations")]
+    first = take_backup(guide_db.db, before, tmp_path / "b", server_version_num=version, flow_run_id=run_id)
+    now = [*before, TableName("public", "credit_allocation_transactions")]
+    with plain_steps(), caplog.at_level("WARNING"):
+        second = backup(
+            guide_db.db,
+            now,
+            tmp_path / "b",
+            server_version_num=version,
+            artifact_prefix="t",
+            flow_run_id=run_id,
+        )
+    assert second.path != first.path and len(list((tmp_path / "b").glob("*.dump"))) == 2
+    assert sorted(t.name for t in second.targets) == [
+        "public.credit_allocation_transactions",
+        "public.credit_allocations",
+    ]
+    assert f"the backup {first.path} holds public.credit_allocations, not the current targets" in caplog.text

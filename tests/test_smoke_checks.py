@@ -117,8 +117,11 @@ def test_a_check_cannot_change_the_database(env_url, tmp_path):
 def test_the_cli_check_url_fails_with_exit_1_and_hides_credentials(
     guide_db, tmp_path, app_health, capsys, monkeypatch
 ):
+    """A URL with credentials is never a parameter (tests/test_check_safety.py): it comes from an
+    environment variable the flag names, read at check time, and is shown by scheme and host only."""
     monkeypatch.chdir(tmp_path)
     url = app_health.replace("http://", "http://ops:s3cr3t-token@") + "/broken?api_key=also-secret"
+    monkeypatch.setenv("APP_HEALTH_URL", url)
     code = main(
         [
             "run",
@@ -128,8 +131,8 @@ def test_the_cli_check_url_fails_with_exit_1_and_hides_credentials(
             "skip",
             "--backup-dir",
             str(tmp_path / "b"),
-            "--check-url",
-            url,
+            "--check-url-env",
+            "APP_HEALTH_URL",
             "--json",
         ]
     )
@@ -137,7 +140,7 @@ def test_the_cli_check_url_fails_with_exit_1_and_hides_credentials(
     report = json.loads(out)
     assert code == 1 and report["status"] == "failed"
     [reason] = report["reasons"]
-    assert f"url check '{app_health}/broken': it answered HTTP 500" in reason, reason
+    assert f"url check '$APP_HEALTH_URL ({app_health}/…)': it answered HTTP 500" in reason, reason
     assert "safedrop restore --backup " in reason
     assert "s3cr3t-token" not in out + err and "also-secret" not in out + err
     assert not any(guide_db.exists(t) for t in TARGETS)

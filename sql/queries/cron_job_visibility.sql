@@ -5,6 +5,7 @@ SELECT NOT c.relrowsecurity
        OR r.rolbypassrls
        OR (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity) AS sees_all
 FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN pg_roles r
-WHERE c.oid = to_regclass('cron.job')
+WHERE n.nspname = 'cron' AND c.relname = 'job'
   AND r.rolname = current_user
