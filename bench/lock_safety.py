@@ -22,24 +22,26 @@ Then the lock-hold time, without traffic: from the targets' ACCESS EXCLUSIVE gra
 safedrop's drop transaction (foreign keys and DROP in one round trip, COMMIT) against a bare
 ``BEGIN; LOCK … IN ACCESS EXCLUSIVE MODE; DROP TABLE … CASCADE; COMMIT`` of the same tables; and how
 long safedrop held the targets IN EXCLUSIVE MODE (writers wait, readers do not) for its recheck before
-that (the recheck scans every target: no row written after the backup's snapshot, by xmin, and the
-row counts and content checksums the backup took, so that figure grows with the targets' size). Empty
-targets and targets of --rows rows, median of --reps each, the two methods in random order on fresh
-copies. The "backup" is what the real one hands the drop, without an archive: the snapshot and each
-target's contents in it (``target_contents``).
+that. The recheck runs under EXCLUSIVE only — reads go on — and ACCESS EXCLUSIVE is held just for the
+DROP's round trip and the COMMIT. The recheck scans every target once (``content_changes``): the row
+count, the sum of a hash of every row's xmin and the content checksum must equal what the backup took
+in the dump's snapshot, so that figure grows with the targets' size. Empty targets and targets of
+--rows rows, median of --reps each, the two methods in random order on fresh copies. The "backup" is
+what the real one hands the drop, without an archive: the exported snapshot and each target's
+contents in it (``target_contents``).
 
 Then the recheck at size (skipped with --recheck-mb 0): targets of ~--recheck-mb MB together
 (pg_total_relation_size; credit_allocations and two credit_allocation_transactions per allocation,
 normal logged tables loaded with one INSERT … SELECT each, VACUUM ANALYZE), and under the drop's
 ``LOCK … IN EXCLUSIVE MODE``, one transaction per measurement, the checksum-only recheck
-(``table_checksums``, the drop's before the xmin proof) against the xmin recheck (``target_contents``)
-— median of --recheck-reps, alternating order, after one untimed pass of each (warm cache), with
-each plan's parallel workers and JIT from auto_explain. Also timed in the same rounds: a prototype of
-sql/queries/target_contents.sql a parallel plan can run (same values), an alternative proof (a hash
-of every row's xmin), and the checksum-only recheck without parallel workers. Then --recheck-drops
-full drops at that size (``drop_targets``' writes-blocked and all-blocked holds) and as many bare
-DROPs, on fresh copies. Prints figures; asserts nothing about them (it stops if a recheck does not
-pass against the backup: it would be timing the wrong path).
+(``table_checksums``: row count and checksum, the drop's before the xmin proof) against the xmin
+recheck (``content_changes``: ``target_contents``' row count, checksum and xmins, one scan) — median of
+--recheck-reps, alternating order, after one untimed pass of each (warm cache), with the parallel
+workers the server's defaults give each plan and its JIT time, from auto_explain. Also timed in the
+same rounds: the checksum-only recheck without parallel workers (what a serial scan would cost). Then
+--recheck-drops full drops at that size (``drop_targets``' writes-blocked and all-blocked holds) and
+as many bare DROPs, on fresh copies. Prints figures; asserts nothing about them (it stops if a
+recheck does not pass against the backup: it would be timing the wrong path).
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
-import sqlalchemy as sa
 from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,13 +66,13 @@ sys.path.insert(0, str(ROOT))
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.catalog import table_status  # noqa: E402
 from safedrop.checksums import (  # noqa: E402
-    Contents,
     checksum_methods,
     pin_text_settings,
     table_checksums,
     target_contents,
 )
 from safedrop.database import connect, database_from_url, execute_composed  # noqa: E402
+from safedrop.dropping import content_changes  # noqa: E402
 from safedrop.dumpplan import exported_snapshot  # noqa: E402
 from safedrop.lockschedule import LockSchedule  # noqa: E402
 from safedrop.migration import TableName, load_migration, tables_sql  # noqa: E402
@@ -204,13 +205,13 @@ def plan(url: str):
 
 
 def backup_checksums(db, targets) -> BackupResult:
-    """What the backup step hands the drop, as the real backup takes it (no archive here): in one
-    REPEATABLE READ, READ ONLY transaction with the text settings pinned (``exported_snapshot``), the
-    snapshot as ``txid_current_snapshot()::text``, and in it each target's rows, content checksum and
-    the rows at or after the snapshot's xmin (``target_contents``)."""
+    """What the backup step hands the drop, as the real backup takes it (no archive here): in the
+    exported snapshot's REPEATABLE READ, READ ONLY transaction with the text settings pinned
+    (``exported_snapshot``), the snapshot as ``txid_current_snapshot()::text``, and in it each target's
+    row count, content checksum and xmins (``target_contents``)."""
     with exported_snapshot(db) as (conn, exported):
         snapshot = exported["txid_snapshot"]
-        sums = target_contents(conn, targets, snapshot)
+        sums = target_contents(conn, targets)
     checksums = [
         TableChecksum(
             name=t.qualified,
@@ -218,8 +219,7 @@ def backup_checksums(db, targets) -> BackupResult:
             table_name=t.name,
             rows=c.rows,
             checksum=c.checksum,
-            late_rows=c.late_rows,
-            late_xmins=c.late_xmins,
+            xmins=c.xmins,
         )
         for t, c in sums.items()
     ]
@@ -447,78 +447,6 @@ def build_recheck_template(pg: LocalPostgres, mb: int) -> dict[TableName, tuple[
     return out
 
 
-# A prototype of sql/queries/target_contents.sql that a parallel plan can run (same parameters, same
-# columns, the same values). The query file's ``age(t.xmin)`` is PARALLEL RESTRICTED, so its scan runs in
-# one process while the checksum-only query's runs in a Gather with 2 workers by default. Here the
-# "late" test, ``age(t.xmin) <= age(snapshot xmin)``, is the same set of xids written as a circular
-# range of 32-bit xids, [now - snap_age, now + 2^31] with ``now`` this transaction's stable xid
-# (3 + age('3')), compared as xidsend()'s big-endian bytes (one call for a row below the range when it
-# does not wrap; xid has no cast to an integer but through text, ~3x dearer), and xids 0-2 (age() gives
-# them INT_MAX) excluded. The three late figures come from ONE filtered aggregate, so the test runs once
-# per row: each late row adds hash + 2^128 (+ 2^256 when the snapshot does not see it), and the sum is
-# split again exactly (numeric; |sum of hashes| < 2^127 for fewer than 2^64 rows).
-PROTOTYPE_CONTENTS_SQL = """
-SELECT w.schema_name,
-       w.table_name,
-       (xpath('/row/n/text()', r.x))[1]::text::bigint AS row_count,
-       (xpath('/row/s/text()', r.x))[1]::text         AS checksum,
-       (xpath('/row/late/text()', r.x))[1]::text::bigint AS late_rows,
-       (xpath('/row/xmins/text()', r.x))[1]::text      AS late_xmins,
-       (xpath('/row/written/text()', r.x))[1]::text::bigint AS written
-FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[])) WITH ORDINALITY AS w(schema_name, table_name, ord)
-CROSS JOIN (
-    SELECT a.snap_age, a.now_xmax,
-           lpad(to_hex((a.now32 - a.snap_age) & 4294967295), 8, '0') AS lo,
-           lpad(to_hex((a.now32 + 2147483648) & 4294967295), 8, '0') AS hi,
-           CASE WHEN (a.now32 - a.snap_age) & 4294967295 <= (a.now32 + 2147483648) & 4294967295
-                THEN 'AND' ELSE 'OR' END AS joiner
-    FROM (SELECT CAST(age(CAST(CAST(txid_snapshot_xmin(CAST(:snapshot AS txid_snapshot)) & 4294967295
-                                    AS text) AS xid)) AS bigint) AS snap_age,
-                 (3 + age(CAST('3' AS xid))) & 4294967295 AS now32,
-                 txid_snapshot_xmax(txid_current_snapshot()) AS now_xmax) AS a
-) AS s
-CROSS JOIN LATERAL (
-    SELECT query_to_xml(
-               format('SELECT n, s, mod(q, %9$s) AS late, v - mod(q, %9$s) * %9$s - div(q, %9$s) * %9$s * %9$s AS xmins, '
-                      'div(q, %9$s) AS written '
-                      'FROM (SELECT n, s, v, div(2 * v + %9$s, 2 * %9$s) AS q FROM ('
-                      'SELECT count(*) AS n, coalesce(sum(%1$s), 0) AS s, '
-                      'coalesce(sum(hashtextextended(t.xmin::text, 0) + %9$s + CASE WHEN txid_visible_in_snapshot('
-                      '((%2$s::bigint >> 32) << 32) + t.xmin::text::bigint'
-                      ' - CASE WHEN t.xmin::text::bigint > (%2$s::bigint & 4294967295) THEN 4294967296 ELSE 0 END,'
-                      ' %3$L::txid_snapshot) THEN 0 ELSE %9$s * %9$s END)'
-                      ' FILTER (WHERE (xidsend(t.xmin) >= decode(%4$L, ''hex'') %5$s xidsend(t.xmin) <= decode(%6$L, ''hex''))'
-                      ' AND t.xmin <> ''0''::xid AND t.xmin <> ''1''::xid AND t.xmin <> ''2''::xid), 0) AS v '
-                      'FROM %7$I.%8$I AS t) AS a) AS b',
-                      CASE CAST(:method AS text)
-                          WHEN 'hash' THEN 'hash_record_extended(t, 0)'
-                          ELSE 'CAST(CAST(''x'' || left(md5(CAST(t AS text)), 16) AS bit(64)) AS bigint)'
-                      END,
-                      s.now_xmax, CAST(:snapshot AS text), s.lo, s.joiner, s.hi, w.schema_name, w.table_name,
-                      round(CAST(2 AS numeric) ^ 128)),
-               false, true, '') AS x
-) AS r
-ORDER BY w.ord
-"""
-
-
-def prototype_contents(conn, tables, snapshot: str, *, methods: dict) -> dict[TableName, Contents]:
-    """``target_contents`` with PROTOTYPE_CONTENTS_SQL (``methods`` given, as the drop gives them)."""
-    out = {}
-    for table in tables:
-        params = {"schemas": [table.schema], "names": [table.name], "snapshot": snapshot}
-        for r in conn.execute(sa.text(PROTOTYPE_CONTENTS_SQL), {**params, "method": methods[table]}):
-            r = r._mapping
-            out[TableName(r["schema_name"], r["table_name"])] = Contents(
-                rows=int(r["row_count"]),
-                checksum=f"{methods[table]}:{r['checksum']}",
-                late_rows=int(r["late_rows"]),
-                late_xmins=str(r["late_xmins"]),
-                written=int(r["written"]),
-            )
-    return out
-
-
 def locked(db, fn, settings: tuple[str, ...] = ()):
     """``fn(conn)`` timed in one transaction that holds the targets IN EXCLUSIVE MODE, as the drop's
     recheck runs (text settings pinned first, then ``settings``); rolled back. Returns (seconds, what
@@ -601,60 +529,29 @@ def explained(fn):
     return run
 
 
-def every_xmin(conn, tables) -> dict[TableName, tuple[int, str, str]]:
-    """The alternative proof: the row count, the checksum, and the sum of a hash of EVERY row's xmin
-    (``hash_record_extended(ROW(t.xmin), 0)``: xid's own hash, no text), in one scan a parallel plan
-    can run. Any committed write since adds, removes or replaces an xmin; freezing keeps the raw xmin
-    (PostgreSQL 9.4+); no snapshot, age or epoch involved."""
-    out = {}
-    for t in tables:
-        statement = sql.SQL(
-            "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text, "
-            "coalesce(sum(hash_record_extended(ROW(t.xmin), 0)), 0)::text FROM {} AS t"
-        ).format(sql.Identifier(t.schema, t.name))
-        n, s, x = conn.exec_driver_sql(statement.as_string(conn.connection.dbapi_connection)).one()
-        out[t] = (int(n), f"hash:{s}", x)
-    return out
-
-
 def recheck_times(pg: LocalPostgres, reps: int) -> tuple[dict[str, list[float]], dict[str, str]]:
     """The checksum-only recheck (``table_checksums``, the drop's before the xmin proof) and the xmin
-    recheck (``target_contents`` against the backup's snapshot) of the same targets, each under the
-    drop's EXCLUSIVE lock in its own transaction, in alternating order after one untimed pass of each
-    (warm cache; auto_explain notes its plan). Also measured: the prototype of target_contents.sql
-    above, the alternative proof ``every_xmin``, and the checksum-only recheck without parallel
-    workers (what the xmin recheck's plan is). Each result is checked against the backup: every
-    recheck must pass, as it does on a drop that goes ahead."""
+    recheck (``content_changes``, as the drop runs it: ``target_contents`` of the targets — rows,
+    checksum and xmins in one scan — against the backup's) of the same targets, each under the drop's
+    EXCLUSIVE lock in its own transaction, in alternating order after one untimed pass of each (warm
+    cache; auto_explain notes its plan). Also measured: the checksum-only recheck without parallel
+    workers. Each result is checked against the backup: every recheck must pass, as it does on a drop
+    that goes ahead."""
     db = database_from_url(pg.url(RECHECK_TEMPLATE), "bench")
     backup = backup_checksums(db, RECHECK_TARGETS)
     methods = checksum_methods(backup.targets)
-    snapshot = backup.txid_snapshot
     by_table = {TableName(t.schema_name, t.table_name): t for t in backup.targets}
-    with exported_snapshot(db) as (conn, _):
-        every_then = every_xmin(conn, RECHECK_TARGETS)
 
     def checksum_only(conn):
         sums = table_checksums(conn, RECHECK_TARGETS, methods=methods)
         return all(sums[t] == (b.rows, b.checksum) for t, b in by_table.items())
 
-    def contents_match(now):
-        return all(
-            (now[t].rows, now[t].checksum, now[t].late_rows, now[t].late_xmins, now[t].written)
-            == (b.rows, b.checksum, b.late_rows, b.late_xmins, 0)
-            for t, b in by_table.items()
-        )
+    def xmin_recheck(conn):
+        return content_changes(conn, backup.targets, backup.txid_snapshot) == []
 
     rechecks = {
         "checksum only": (checksum_only, ()),
-        "xmin + checksum": (
-            lambda c: contents_match(target_contents(c, RECHECK_TARGETS, snapshot, methods=methods)),
-            (),
-        ),
-        "xmin + checksum, prototype SQL": (
-            lambda c: contents_match(prototype_contents(c, RECHECK_TARGETS, snapshot, methods=methods)),
-            (),
-        ),
-        "checksum + hash of every xmin": (lambda c: every_xmin(c, RECHECK_TARGETS) == every_then, ()),
+        "xmins + checksum": (xmin_recheck, ()),
         "checksum only, no parallel workers": (
             checksum_only,
             ("SET LOCAL max_parallel_workers_per_gather = 0",),
@@ -713,7 +610,7 @@ def print_recheck(
             f"   (runs: {', '.join(f'{r * 1000:.0f}' for r in runs)} ms)"
         )
         print(f"      {plans[name]}")
-    new = statistics.median(times["xmin + checksum"])
+    new = statistics.median(times["xmins + checksum"])
     print(
         f"  the xmin recheck against the checksum-only recheck: {new / old:.2f}x (goal <= 1.2x); it adds "
         f"{(new - old) * 1000:.0f} ms to the writes-blocked hold here, {(new - old) / gb * 1000:.0f} ms per GB "

@@ -86,37 +86,30 @@ def table_checksums(
 
 @dataclass(frozen=True)
 class Contents:
-    """A target's rows as one scan saw them, against a snapshot (the backup's)."""
+    """A target's rows as one scan saw them."""
 
     rows: int
     checksum: str  # "<method>:<value>", as table_checksums gives it
-    late_rows: int  # rows whose xmin is at or after the snapshot's xmin: every later write is one
-    late_xmins: str  # the sum of their xmins' hashes: the same rows carry the same xmins
-    written: int  # of them, rows whose xmin the snapshot does not see (by a top-level transaction)
+    xmins: str  # the sum of a 64-bit hash of every row's xmin: which transactions wrote the rows
 
 
 def target_contents(
-    conn: Connection,
-    tables: Sequence[TableName],
-    snapshot: str,
-    *,
-    methods: dict[TableName, str] | None = None,
+    conn: Connection, tables: Sequence[TableName], *, methods: dict[TableName, str] | None = None
 ) -> dict[TableName, Contents]:
-    """Each table's row count, content checksum and the rows written at or after ``snapshot``'s xmin,
-    in one scan (sql/queries/target_contents.sql); the checksum method chosen as ``table_checksums``
-    chooses it (call pin_text_settings first).
+    """Each table's row count, content checksum and the hash of its rows' xmins, in one (parallel) scan
+    (sql/queries/target_contents.sql); the checksum method chosen as ``table_checksums`` chooses it
+    (call pin_text_settings first).
 
-    The backup takes it in the dump's own snapshot; the drop takes it again under its lock. Every row
-    written after the backup's snapshot has an xmin at or after that snapshot's xmin — a subtransaction
-    of a transaction then in progress too, which ``txid_visible_in_snapshot`` alone would take for
-    visible — so equal ``rows``, ``late_rows`` and ``late_xmins`` prove that no row was written since,
-    whatever the column types hash to.
+    The backup takes it in the dump's own snapshot; the drop takes it again under its lock. A row
+    written after that snapshot, by any transaction or subtransaction, carries an xid no row of the
+    snapshot carries: equal ``rows`` and ``xmins`` prove the very same row versions, whatever the
+    column types hash to (numeric 1.0 and 1.00, citext case) — and freezing keeps each row's xmin.
     """
     out: dict[TableName, Contents] = {}
     fast = int(conn.exec_driver_sql("SHOW server_version_num").scalar() or 0) >= 140000
     for table in tables:
         method = (methods or {}).get(table) or ("hash" if fast else "md5")
-        params = {"schemas": [table.schema], "names": [table.name], "snapshot": snapshot}
+        params = {"schemas": [table.schema], "names": [table.name]}
         rows = None
         if methods is None and method == "hash":
             rows = _hashed_rows(conn, {**params, "method": "hash"}, "target_contents")
@@ -125,11 +118,7 @@ def target_contents(
             rows = queries.rows(conn, "target_contents", **params, method=method)
         for r in rows:
             out[TableName(r["schema_name"], r["table_name"])] = Contents(
-                rows=int(r["row_count"]),
-                checksum=f"{method}:{r['checksum']}",
-                late_rows=int(r["late_rows"]),
-                late_xmins=str(r["late_xmins"]),
-                written=int(r["written"]),
+                rows=int(r["row_count"]), checksum=f"{method}:{r['checksum']}", xmins=str(r["xmins"])
             )
     return out
 

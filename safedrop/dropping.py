@@ -160,36 +160,39 @@ def _plural(n: int, word: str = "row") -> str:
 def content_changes(conn: Connection, backed_up: list[TableChecksum], txid_snapshot: str | None) -> list[str]:
     """What was written to the targets since the backup's snapshot (empty: every row is in the archive).
 
-    The proof, per target, in one scan: no row now has an xmin the backup's snapshot did not see
-    (``written``), the rows at or after the snapshot's xmin are the very rows the backup saw there
-    (``late_rows`` and the hash of their xmins — this also catches a subtransaction of a transaction
-    in progress at the snapshot), and the row count is the backup's (a delete). The content checksum
-    is the second proof. Whatever the column types (numeric 1.0 → 1.00 and citext case changes hash
-    equal), any committed write shows in the xmins.
+    The proof, per target and in one scan: the same row count and the same hash of every row's xmin as
+    in the dump's snapshot — every row written since, by any transaction or subtransaction, carries an
+    xid no backed-up row carries — and, as a second proof, the same content checksum. Whatever the
+    column types (numeric 1.0 → 1.00 and citext case changes hash equal), a committed write shows in the
+    xmins. How many rows were written since is then counted by xmin against the snapshot (64-bit).
     """
-    if not txid_snapshot:
+    if not txid_snapshot or any(t.xmins is None for t in backed_up):
         return [
-            "the backup records no snapshot to prove later writes against (a manifest from an older "
+            "the backup records no row xmins to prove later writes against (a manifest from an older "
             "safedrop); nothing was dropped — re-run to take a new backup"
         ]
     pin_text_settings(conn)
     tables = [TableName(t.schema_name, t.table_name) for t in backed_up]
-    now = target_contents(conn, tables, txid_snapshot, methods=checksum_methods(backed_up))
+    now = target_contents(conn, tables, methods=checksum_methods(backed_up))
+    changed = [
+        (t, table, now[table])
+        for t, table in zip(backed_up, tables, strict=True)
+        if table in now
+        and (now[table].rows, now[table].xmins, now[table].checksum) != (t.rows, t.xmins, t.checksum)
+    ]
+    if not changed:
+        return []
+    rows = queries.rows(
+        conn,
+        "rows_written_since",
+        schemas=[table.schema for _, table, _ in changed],
+        names=[table.name for _, table, _ in changed],
+        snapshot=txid_snapshot,
+    )
+    written_since = {TableName(r["schema_name"], r["table_name"]): int(r["written"]) for r in rows}
     out = []
-    for t, table in zip(backed_up, tables, strict=True):
-        seen = now.get(table)
-        if seen is None:
-            continue  # gone meanwhile: the recheck of the catalog decides
-        late_then = t.late_rows
-        same_late = late_then is None or (seen.late_rows, seen.late_xmins) == (late_then, t.late_xmins)
-        if seen.written == 0 and same_late and seen.rows == t.rows:
-            if seen.checksum != t.checksum:
-                out.append(
-                    f"the content checksum of {t.name} differs from the backup's although no row was "
-                    "written after it"
-                )
-            continue
-        written = max(seen.written, seen.late_rows - late_then if late_then is not None else 0)
+    for t, table, seen in changed:
+        written = written_since.get(table, 0)
         deleted = max(t.rows - seen.rows, 0)
         if written:
             line = (
@@ -200,10 +203,15 @@ def content_changes(conn: Connection, backed_up: list[TableChecksum], txid_snaps
             out.append(
                 f"{_plural(deleted)} of {t.name} {'was' if deleted == 1 else 'were'} deleted after the backup"
             )
+        elif seen.xmins != t.xmins or seen.rows != t.rows:
+            out.append(
+                f"rows of {t.name} were written after the backup (their row versions are not those the "
+                "backup saw)"
+            )
         else:
             out.append(
-                f"rows of {t.name} were written after the backup (the rows written since its snapshot's "
-                "oldest transaction are not those the backup saw)"
+                f"the content checksum of {t.name} differs from the backup's although its row versions are "
+                "the backup's"
             )
     return out
 

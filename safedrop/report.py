@@ -180,10 +180,9 @@ class TableChecksum(BaseModel):
     checksum: str  # sum of the first 64 bits of md5(row::text) over every row (order-independent)
     below: list[str] = Field(default_factory=list)  # partitions / inheritance children, any depth
     leaves: list[str] = Field(default_factory=list)  # a partitioned target's leaf partitions (hold its rows)
-    # Rows whose xmin is at or after the snapshot's xmin, and the sum of their xmins' hashes (see
-    # safedrop.checksums.target_contents): what the drop's recheck compares; None in older manifests.
-    late_rows: int | None = None
-    late_xmins: str | None = None
+    # the sum of a hash of every row's xmin in the dump's snapshot (safedrop.checksums.target_contents):
+    # what the drop's recheck proves "no row written since" with; None in older manifests
+    xmins: str | None = None
 
 
 class SequenceState(BaseModel):

@@ -116,8 +116,7 @@ class Dumped:
                 checksum=self.sums[t].checksum,
                 below=self.plan.below.get(t, []),
                 leaves=[leaf.qualified for leaf in self.plan.layout[t][1]],
-                late_rows=self.sums[t].late_rows,
-                late_xmins=self.sums[t].late_xmins,
+                xmins=self.sums[t].xmins,
             )
             for t in self.plan.targets
         ]
@@ -132,7 +131,6 @@ def _pg_dump_in(
     options: BackupOptions,
     *,
     snapshot: str,
-    txid_snapshot: str,
     server_version_num: int,
     progress_key: str | None,
 ) -> tuple[dict[TableName, Contents], list[SequenceState]]:
@@ -163,7 +161,7 @@ def _pg_dump_in(
             max_bytes=options.max_bytes,
         )
         try:
-            sums = target_contents(conn, plan.targets, txid_snapshot)
+            sums = target_contents(conn, plan.targets)
             sequences = sequence_states(conn, plan.sequences)
         except BaseException:
             kill(running)
@@ -207,7 +205,6 @@ def dump_in_snapshot(
                 plan,
                 options,
                 snapshot=exported["snapshot_id"],
-                txid_snapshot=exported["txid_snapshot"],
                 server_version_num=server_version_num,
                 progress_key=progress_key,
             )

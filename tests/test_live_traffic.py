@@ -103,7 +103,9 @@ def test_targets_written_during_the_run_are_never_lost(guide_db, tmp_path, monke
         schema_during = guide_db.snapshot()[0]
     assert state.is_failed() and report.status == "stopped", report.reasons
     [reason] = report.reasons
-    assert re.search(r"^[\d,]+ rows? of public\.credit_allocations (was|were) written after the backup;", reason), reason
+    assert re.search(
+        r"^[\d,]+ rows? of public\.credit_allocations (was|were) written after the backup;", reason
+    ), reason
     assert reason.endswith(
         "nothing was dropped — re-run so the backup holds every row (stop the application's writes to "
         "the targets first)"
