@@ -4,7 +4,7 @@
     .venv/bin/python bench/backup.py --size-gb 0.2   # quick run
     .venv/bin/python bench/backup.py --repeat 3      # medians of 3
 
-Starts a throwaway PostgreSQL (safedrop.pgserver.LocalPostgres), fills a database server-side
+Starts a throwaway PostgreSQL (safedrop.pg.pgserver.LocalPostgres), fills a database server-side
 (generate_series + random()/md5: mixed text, numeric, timestamps, jsonb, uuid — NOT the highly
 compressible pgbench kind, which hides compression costs), then times:
 
@@ -34,11 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from safedrop.archive import read_toc, sha256_file  # noqa: E402
-from safedrop.database import database_from_url  # noqa: E402
+from safedrop.backup.archive import read_toc, sha256_file  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
-from safedrop.pgserver import LocalPostgres  # noqa: E402
-from safedrop.pgtools import find_pg_dump  # noqa: E402
+from safedrop.pg.database import database_from_url  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.pgtools import find_pg_dump  # noqa: E402
 from tasks.backup import BackupOptions, take_backup  # noqa: E402
 from tasks.restore import plan_restore, run_restore, verify_restored  # noqa: E402
 

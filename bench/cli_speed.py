@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from safedrop.database import database_from_url  # noqa: E402
-from safedrop.pgserver import LocalPostgres, find_server_bin  # noqa: E402
+from safedrop.pg.database import database_from_url  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres, find_server_bin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFEDROP = Path(sys.executable).with_name("safedrop")

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safedrop.codescan import RG_BASE_FLAGS, exclude_args, find_rg, scan_code  # noqa: E402
-from safedrop.identifiers import search_pattern  # noqa: E402
+from safedrop.analysis.codescan import RG_BASE_FLAGS, exclude_args, find_rg, scan_code  # noqa: E402
+from safedrop.analysis.identifiers import search_pattern  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
 
 SEED = 20240601

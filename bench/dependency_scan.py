@@ -20,13 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from safedrop import SQL_DIR  # noqa: E402
-from safedrop.catalog import (
+from safedrop.migration import load_migration  # noqa: E402
+from safedrop.pg.catalog import (
     rehearse,  # noqa: E402
     table_status,  # noqa: E402
 )
-from safedrop.database import connect, database_from_url  # noqa: E402
-from safedrop.migration import load_migration  # noqa: E402
-from safedrop.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.database import connect, database_from_url  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
 from tasks.dependencies import scan_dependencies  # noqa: E402
 
 

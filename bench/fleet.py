@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from safedrop import SQL_DIR  # noqa: E402
-from safedrop.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -88,7 +88,7 @@ def child_timings(api: str, fleet_run_id: str) -> list[dict]:
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from safedrop.childruns import fleet_tag
+    from safedrop.fleet.childruns import fleet_tag
 
     rows = []
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:

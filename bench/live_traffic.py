@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from lock_safety import build_templates, fresh_copy  # noqa: E402
 
-from safedrop.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
 
 SAFEDROP = Path(sys.executable).parent / "safedrop"
 

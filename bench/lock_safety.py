@@ -64,22 +64,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from safedrop import SQL_DIR  # noqa: E402
-from safedrop.catalog import table_status  # noqa: E402
-from safedrop.checksums import (  # noqa: E402
+from safedrop.backup.dumpplan import exported_snapshot  # noqa: E402
+from safedrop.migration import TableName, load_migration, tables_sql  # noqa: E402
+from safedrop.parameters import DropParameters  # noqa: E402
+from safedrop.pg.catalog import table_status  # noqa: E402
+from safedrop.pg.checksums import (  # noqa: E402
     checksum_methods,
     pin_text_settings,
     table_checksums,
     target_contents,
 )
-from safedrop.database import connect, database_from_url, execute_composed  # noqa: E402
-from safedrop.dropping import content_changes  # noqa: E402
-from safedrop.dumpplan import exported_snapshot  # noqa: E402
-from safedrop.lockschedule import LockSchedule  # noqa: E402
-from safedrop.migration import TableName, load_migration, tables_sql  # noqa: E402
-from safedrop.parameters import DropParameters  # noqa: E402
-from safedrop.pgserver import LocalPostgres  # noqa: E402
-from safedrop.report import BackupResult, TableChecksum  # noqa: E402
-from tasks.cleanup import count_rows  # noqa: E402
+from safedrop.pg.database import connect, database_from_url, execute_composed  # noqa: E402
+from safedrop.pg.dropping import content_changes  # noqa: E402
+from safedrop.pg.lockschedule import LockSchedule  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.rowcounts import count_rows  # noqa: E402
+from safedrop.results import BackupResult, TableChecksum  # noqa: E402
 from tasks.dependencies import scan_dependencies  # noqa: E402
 from tasks.drop import DropRequest, drop_targets  # noqa: E402
 

@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from safedrop import SQL_DIR  # noqa: E402
-from safedrop.database import database_from_url  # noqa: E402
-from safedrop.lockschedule import LockSchedule  # noqa: E402
 from safedrop.migration import TableName  # noqa: E402
 from safedrop.parameters import RestoreParameters  # noqa: E402
-from safedrop.pgserver import LocalPostgres  # noqa: E402
-from safedrop.processes import dbname_arg, run, session_env  # noqa: E402
+from safedrop.pg.database import database_from_url  # noqa: E402
+from safedrop.pg.lockschedule import LockSchedule  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.processes import dbname_arg, run, session_env  # noqa: E402
 from tasks.backup import BackupOptions, take_backup  # noqa: E402
 from tasks.restore import plan_restore, run_restore  # noqa: E402
 

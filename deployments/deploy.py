@@ -16,7 +16,8 @@ flow ``drop-deprecated-tables``, named after its ``deployment`` setting NAME:
   children of one fleet are different databases, and one run per database is the run lock's job);
 
 plus ``restore-dropped-tables``, manual only, and ``drop-deprecated-tables-fleet/fleet``, the fleet
-flow (safedrop/fleet.py). The first three and the restore allow one active run (a second is cancelled).
+flow (safedrop/fleet/fleetfile.py). The first three and the restore allow one active run (a second is
+cancelled).
 
 Nothing here points at the deploying machine: the entrypoints are module paths
 (``flows.drop_deprecated_tables.drop_deprecated_tables``), there is no storage, no pull step and no
@@ -53,9 +54,9 @@ from prefect.schedules import Schedule
 from flows.drop_deprecated_tables import drop_deprecated_tables
 from flows.drop_deprecated_tables_fleet import drop_deprecated_tables_fleet
 from flows.restore_dropped_tables import restore_dropped_tables
-from safedrop.childruns import HEARTBEAT_S
 from safedrop.errors import MigrationFileError
-from safedrop.fleet import FLEET_DEPLOYMENT, FLEET_FLOW_NAME, child_deployment
+from safedrop.fleet.childruns import HEARTBEAT_S
+from safedrop.fleet.fleetfile import FLEET_DEPLOYMENT, FLEET_FLOW_NAME, child_deployment
 from safedrop.migration import Migration, load_migration, migration_paths
 
 POOL = "safedrop"

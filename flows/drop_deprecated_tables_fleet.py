@@ -6,10 +6,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from safedrop.childruns import FleetCancelled, cancel_children, end_cancelled, note_fleet_run
 from safedrop.errors import RunEnded, SafedropError
-from safedrop.fleet import FLEET_FLOW_NAME, FleetParameters, child_deployment
-from safedrop.fleetreport import FleetReport
+from safedrop.fleet.childruns import FleetCancelled, cancel_children, end_cancelled, note_fleet_run
+from safedrop.fleet.fleetfile import FLEET_FLOW_NAME, FleetParameters, child_deployment
+from safedrop.fleet.fleetreport import FleetReport
 from safedrop.migration import load_migration
 from tasks.fleet_approval import await_fleet_approval
 from tasks.fleet_plan import check_fleet, plan_fleet, publish_fleet_plan

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import logging
 import re
-
-from prefect import get_run_logger
-from prefect.context import FlowRunContext, TaskRunContext
+import sys
 
 
 def in_run() -> bool:
-    """Whether this code runs inside a Prefect flow or task run."""
+    """Whether this code runs inside a Prefect flow or task run (never, while Prefect is not loaded)."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext, TaskRunContext
+
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a run, else the ``safedrop`` logger."""
+    if not in_run():
+        return logging.getLogger("safedrop")
+    from prefect import get_run_logger
+
     try:
         return get_run_logger()
     except Exception:

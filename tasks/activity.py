@@ -13,13 +13,11 @@ import hashlib
 import json
 from datetime import datetime
 
-from prefect.variables import Variable
-
-from safedrop import queries
-from safedrop.artifacts import md_table, publish_markdown
-from safedrop.database import Database, connect
 from safedrop.paths import state_dir
-from safedrop.report import ActivityResult, TableActivity
+from safedrop.pg import queries
+from safedrop.pg.database import Database, connect
+from safedrop.report.artifacts import md_table, publish_markdown
+from safedrop.results import ActivityResult, TableActivity
 from safedrop.runlog import in_run, run_logger
 from safedrop.steps import step
 
@@ -35,6 +33,8 @@ def variable_name(db: Database, migration_slug: str) -> str:
 def recall(name: str) -> dict | None:
     """The previous run's reading: a Prefect Variable inside a run, else the command line's file."""
     if in_run():
+        from prefect.variables import Variable
+
         return Variable.get(name, default=None)
     try:
         return json.loads((state_dir() / f"{name}.json").read_text())
@@ -44,6 +44,8 @@ def recall(name: str) -> dict | None:
 
 def remember(name: str, reading: dict) -> None:
     if in_run():
+        from prefect.variables import Variable
+
         Variable.set(name, reading, overwrite=True)
         return
     path = state_dir() / f"{name}.json"

@@ -24,10 +24,10 @@ import json
 from prefect.input import RunInput
 from pydantic import Field
 
-from safedrop.artifacts import md_list, md_table, publish_markdown
 from safedrop.errors import PrecheckStop
 from safedrop.operatorwait import ask
-from safedrop.report import BackupResult, CleanupResult, DependencyResult
+from safedrop.report.artifacts import md_list, md_table, publish_markdown
+from safedrop.results import BackupResult, CleanupResult, DependencyResult
 from safedrop.runlog import run_logger
 
 

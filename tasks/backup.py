@@ -23,9 +23,9 @@ Long dumps report progress (Prefect log lines, a progress artifact, a bar on a t
 
 This module is the step: ``take_backup`` (the plain function, its options in ``BackupOptions``),
 ``backup_of_run`` (a resumed run reuses its intact archive) and the ``backup`` task. The pieces live
-in the library: ``safedrop.pgtools`` (which pg_dump), ``safedrop.snapshotdump`` (the dump in its
-snapshot), ``safedrop.dumpplan``, ``safedrop.pgdump``, ``safedrop.processes``, ``safedrop.checksums``,
-``safedrop.backupfiles``, ``safedrop.archive``, ``safedrop.manifest`` and ``safedrop.scratchrestore``.
+in the library: ``safedrop.pg.pgtools`` (which pg_dump), ``safedrop.pg.processes``,
+``safedrop.pg.checksums``, and in ``safedrop.backup``: ``snapshotdump`` (the dump in its snapshot),
+``dumpplan``, ``pgdump``, ``backupfiles``, ``archive``, ``manifest`` and ``scratchrestore``.
 """
 
 from __future__ import annotations
@@ -37,21 +37,21 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from safedrop.archive import TocEntry, archive_digest, read_toc, verify_archive
-from safedrop.artifacts import md_table, publish_markdown, run_progress
-from safedrop.backupfiles import prepare_backup_dir, reserve_backup_file
-from safedrop.checksums import CHECKSUM_METHOD
-from safedrop.database import Database, error_line
-from safedrop.dumpplan import Scope, check_row_security
+from safedrop.backup.archive import TocEntry, archive_digest, read_toc, verify_archive
+from safedrop.backup.backupfiles import prepare_backup_dir, reserve_backup_file
+from safedrop.backup.dumpplan import Scope, check_row_security
+from safedrop.backup.manifest import manifests_of_run, write_manifest
+from safedrop.backup.scratchrestore import verify_by_restore
+from safedrop.backup.snapshotdump import BackupOptions, Dumped, dump_in_snapshot
 from safedrop.errors import DID_NOT_RUN, BackupFailed
-from safedrop.manifest import manifests_of_run, write_manifest
 from safedrop.migration import Migration, TableName
-from safedrop.pgtools import PgTools, find_pg_dump
-from safedrop.progress import human_bytes
-from safedrop.report import BackupManifest, BackupResult
+from safedrop.pg.checksums import CHECKSUM_METHOD
+from safedrop.pg.database import Database, error_line
+from safedrop.pg.pgtools import PgTools, find_pg_dump
+from safedrop.report.artifacts import md_table, publish_markdown, run_progress
+from safedrop.report.progress import human_bytes
+from safedrop.results import BackupManifest, BackupResult
 from safedrop.runlog import run_logger
-from safedrop.scratchrestore import verify_by_restore
-from safedrop.snapshotdump import BackupOptions, Dumped, dump_in_snapshot
 from safedrop.steps import step
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from safedrop import queries
-from safedrop.artifacts import md_table, publish_markdown
-from safedrop.catalog import table_status
-from safedrop.database import Database, connect, reading
 from safedrop.errors import PrecheckStop
-from safedrop.locks import describe_blockers, is_lock_timeout
 from safedrop.migration import TableName
-from safedrop.report import CleanupResult, ForeignKeyIn
-from safedrop.rowcounts import count_bounded, count_rows
+from safedrop.pg import queries
+from safedrop.pg.catalog import table_status
+from safedrop.pg.database import Database, connect, reading
+from safedrop.pg.locks import describe_blockers, is_lock_timeout
+from safedrop.pg.rowcounts import count_bounded, count_rows
+from safedrop.report.artifacts import md_table, publish_markdown
+from safedrop.results import CleanupResult, ForeignKeyIn
 from safedrop.runlog import run_logger
 from safedrop.steps import step
 

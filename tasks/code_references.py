@@ -1,7 +1,7 @@
 """Code-reference scan: does the application code still name the tables we are about to drop?
 
-The scan is ``safedrop.codescan.scan_code`` (ripgrep over local paths and shallow clones of git URLs,
-every spelling of each table from ``safedrop.identifiers``). A destructive run with no code source
+The scan is ``safedrop.analysis.codescan.scan_code`` (ripgrep over local paths and shallow clones of git URLs,
+every spelling of each table from ``safedrop.analysis.identifiers``). A destructive run with no code source
 stops, unless the policy is ``skip``; a dry run only warns. This step reads the credential for a
 private repository from a Prefect Secret block and publishes what was found as artifacts.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 
-from safedrop.artifacts import artifact_key, md_table, publish_markdown, publish_table
-from safedrop.codescan import ARTIFACT_ROWS, CodePolicy, scan_code
+from safedrop.analysis.codescan import ARTIFACT_ROWS, CodePolicy, scan_code
+from safedrop.analysis.gitauth import GitCredential, credential_from_secret
 from safedrop.errors import CodeSourceError
-from safedrop.gitauth import GitCredential, credential_from_secret
 from safedrop.migration import TableName
 from safedrop.parameters import DropParameters
-from safedrop.report import CodeScanResult, CodeSource
+from safedrop.report.artifacts import artifact_key, md_table, publish_markdown, publish_table
+from safedrop.results import CodeScanResult, CodeSource
 from safedrop.runlog import run_logger
 from safedrop.steps import step
 

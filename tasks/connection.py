@@ -7,13 +7,13 @@ or a target is absent without safedrop's ledger saying it dropped it (a typo, no
 
 from __future__ import annotations
 
-from safedrop import queries
-from safedrop.artifacts import md_table, publish_markdown
-from safedrop.catalog import ledger_entries, table_status
-from safedrop.database import Database, connect, identify
 from safedrop.errors import UsageError
 from safedrop.migration import Migration, TableName
-from safedrop.report import ConnectionResult, TableStatus
+from safedrop.pg import queries
+from safedrop.pg.catalog import ledger_entries, table_status
+from safedrop.pg.database import Database, connect, identify
+from safedrop.report.artifacts import md_table, publish_markdown
+from safedrop.results import ConnectionResult, TableStatus
 from safedrop.runlog import run_logger
 from safedrop.steps import step
 

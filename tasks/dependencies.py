@@ -1,6 +1,6 @@
 """Dependency scan: everything `DROP TABLE … CASCADE` of the targets would remove, and what it would break.
 
-The step around ``safedrop.cascade.analyse`` (itself on ``safedrop.catalog``'s exact walk of
+The step around ``safedrop.analysis.cascade.analyse`` (itself on ``safedrop.pg.catalog``'s exact walk of
 ``pg_depend``): one read-only transaction, the findings as artifacts.
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from safedrop.artifacts import md_table, publish_markdown, publish_table
-from safedrop.cascade import CRON_WARNING, analyse
-from safedrop.database import Database, reading
+from safedrop.analysis.cascade import CRON_WARNING, analyse
 from safedrop.migration import Migration, TableName
-from safedrop.report import DependencyResult
+from safedrop.pg.database import Database, reading
+from safedrop.report.artifacts import md_table, publish_markdown, publish_table
+from safedrop.results import DependencyResult
 from safedrop.runlog import run_logger
 from safedrop.steps import step
 

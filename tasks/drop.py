@@ -58,11 +58,14 @@ import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.engine import Connection
 
-from safedrop.artifacts import md_list, publish_markdown
-from safedrop.cascade import Recheck, analyse, unapproved_changes
-from safedrop.catalog import depend_fingerprint
-from safedrop.database import Database, connect, execute_composed
-from safedrop.dropping import (
+from safedrop.analysis.cascade import Recheck, analyse, unapproved_changes
+from safedrop.analysis.smokechecks import restore_command
+from safedrop.errors import DropFailed
+from safedrop.interrupts import Interrupted
+from safedrop.migration import Migration, TableName, render_drop, tables_sql
+from safedrop.pg.catalog import depend_fingerprint
+from safedrop.pg.database import Database, connect, execute_composed
+from safedrop.pg.dropping import (
     ForeignKeyDrop,
     cascade_relations,
     changed_while_waiting,
@@ -79,9 +82,7 @@ from safedrop.dropping import (
     stop_if_run_lock_lost,
     write_ledger,
 )
-from safedrop.errors import DropFailed
-from safedrop.interrupts import Interrupted
-from safedrop.lockschedule import (
+from safedrop.pg.lockschedule import (
     Attempts,
     CommitOutcomeUnknown,
     LockSchedule,
@@ -92,10 +93,9 @@ from safedrop.lockschedule import (
     remaining_ms,
     run_lock_safe,
 )
-from safedrop.migration import Migration, TableName, render_drop, tables_sql
-from safedrop.report import BackupResult, DependencyResult, DropResult, TableChecksum
+from safedrop.report.artifacts import md_list, publish_markdown
+from safedrop.results import BackupResult, DependencyResult, DropResult, TableChecksum
 from safedrop.runlog import run_logger
-from safedrop.smokechecks import restore_command
 from safedrop.steps import step
 
 QUERY_CANCELED = "57014"

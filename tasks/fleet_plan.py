@@ -19,13 +19,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, WorkPoolStatus
 from prefect.exceptions import ObjectNotFound
 
-from safedrop.artifacts import publish_markdown
-from safedrop.childruns import PLAN_TAG, Watch, child_report, drive, fleet_tag, start_child, status_of
 from safedrop.errors import ConfigurationError
-from safedrop.fleet import FleetSpec
-from safedrop.fleetreport import fleet_digest, plan_markdown
-from safedrop.report import Status
-from safedrop.rollout import Rollout
+from safedrop.fleet.childruns import PLAN_TAG, Watch, child_report, drive, fleet_tag, start_child, status_of
+from safedrop.fleet.fleetfile import FleetSpec
+from safedrop.fleet.fleetreport import fleet_digest, plan_markdown
+from safedrop.fleet.rollout import Rollout
+from safedrop.report.artifacts import publish_markdown
+from safedrop.results import Status
 from safedrop.runlog import run_logger
 from tasks.fleet_summary import FleetRecord, build_fleet_report, publish_fleet_table
 

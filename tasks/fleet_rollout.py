@@ -1,13 +1,13 @@
 """The fleet's rollout: each ready database's destructive run, canaries first and alone, then a few at once.
 
-The order and the limits are safedrop/rollout.py's; this step starts each database's run of the
+The order and the limits are safedrop/fleet/rollout.py's; this step starts each database's run of the
 fleet-child deployment (``approval: skip``, the fleet's approval stands for it, and
 ``expected_plan_digest``: the plan approved for that database), watches them, and re-publishes the
 fleet table each time one ends. Databases the plan found already done are skipped; those it found
 unready count, at their turn, as stopped (``on_error`` decides what follows).
 
 One database is never worked on twice at once: each run takes safedrop's advisory lock on its
-database and tags its flow run with the database (safedrop/runlock.py), so a database another run
+database and tags its flow run with the database (safedrop/pg/runlock.py), so a database another run
 (another fleet's, a manual one) is working on stops this one, naming the other, with nothing changed.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from prefect.client.schemas.objects import FlowRun
 
-from safedrop.childruns import DROP_TAG, Watch, child_report, drive, fleet_tag, start_child, status_of
-from safedrop.report import Status
-from safedrop.rollout import Rollout
+from safedrop.fleet.childruns import DROP_TAG, Watch, child_report, drive, fleet_tag, start_child, status_of
+from safedrop.fleet.rollout import Rollout
+from safedrop.results import Status
 from safedrop.runlog import run_logger
 from tasks.fleet_plan import child_name
 from tasks.fleet_summary import FleetRecord, publish_fleet_table

@@ -10,9 +10,8 @@ from uuid import UUID
 from prefect.client.schemas.objects import FlowRun
 from prefect.utilities.urls import url_for
 
-from safedrop.artifacts import publish_markdown, publish_table
-from safedrop.fleet import FleetParameters
-from safedrop.fleetreport import (
+from safedrop.fleet.fleetfile import FleetParameters
+from safedrop.fleet.fleetreport import (
     FleetDatabaseReport,
     FleetReport,
     fleet_status,
@@ -21,7 +20,8 @@ from safedrop.fleetreport import (
     table_rows,
     target_rows,
 )
-from safedrop.report import RunReport, Status
+from safedrop.report.artifacts import publish_markdown, publish_table
+from safedrop.results import RunReport, Status
 
 
 @dataclass

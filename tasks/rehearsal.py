@@ -17,15 +17,15 @@ from pathlib import Path
 from psycopg2 import sql
 from pydantic import SecretStr
 
-from safedrop.artifacts import md_list, publish_markdown
-from safedrop.catalog import describe, predict_removal, rehearse, statement_oids, table_status
-from safedrop.database import Database, connect, execute_composed
+from safedrop.backup.pgdump import dump_failure
 from safedrop.errors import PrecheckStop, UsageError
 from safedrop.migration import Migration
-from safedrop.pgdump import dump_failure
-from safedrop.pgtools import find_pg_dump
-from safedrop.processes import ToolFailed, run, tool_env
-from safedrop.report import StepResult
+from safedrop.pg.catalog import describe, predict_removal, rehearse, statement_oids, table_status
+from safedrop.pg.database import Database, connect, execute_composed
+from safedrop.pg.pgtools import find_pg_dump
+from safedrop.pg.processes import ToolFailed, run, tool_env
+from safedrop.report.artifacts import md_list, publish_markdown
+from safedrop.results import StepResult
 from safedrop.runlog import run_logger
 from safedrop.steps import step
 

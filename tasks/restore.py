@@ -5,17 +5,17 @@ step in the dump's own snapshot): every catalog object the drop removes — the 
 sequences (and their values), defaults, constraints, indexes, triggers, policies, rules, row
 security, partitions, grants and comments, and what CASCADE took from elsewhere (foreign keys on
 surviving tables, views, materialized views, functions) — identified by the oids the archive itself
-records (``safedrop.tocfilter``).
+records (``safedrop.restore.tocfilter``).
 
 Without queueing production behind it, in three steps:
 
 1. Everything but the foreign keys: ``pg_restore --single-transaction --exit-on-error --use-list``,
    all of it or nothing, its lock waits bounded from outside and retried within the lock-wait budget
-   (``safedrop.restoring``); when the budget is spent nothing was restored, and the message names the
+   (``safedrop.restore.restoring``); when the budget is spent nothing was restored, and the message names the
    sessions holding the locks.
 2. The foreign keys, ``NOT VALID`` (no scan), in one short lock-safe transaction: SHARE ROW EXCLUSIVE
    on both tables of each key — which makes writers of ``credits`` wait — lasts milliseconds instead of
-   a whole scan (``safedrop.foreignkeys``).
+   a whole scan (``safedrop.restore.foreignkeys``).
 3. Each key validated in its own transaction (SHARE UPDATE EXCLUSIVE: writes go on). A key that rows
    violate stays NOT VALID — enforced for new rows — and is named, with the rows and what to do.
 
@@ -44,13 +44,17 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from safedrop import queries
-from safedrop.archive import read_toc
-from safedrop.artifacts import publish_markdown, run_progress
-from safedrop.checksums import pin_text_settings, sequence_states
-from safedrop.database import Database, connect, error_line, identify, reading
+from safedrop.backup.archive import read_toc
+from safedrop.backup.manifest import check_archive, locate_backup, manifest_path
 from safedrop.errors import NOTHING_CHANGED, RestoreFailed, RestoreRefused, VerificationFailed
-from safedrop.foreignkeys import (
+from safedrop.pg import queries
+from safedrop.pg.checksums import pin_text_settings, sequence_states
+from safedrop.pg.database import Database, connect, error_line, identify, reading
+from safedrop.pg.lockschedule import Attempts, LockSchedule
+from safedrop.pg.pgtools import find_pg_restore
+from safedrop.report.artifacts import publish_markdown, run_progress
+from safedrop.report.progress import RestoreProgress, human_bytes
+from safedrop.restore.foreignkeys import (
     add_foreign_keys,
     foreign_key_states,
     key_problems,
@@ -58,20 +62,7 @@ from safedrop.foreignkeys import (
     read_foreign_keys,
     validate_foreign_key,
 )
-from safedrop.lockschedule import Attempts, LockSchedule
-from safedrop.manifest import check_archive, locate_backup, manifest_path
-from safedrop.pgtools import find_pg_restore
-from safedrop.progress import RestoreProgress, human_bytes
-from safedrop.report import (
-    BackupManifest,
-    DatabaseIdentity,
-    ForeignKeyOutcome,
-    RestoreCheck,
-    RestoredTable,
-    RestoreResult,
-    RestoreVerification,
-)
-from safedrop.restoreplan import (
+from safedrop.restore.restoreplan import (
     Existing,
     RestorePlan,
     compare_tables,
@@ -80,11 +71,9 @@ from safedrop.restoreplan import (
     read_existing,
     repair_note,
 )
-from safedrop.restorereport import render_check, render_restore, render_verification
-from safedrop.restoring import replay_tables
-from safedrop.runlog import run_logger
-from safedrop.steps import step
-from safedrop.tocfilter import (
+from safedrop.restore.restorereport import render_check, render_restore, render_verification
+from safedrop.restore.restoring import replay_tables
+from safedrop.restore.tocfilter import (
     SESSION_ENTRIES,
     entry_names,
     not_restorable,
@@ -93,6 +82,17 @@ from safedrop.tocfilter import (
     select_entries,
     split_foreign_keys,
 )
+from safedrop.results import (
+    BackupManifest,
+    DatabaseIdentity,
+    ForeignKeyOutcome,
+    RestoreCheck,
+    RestoredTable,
+    RestoreResult,
+    RestoreVerification,
+)
+from safedrop.runlog import run_logger
+from safedrop.steps import step
 
 # --------------------------------------------------------------------------------------------------
 # 1. The precheck: every refusal, before anything changes

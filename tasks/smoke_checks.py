@@ -1,4 +1,4 @@
-"""Step: the operator's smoke checks after the drop (``safedrop.smokechecks``), published as an artifact.
+"""Step: the operator's smoke checks after the drop (``safedrop.analysis.smokechecks``), as an artifact.
 
 One failing ends the run Failed, naming the check and the exact ``safedrop restore`` command that
 puts the tables back from this run's backup. Nothing else ends it: a check that cannot run is a failed
@@ -7,13 +7,13 @@ check (``run_smoke_checks`` never raises), and an artifact that cannot be publis
 
 from __future__ import annotations
 
-from safedrop.artifacts import md_table, publish_markdown
-from safedrop.database import Database
+from safedrop.analysis.smokechecks import failures, restore_command, run_smoke_checks
 from safedrop.errors import SmokeCheckFailed
 from safedrop.parameters import DropParameters
-from safedrop.report import SmokeCheckResult
+from safedrop.pg.database import Database
+from safedrop.report.artifacts import md_table, publish_markdown
+from safedrop.results import SmokeCheckResult
 from safedrop.runlog import run_logger
-from safedrop.smokechecks import failures, restore_command, run_smoke_checks
 from safedrop.steps import step
 
 

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from safedrop.artifacts import publish_markdown, publish_table
+from safedrop.analysis.smokechecks import restore_command
 from safedrop.errors import SafedropError
+from safedrop.fleet.plandigest import plan_digest
 from safedrop.parameters import DropParameters
-from safedrop.plandigest import plan_digest
-from safedrop.report import (
+from safedrop.report.artifacts import publish_markdown, publish_table
+from safedrop.report.json_artifact import REPORT_ARTIFACT, report_json_markdown
+from safedrop.report.markdown import HEADLINES, render_markdown
+from safedrop.results import (
     ActivityResult,
     BackupResult,
     BackupSummary,
@@ -26,9 +29,6 @@ from safedrop.report import (
     StepResult,
     VerificationResult,
 )
-from safedrop.report_json import REPORT_ARTIFACT, report_json_markdown
-from safedrop.report_markdown import HEADLINES, render_markdown
-from safedrop.smokechecks import restore_command
 from safedrop.steps import step
 
 

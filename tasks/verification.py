@@ -13,13 +13,14 @@ from collections import defaultdict
 
 from sqlalchemy.engine import Connection
 
-from safedrop import queries
-from safedrop.artifacts import md_table, publish_markdown
-from safedrop.catalog import table_status
-from safedrop.database import Database, reading
 from safedrop.errors import VerificationFailed
 from safedrop.migration import TableName
-from safedrop.report import (
+from safedrop.pg import queries
+from safedrop.pg.catalog import table_status
+from safedrop.pg.database import Database, reading
+from safedrop.pg.rowcounts import count_bounded
+from safedrop.report.artifacts import md_table, publish_markdown
+from safedrop.results import (
     CascadeObject,
     CleanupResult,
     DependencyResult,
@@ -27,7 +28,6 @@ from safedrop.report import (
     TablePart,
     VerificationResult,
 )
-from safedrop.rowcounts import count_bounded
 from safedrop.runlog import run_logger
 from safedrop.steps import step
 

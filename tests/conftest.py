@@ -18,16 +18,21 @@ import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("PREFECT_HOME", str(ROOT / ".tmp" / "prefect-test-home"))
+# Under pytest-xdist each worker is a process of its own with its own PostgreSQL cluster (the session
+# fixture `pg`), its own Prefect home (so its own harness database and profile) and backup directory.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_home = Path(os.environ.get("PREFECT_HOME") or ROOT / ".tmp" / "prefect-test-home")
+os.environ["PREFECT_HOME"] = str(_home / WORKER if WORKER else _home)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.pop("DATABASE_URL", None)
 # a run without backup_dir writes here, never into the checkout or the home directory
-os.environ.setdefault("SAFEDROP_BACKUP_DIR", str(ROOT / ".tmp" / "test-backups"))
+_backups = Path(os.environ.get("SAFEDROP_BACKUP_DIR") or ROOT / ".tmp" / "test-backups")
+os.environ["SAFEDROP_BACKUP_DIR"] = str(_backups / WORKER if WORKER else _backups)
 
 from safedrop import SQL_DIR  # noqa: E402
-from safedrop.database import Database, database_from_url  # noqa: E402
-from safedrop.pgserver import LocalPostgres  # noqa: E402
+from safedrop.pg.database import Database, database_from_url  # noqa: E402
+from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
 from tests.stack import stack  # noqa: E402, F401 - the e2e tests' Prefect server and workers
 
 GUIDE_TEMPLATE = "guide_template"

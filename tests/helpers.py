@@ -17,13 +17,13 @@ import psycopg2
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from safedrop.catalog import table_status
-from safedrop.database import connect
-from safedrop.lockschedule import LockSchedule
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
-from safedrop.pgserver import find_server_bin
-from safedrop.report import DropResult, RunReport
+from safedrop.pg.catalog import table_status
+from safedrop.pg.database import connect
+from safedrop.pg.lockschedule import LockSchedule
+from safedrop.pg.pgserver import find_server_bin
+from safedrop.results import DropResult, RunReport
 from tasks.dependencies import scan_dependencies
 from tasks.drop import DropRequest, drop_targets
 from tests.conftest import ROOT, TARGETS

@@ -30,9 +30,9 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from safedrop import queries
-from safedrop.cli import main
-from safedrop.pgserver import wait_until
+from safedrop.cli.main import main
+from safedrop.pg import queries
+from safedrop.pg.pgserver import wait_until
 from tests.conftest import TARGETS
 from tests.helpers import SAFEDROP, console_env, holding
 
@@ -433,11 +433,11 @@ def test_the_readme_lists_every_exit_code():
     import signal as signals
     from typing import get_args
 
-    from safedrop import commands
+    from safedrop.cli import commands
     from safedrop.errors import PrecheckStop, UsageError
-    from safedrop.fleetreport import EXIT_CODES as FLEET_CODES
+    from safedrop.fleet.fleetreport import EXIT_CODES as FLEET_CODES
     from safedrop.interrupts import EXIT_CODES as SIGNAL_CODES
-    from safedrop.report import RestoreReport, RestoreStatus, RunReport, Status
+    from safedrop.results import RestoreReport, RestoreStatus, RunReport, Status
     from tests.conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()

@@ -19,7 +19,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
 
 from safedrop.parameters import DropParameters
-from safedrop.pgserver import wait_until
+from safedrop.pg.pgserver import wait_until
 from tests.conftest import TARGETS
 from tests.helpers import Background
 

@@ -25,15 +25,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from safedrop.archive import sha256_file, verify_archive
-from safedrop.backupfiles import reserve_backup_file
-from safedrop.database import database_from_url
+from safedrop.backup.archive import sha256_file, verify_archive
+from safedrop.backup.backupfiles import reserve_backup_file
+from safedrop.backup.manifest import manifest_path
+from safedrop.backup.pgdump import run_pg_dump
 from safedrop.errors import BackupFailed, TransientBackupFailure, UsageError
-from safedrop.manifest import manifest_path
 from safedrop.migration import TableName
-from safedrop.pgdump import run_pg_dump
-from safedrop.pgserver import free_port, wait_until
-from safedrop.pgtools import PgTools, find_pg_dump, installed_tools
+from safedrop.pg.database import database_from_url
+from safedrop.pg.pgserver import free_port, wait_until
+from safedrop.pg.pgtools import PgTools, find_pg_dump, installed_tools
 from safedrop.retries import is_transient
 from tasks.backup import BackupOptions, backup, take_backup
 from tests.helpers import Background
@@ -509,7 +509,7 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
         ),
         "too-new": (guide_db.db, 990000),
     }
-    quick = backup.task.with_options(retry_delay_seconds=0)
+    quick = backup.task().with_options(retry_delay_seconds=0)
 
     @flow(name="backup-retry-test")
     def attempt(case: str):
@@ -533,7 +533,7 @@ def test_backup_task_retries_only_transient_failures(prefect_harness, guide_db, 
 
 
 def checksums_now(guide_db, tables) -> dict[str, tuple[int, str]]:
-    from safedrop.checksums import pin_text_settings, table_checksums
+    from safedrop.pg.checksums import pin_text_settings, table_checksums
 
     engine = guide_db.engine()
     try:
@@ -683,7 +683,7 @@ def test_a_partitioned_target_is_dumped_and_verified_with_its_partitions(
 
 
 def test_directory_format_with_parallel_jobs(guide_db, server_version_num, tmp_path):
-    from safedrop.archive import archive_digest
+    from safedrop.backup.archive import archive_digest
 
     seed_targets(guide_db)
     result = take_backup(
@@ -842,7 +842,7 @@ def test_a_full_disk_stops_the_backup_and_leaves_nothing(guide_db, server_versio
 
 
 def test_the_exported_snapshot_does_not_see_later_commits(guide_db):
-    from safedrop.dumpplan import exported_snapshot
+    from safedrop.backup.dumpplan import exported_snapshot
 
     with exported_snapshot(guide_db.db) as (conn, exported):
         assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", exported["snapshot_id"])

@@ -20,9 +20,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from safedrop.cli import main
-from safedrop.lockschedule import LockSchedule
-from safedrop.pgserver import LocalPostgres, free_port, wait_until
+from safedrop.cli.main import main
+from safedrop.pg.lockschedule import LockSchedule
+from safedrop.pg.pgserver import LocalPostgres, free_port, wait_until
 from tests.conftest import TARGETS
 from tests.helpers import credit_plan, drop_now
 

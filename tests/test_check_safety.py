@@ -26,15 +26,15 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from safedrop.cli import main
-from safedrop.codescan import scan_code
-from safedrop.database import database_from_url, reading
+from safedrop.analysis.codescan import scan_code
+from safedrop.analysis.smokechecks import run_smoke_checks, sql_check, url_check
+from safedrop.cli.main import main
 from safedrop.migration import TableName
 from safedrop.parameters import DropParameters
-from safedrop.pgserver import free_port
-from safedrop.report import RunReport
-from safedrop.report_text import render_text
-from safedrop.smokechecks import run_smoke_checks, sql_check, url_check
+from safedrop.pg.database import database_from_url, reading
+from safedrop.pg.pgserver import free_port
+from safedrop.report.text import render_text
+from safedrop.results import RunReport
 from tasks.dependencies import render, scan_dependencies
 from tests.helpers import credit_plan
 

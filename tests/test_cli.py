@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from safedrop.cli import main
-from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
-from safedrop.commands import parse_duration_ms
-from safedrop.pgserver import free_port
+from safedrop.analysis.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING
+from safedrop.cli.commands import parse_duration_ms
+from safedrop.cli.main import main
+from safedrop.pg.pgserver import free_port
 from tests.conftest import ROOT, TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
 from tests.helpers import SAFEDROP, archive_listing, console, console_env
@@ -510,3 +510,46 @@ def test_make_demo_runs_the_whole_job(tmp_path):
         assert [p.name for p in tmp.iterdir() if p.name.startswith("safedrop-")] == []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+PLAIN_RUN = r"""
+import sys
+from safedrop.cli.main import main
+
+code = main(sys.argv[1:])
+loaded = sorted(m for m in sys.modules if m == "prefect" or m.startswith("prefect."))
+print(f"exit {code}; prefect modules loaded: {len(loaded)} {loaded[:3]}", file=sys.stderr)
+"""
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("command", ["plan", "run", "restore"])
+def test_without_a_prefect_server_the_command_line_never_imports_prefect(guide_db, tmp_path, command):
+    """`import prefect` alone is ~1.1 s: a plain-mode plan, run and restore load no module of it."""
+    import sys
+
+    backups = tmp_path / "b"
+    argv = {
+        "plan": ["plan", "--code-policy", "skip"],
+        "run": ["run", "--code-policy", "skip", "--backup-dir", str(backups)],
+        "restore": ["restore", "--backup", str(backups), "--dry-run"],
+    }
+    if command == "restore":  # a backup to restore from, taken by a plain run first
+        first = subprocess.run(
+            [sys.executable, "-c", PLAIN_RUN, *argv["run"]],
+            env=console_env(tmp_path, DATABASE_URL=guide_db.url),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert "exit 0;" in first.stderr, first.stderr[-2000:]
+        (archive,) = backups.glob("*.dump")
+        argv["restore"][2] = str(archive)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_RUN, *argv[command]],
+        env=console_env(tmp_path, DATABASE_URL=guide_db.url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert "exit 0; prefect modules loaded: 0 []" in result.stderr, result.stdout + result.stderr[-2000:]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from safedrop.pgserver import free_port
+from safedrop.pg.pgserver import free_port
 from tests.conftest import ROOT
 from tests.helpers import console, holding
 
@@ -135,8 +135,8 @@ def test_a_lock_that_cannot_be_had_is_named_with_its_holder(guide_db, tmp_path):
 
 HOLD_THE_RUN_LOCK = """
 import sys, time
-from safedrop.database import database_from_url
-from safedrop.runlock import one_run_at_a_time
+from safedrop.pg.database import database_from_url
+from safedrop.pg.runlock import one_run_at_a_time
 with one_run_at_a_time(database_from_url(sys.argv[1]), "the-other-run"):
     print("locked", flush=True)
     time.sleep(600)

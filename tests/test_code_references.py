@@ -10,11 +10,11 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from safedrop.codescan import SKIPPED_WARNING, scan_code
+from safedrop.analysis.codescan import SKIPPED_WARNING, scan_code
+from safedrop.analysis.identifiers import identifier_variants
 from safedrop.errors import UsageError
-from safedrop.identifiers import identifier_variants
 from safedrop.migration import TableName
-from safedrop.report import CodeScanResult
+from safedrop.results import CodeScanResult
 from tasks.code_references import code_reference_scan
 
 TARGETS = [TableName("public", "credit_allocation_transactions"), TableName("public", "credit_allocations")]

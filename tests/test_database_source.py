@@ -13,12 +13,12 @@ import json
 
 import pytest
 
-from safedrop.cli import main
-from safedrop.database import resolve_database
+from safedrop.cli.main import main
 from safedrop.errors import ConfigurationError, PrecheckStop
-from safedrop.pgserver import free_port
-from safedrop.plandigest import stop_unless_same_database
-from safedrop.report import DatabaseIdentity
+from safedrop.fleet.plandigest import stop_unless_same_database
+from safedrop.pg.database import resolve_database
+from safedrop.pg.pgserver import free_port
+from safedrop.results import DatabaseIdentity
 from tests.conftest import TARGETS
 from tests.helpers import console, run
 

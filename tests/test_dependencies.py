@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from safedrop.cascade import analyse
-from safedrop.catalog import (
+from safedrop.analysis.cascade import analyse
+from safedrop.migration import load_migration, parse_migration
+from safedrop.pg.catalog import (
     ORIGINAL,
     SILENT,
     describe,
@@ -22,8 +23,7 @@ from safedrop.catalog import (
     statement_oids,
     table_status,
 )
-from safedrop.database import connect
-from safedrop.migration import load_migration, parse_migration
+from safedrop.pg.database import connect
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CREDIT = "drop_credit_allocation_tables"

@@ -45,7 +45,7 @@ from prefect.states import Cancelling
 from prefect.utilities.schema_tools import validate
 
 from deployments import deploy
-from safedrop.cli import main as safedrop_main
+from safedrop.cli.main import main as safedrop_main
 from safedrop.errors import MigrationFileError
 from safedrop.migration import load_migration, migration_paths
 from safedrop.parameters import DropParameters

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from prefect.flow_runs import resume_flow_run
 
-from safedrop.database import database_from_url
 from safedrop.errors import DropFailed
-from safedrop.lockschedule import LockSchedule
-from safedrop.pgserver import wait_until
-from safedrop.runlock import lock_label
+from safedrop.pg.database import database_from_url
+from safedrop.pg.lockschedule import LockSchedule
+from safedrop.pg.pgserver import wait_until
+from safedrop.pg.runlock import lock_label
 from tests.conftest import SURVIVORS, TARGETS
 from tests.helpers import Background, credit_plan, drop_now, holding, run, session
 from tests.pgproxy import CommitCutter

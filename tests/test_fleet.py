@@ -17,13 +17,19 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 
 from safedrop.errors import UsageError
-from safedrop.fleet import FleetFileError, FleetSpec, child_deployment, load_fleet, parse_fleet
-from safedrop.fleetreport import FleetDatabaseReport, FleetReport, fleet_digest, fleet_status, render_text
+from safedrop.fleet.fleetfile import FleetFileError, FleetSpec, child_deployment, load_fleet, parse_fleet
+from safedrop.fleet.fleetreport import (
+    FleetDatabaseReport,
+    FleetReport,
+    fleet_digest,
+    fleet_status,
+    render_text,
+)
+from safedrop.fleet.plandigest import plan_digest
+from safedrop.fleet.rollout import Rollout
 from safedrop.migration import load_migration
 from safedrop.parameters import DropParameters
-from safedrop.plandigest import plan_digest
-from safedrop.report import CascadeObject, UntrackedReference
-from safedrop.rollout import Rollout
+from safedrop.results import CascadeObject, UntrackedReference
 from tests.conftest import SURVIVORS, TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,7 +288,7 @@ def test_allow_cascade_in_the_fleet_file_reaches_every_database_and_the_reason_s
 ):
     """A database's stop names the fleet file's key, not the CLI flag; written there, it goes to each
     database's run, and one with the view loses it with the targets (backed up first)."""
-    from safedrop.childruns import in_fleet_terms, status_of
+    from safedrop.fleet.childruns import in_fleet_terms, status_of
     from tests.helpers import run
 
     monkeypatch.setenv("DATABASE_URL", guide_db.url)
@@ -462,7 +468,7 @@ def test_the_url_comes_only_from_the_variable_database_url_env_names(
     assert state.is_completed() and report.status == "ready", report.reasons
     assert report.database.endswith(f"/{guide_db.name}") and report.plan_digest
     # the report, as the fleet reads it back from the run's artifact
-    from safedrop.report_json import report_from_markdown
+    from safedrop.report.json_artifact import report_from_markdown
 
     artifact = artifacts_of(report.flow_run_id)["drop-credit-allocation-tables-report"]
     assert report_from_markdown(artifact.data).plan_digest == report.plan_digest
@@ -516,7 +522,7 @@ def test_a_running_child_without_a_heartbeat_is_silent_and_one_beat_on_any_page_
     from prefect.events import emit_event
     from prefect.states import Running
 
-    from safedrop.childruns import silent
+    from safedrop.fleet.childruns import silent
 
     @flow
     def child(): ...
@@ -586,7 +592,7 @@ def test_a_fleet_whose_child_deployment_is_not_on_the_server_starts_nothing(tmp_
     """A server, but the migration's deployments were never deployed there: one reason, exit 1, no run."""
     from prefect.client.orchestration import get_client
 
-    from safedrop.cli import main
+    from safedrop.cli.main import main
 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(GOOD)

@@ -48,7 +48,7 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from safedrop.childruns import DROP_TAG, PLAN_TAG, fleet_tag
+from safedrop.fleet.childruns import DROP_TAG, PLAN_TAG, fleet_tag
 from tests.conftest import GUIDE_TEMPLATE, TARGETS, fresh_database
 from tests.gitrepos import make_app_repo
 from tests.helpers import SAFEDROP, application
@@ -460,7 +460,7 @@ def _children_going(client) -> list[str]:
 
 
 def _spec(path: Path) -> dict:
-    from safedrop.fleet import load_fleet
+    from safedrop.fleet.fleetfile import load_fleet
 
     return load_fleet(path).model_dump(mode="json")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_WARNING
-from safedrop.pgserver import find_server_bin
+from safedrop.analysis.codescan import NO_SOURCE_REASON, SKIPPED_WARNING
+from safedrop.pg.pgserver import find_server_bin
 from tests.conftest import SURVIVORS, TARGETS
 from tests.gitrepos import leftovers, make_app_repo, private_tempdir
 from tests.helpers import archive_listing, artifacts_of, run

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from safedrop import gitsource
-from safedrop.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING, scan_code
+from safedrop.analysis import gitsource
+from safedrop.analysis.codescan import NO_SOURCE_REASON, SKIPPED_BY_POLICY, SKIPPED_WARNING, scan_code
+from safedrop.analysis.gitauth import GitCredential, credential_from_secret, git_environment
+from safedrop.analysis.gitsource import checkout
 from safedrop.errors import CodeSourceError, UsageError
-from safedrop.gitauth import GitCredential, credential_from_secret, git_environment
-from safedrop.gitsource import checkout, is_git_source, parse_git_source
 from safedrop.migration import TableName
+from safedrop.sources import is_git_source, parse_git_source
 from tests.gitrepos import (
     CLEAN_FILES,
     MAIN_FILES,

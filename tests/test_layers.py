@@ -1,11 +1,16 @@
 """The layers keep their direction: the habit that keeps the code in rooms a newcomer can hold in their head.
 
-    flows/  ->  tasks/  ->  safedrop/          (the command line, on top, may import the flows)
+    flows/  ->  tasks/  ->  safedrop/          (the command line, safedrop/cli/, may import the flows)
+
+and inside safedrop/, between its subpackages (each ``__init__.py`` says what it may import):
+
+    cli/  ->  fleet/ | restore/ -> backup/  ->  analysis/  ->  report/  ->  pg/  ->  the shared modules
 
 Read with the standard library's ``ast``, every import counted — also the ones inside functions:
-``safedrop/`` (the library) never imports ``tasks/`` or ``flows/``, except the command-line entry
-points, which may import ``flows/``; ``tasks/`` never imports ``flows/``; no module imports another's
-private (``_name``) names; and there is no import cycle between modules.
+``safedrop/`` (the library) never imports ``tasks/`` or ``flows/``, except the command line, which may
+import ``flows/``; ``tasks/`` never imports ``flows/``; a subpackage imports only those below it (fleet/
+and restore/ not each other; the shared top-level modules none); no module imports another's private
+(``_name``) names; and there is no import cycle between modules.
 """
 
 from __future__ import annotations
@@ -17,16 +22,36 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("safedrop", "tasks", "flows")
-ENTRY_POINTS = {"safedrop.cli", "safedrop.commands", "safedrop.demo"}  # the command line sits on top
+# What each part of safedrop/ may import besides itself ("" = the shared top-level modules).
+MAY_IMPORT = {
+    "": set(),
+    "pg": {""},
+    "report": {"", "pg"},
+    "analysis": {"", "pg", "report"},
+    "backup": {"", "pg", "report", "analysis"},
+    "restore": {"", "pg", "report", "analysis", "backup"},
+    "fleet": {"", "pg", "report", "analysis"},
+    "cli": {"", "pg", "report", "analysis", "backup", "restore", "fleet"},
+}
 
 
 def modules() -> dict[str, Path]:
     return {
         ".".join(path.relative_to(ROOT).with_suffix("").parts): path
         for package in PACKAGES
-        for path in sorted((ROOT / package).glob("*.py"))
+        for path in sorted((ROOT / package).rglob("*.py"))
         if path.name != "__init__.py"
     }
+
+
+def subpackages() -> set[str]:
+    return {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.glob("safedrop/*/__init__.py")}
+
+
+def part(module: str) -> str:
+    """The subpackage of safedrop/ a module lives in ("" for the shared top-level modules)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else ""
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -41,14 +66,15 @@ def imports(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def project_edges() -> dict[str, set[str]]:
-    """module -> the project modules it imports (``from safedrop import queries`` counts as safedrop.queries)."""
-    known = modules()
+    """module -> the project modules it imports (``from safedrop.pg import queries`` counts as
+    safedrop.pg.queries)."""
+    known, packages = modules(), {*PACKAGES, *subpackages()}
     edges: dict[str, set[str]] = {m: set() for m in known}
     for module, path in known.items():
         for target, names in imports(path):
             candidates = [target, *(f"{target}.{n}" for n in names)]
             edges[module] |= {c for c in candidates if c in known and c != module}
-            if target.split(".")[0] in PACKAGES and target not in known and target not in PACKAGES:
+            if target.split(".")[0] in PACKAGES and target not in known and target not in packages:
                 pytest.fail(f"{module} imports {target}, which is not a module of the project")
     return edges
 
@@ -61,11 +87,36 @@ def test_the_library_never_imports_the_steps_or_the_flows():
             up = target.split(".")[0]
             if layer == "safedrop" and up == "tasks":
                 wrong.append(f"{module} -> {target}")
-            if layer == "safedrop" and up == "flows" and module not in ENTRY_POINTS:
+            if layer == "safedrop" and up == "flows" and part(module) != "cli":
                 wrong.append(f"{module} -> {target}")
             if layer == "tasks" and up == "flows":
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the layers (flows -> tasks -> safedrop):\n" + "\n".join(sorted(wrong))
+
+
+def test_the_library_s_parts_import_only_those_below_them():
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in project_edges().items()
+        if module.startswith("safedrop.")
+        for target in targets
+        if target.startswith("safedrop.")
+        and part(target) != part(module)
+        and part(target) not in MAY_IMPORT[part(module)]
+    ]
+    assert not wrong, "imports against the direction of safedrop's parts:\n" + "\n".join(sorted(wrong))
+
+
+def test_safedrop_s_folder_is_the_map():
+    """Subpackages by concern, each saying what lives there, and at most a dozen shared modules."""
+    library = ROOT / "safedrop"
+    packages = sorted(p.name for p in library.iterdir() if (p / "__init__.py").exists())
+    assert packages == sorted(n for n in MAY_IMPORT if n), packages
+    shared = sorted(p.stem for p in library.glob("*.py") if p.name != "__init__.py")
+    assert len(shared) <= 12, shared
+    for name in packages:
+        doc = ast.get_docstring(ast.parse((library / name / "__init__.py").read_text())) or ""
+        assert doc and "import" in doc.lower(), f"safedrop/{name}/__init__.py does not say what it may import"
 
 
 def test_no_module_imports_another_module_s_private_names():
@@ -110,7 +161,18 @@ def test_the_check_sees_a_real_violation(tmp_path, monkeypatch):
     (fake / "tasks" / "step.py").write_text(
         "from safedrop.lib import thing\nfrom safedrop.lib import _private\n"
     )
+    for name in ("pg", "backup", "restore"):
+        (fake / "safedrop" / name).mkdir()
+        (fake / "safedrop" / name / "__init__.py").write_text("")
+    (fake / "safedrop" / "pg" / "conn.py").write_text("from safedrop.backup.dump import x\n")
+    (fake / "safedrop" / "backup" / "dump.py").write_text("from safedrop.restore.back import y\n")
+    (fake / "safedrop" / "restore" / "back.py").write_text("from safedrop.backup.dump import z\n")
     monkeypatch.setattr(f"{__name__}.ROOT", fake)
+    with pytest.raises(AssertionError) as caught:
+        test_the_library_s_parts_import_only_those_below_them()
+    assert "safedrop.pg.conn -> safedrop.backup.dump" in str(caught.value)
+    assert "safedrop.backup.dump -> safedrop.restore.back" in str(caught.value)
+    assert "safedrop.restore.back -> safedrop.backup.dump" not in str(caught.value)  # restore may use backup
     with pytest.raises(AssertionError, match="safedrop.lib -> tasks.step"):
         test_the_library_never_imports_the_steps_or_the_flows()
     with pytest.raises(AssertionError, match="from safedrop.lib import _private"):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from safedrop.errors import ChangedSinceBackup
-from safedrop.lockschedule import LockSchedule
-from safedrop.pgserver import wait_until
+from safedrop.pg.lockschedule import LockSchedule
+from safedrop.pg.pgserver import wait_until
 from tasks.backup import take_backup
 from tests.conftest import SURVIVORS, TARGETS
 from tests.helpers import application, credit_plan, drop_now, holding, run, session

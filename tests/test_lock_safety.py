@@ -19,10 +19,10 @@ import psycopg2
 import pytest
 
 from safedrop.errors import DropFailed
-from safedrop.lockschedule import LockSchedule, lock_waits
 from safedrop.parameters import DropParameters
-from safedrop.pgserver import wait_until
-from safedrop.runlock import one_run_at_a_time
+from safedrop.pg.lockschedule import LockSchedule, lock_waits
+from safedrop.pg.pgserver import wait_until
+from safedrop.pg.runlock import one_run_at_a_time
 from tests.conftest import ROOT, SURVIVORS, TARGETS
 from tests.helpers import BLOCKER_APP, Background, artifacts_of, credit_plan, drop_now, holding, run, session
 
@@ -389,7 +389,7 @@ def test_lock_waits_share_the_attempt_and_keep_later_waits_short():
 def _timeouts_until(schedule: LockSchedule, monkeypatch, limit_ms: int) -> list[tuple[float, int]]:
     """(elapsed ms, lock_timeout ms) of each attempt, every attempt timing out, on a simulated clock."""
     now = [0.0]
-    monkeypatch.setattr("safedrop.lockschedule.time.sleep", lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr("safedrop.pg.lockschedule.time.sleep", lambda s: now.__setitem__(0, now[0] + s))
     out = []
     for _attempt, timeout_ms in schedule.attempts(clock=lambda: now[0]):
         out.append((now[0] * 1000, timeout_ms))
@@ -475,8 +475,8 @@ def test_a_second_run_stops_at_once_naming_the_first(env_url, tmp_path):
 
 HOLD_THE_RUN_LOCK = """
 import sys, time
-from safedrop.database import database_from_url
-from safedrop.runlock import one_run_at_a_time
+from safedrop.pg.database import database_from_url
+from safedrop.pg.runlock import one_run_at_a_time
 with one_run_at_a_time(database_from_url(sys.argv[1]), "crashed-run"):
     print("locked", flush=True)
     time.sleep(600)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from safedrop.database import connect, database_from_url
 from safedrop.errors import ConnectionFailed
+from safedrop.pg.database import connect, database_from_url
 
 
 def test_guide_db_has_the_guide_shape(guide_db):

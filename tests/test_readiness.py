@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from safedrop.pgserver import wait_until
+from safedrop.pg.pgserver import wait_until
 from tests.helpers import artifacts_of, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -14,8 +14,8 @@ import threading
 import pytest
 
 from safedrop.errors import ChangedSinceBackup, DropStopped
-from safedrop.lockschedule import LockSchedule
-from safedrop.pgserver import wait_until
+from safedrop.pg.lockschedule import LockSchedule
+from safedrop.pg.pgserver import wait_until
 from tasks.backup import take_backup
 from tests.helpers import credit_plan, drop_now, session
 

@@ -19,11 +19,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from safedrop.cli import main
-from safedrop.manifest import manifest_path
+from safedrop.backup.manifest import manifest_path
+from safedrop.cli.main import main
 from safedrop.migration import TableName
 from safedrop.parameters import RestoreParameters
-from safedrop.pgserver import wait_until
+from safedrop.pg.pgserver import wait_until
 from tests.helpers import BLOCKER_APP, artifacts_of, holding, run, session
 from tests.test_backup import Background, cmdlines
 
@@ -680,7 +680,7 @@ def test_foreign_keys_odd_names_comments_not_valid_ones_and_partitioned_tables(g
 
 
 def test_parse_foreign_keys_reads_only_what_pg_restore_prints_for_them():
-    from safedrop.foreignkeys import parse_foreign_keys
+    from safedrop.restore.foreignkeys import parse_foreign_keys
 
     script = (
         "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET statement_timeout = 0;\n"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from safedrop.cli import main
-from safedrop.manifest import manifest_path
+from safedrop.backup.manifest import manifest_path
+from safedrop.cli.main import main
 from safedrop.migration import TableName
-from safedrop.pgserver import LocalPostgres
+from safedrop.pg.pgserver import LocalPostgres
 from tasks.backup import BackupOptions, take_backup
 from tests.conftest import GUIDE_TEMPLATE, fresh_database
 from tests.conftest import TestDatabase as Db

@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
-from safedrop.pgserver import find_server_bin, free_port, wait_until
+from safedrop.pg.pgserver import find_server_bin, free_port, wait_until
 from tests.conftest import TARGETS
 from tests.gitrepos import GitHttpServer, leftovers, make_app_repo, private_tempdir, recording_git
 from tests.helpers import Background, artifacts_of, run

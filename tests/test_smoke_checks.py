@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from safedrop.cli import main
+from safedrop.cli.main import main
 from tests.conftest import TARGETS
 from tests.helpers import artifacts_of, run
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from safedrop.database import connect
 from safedrop.errors import VerificationFailed
 from safedrop.migration import TableName
-from safedrop.rowcounts import Limits, count_bounded
+from safedrop.pg.database import connect
+from safedrop.pg.rowcounts import Limits, count_bounded
 from tasks.verification import survivor_structure, verify_drop
 from tests.conftest import SURVIVORS, TARGETS
 from tests.helpers import holding, run
