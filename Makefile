@@ -22,12 +22,15 @@ demo: install
 	PREFECT_HOME=$(CURDIR)/.tmp/prefect-demo $(BIN)/safedrop demo
 
 ## The whole suite: real PostgreSQL, pg_dump/pg_restore, Prefect harness, a real Prefect server + worker.
+## Two pytest-xdist workers (the two cores), each with its own PostgreSQL cluster and Prefect home.
+XDIST := -n 2 --dist loadgroup
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 ## Everything but the slow end-to-end and console-script tests.
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e and not cli"
+	$(BIN)/python -m pytest $(XDIST) -m "not e2e and not cli"
 
 ## Benchmarks: ratios against the raw tools, measured in the same run.
 bench: install

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 _home = Path(os.environ.get("PREFECT_HOME") or ROOT / ".tmp" / "prefect-test-home")
 os.environ["PREFECT_HOME"] = str(_home / WORKER if WORKER else _home)
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.pop("DATABASE_URL", None)
@@ -150,3 +151,19 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# The end-to-end stories first, the longest first: under pytest-xdist (`make test`: two workers,
+# --dist loadgroup) each of them starts at once on a worker of its own while the short tests fill the
+# other; run serially the order changes nothing else.
+LONGEST_FIRST = ("tests/test_fleet_e2e.py", "tests/test_deployments.py::test_deployment_runs_through")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        for i, prefix in enumerate(LONGEST_FIRST):
+            if item.nodeid.startswith(prefix):
+                return i
+        return len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its collected order
