@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel as _PydanticModel
+from pydantic import ConfigDict, Field
+
+
+class BaseModel(_PydanticModel):
+    """A result model whose validator is built when first used, not at import (a plain ``safedrop
+    plan`` builds only the models it fills in)."""
+
+    model_config = ConfigDict(defer_build=True)
+
 
 Status = Literal["ready", "succeeded", "already-applied", "stopped", "failed"]
 

@@ -442,6 +442,17 @@ def test_a_dump_over_its_timeout_is_stopped_and_leaves_nothing(guide_db, server_
     assert files_in(tmp_path) == []
 
 
+@pytest.fixture
+def ctrl_c_interrupts() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as at a terminal (a pytest-xdist worker process ignores it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_interrupts")
 def test_ctrl_c_stops_pg_dump_and_removes_the_partial_file(guide_db, server_version_num, tmp_path):
     seen: dict[str, int] = {}
 
