@@ -78,8 +78,13 @@ def hand_run_job(url: str, archive: Path, bindir: Path) -> Callable[[], None]:
 
 
 def console_env(work: Path) -> dict[str, str]:
-    """A user's shell: no Prefect server configured, homes of the benchmark's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and k != "DATABASE_URL"}
+    """A user's shell: no Prefect server configured, homes of the benchmark's own, bytecode cached as
+    Python does by default (a CI shell's PYTHONDONTWRITEBYTECODE would compile every module each time)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_API") and k not in ("DATABASE_URL", "PYTHONDONTWRITEBYTECODE")
+    }
     env.update(
         PREFECT_HOME=str(work / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

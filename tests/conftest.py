@@ -6,6 +6,7 @@ Each test gets its own database, cloned from a template seeded with the guide's 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -142,6 +143,25 @@ def cli_env(monkeypatch, tmp_path):
         monkeypatch.setenv(name, "unset")
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def prefect_console_follows_stderr() -> None:
+    """Prefect's console log handler keeps the stream it was set up with: in a test, that test's capture,
+    closed when it ends, so a later test's flow run logs a "closed file" traceback into its own output.
+    Each test: the handler's console writes to the process's own stderr (fd 2, which pytest captures),
+    the same in every test whichever imported Prefect first."""
+    import sys
+
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.console.file = sys.__stderr__  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")

@@ -112,6 +112,16 @@ class Stack:
         except ProcessLookupError:
             pass
 
+    def kill_one(self, name: str) -> None:
+        """Take one process (and its flow-run children) away as a machine losing power does: SIGKILL,
+        nothing said to anyone. (Their own children — pg_dump — get SIGTERM from the kernel.)"""
+        process = self.processes[name]
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=15)
+
     def stop(self) -> None:
         for name in reversed(list(self.processes)):  # last started first: server last
             self.stop_one(name)

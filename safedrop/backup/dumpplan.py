@@ -78,24 +78,20 @@ def check_row_security(db: Database, targets: Sequence[TableName]) -> None:
 def exported_snapshot(db: Database) -> Iterator[tuple[Connection, dict[str, str]]]:
     """A REPEATABLE READ, READ ONLY transaction and its exported snapshot (``snapshot_id`` for pg_dump,
     ``txid_snapshot`` to tell later writes), open for the block."""
-    engine = db.engine()
     try:
-        try:
-            conn = engine.connect()
-        except sa.exc.OperationalError as exc:
-            raise backup_failure(f"{describe_connect_error(exc, db)}; {DID_NOT_RUN}") from None
-        try:
-            conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            pin_text_settings(conn)
-            yield conn, queries.one(conn, "export_snapshot")
-        finally:
-            try:  # the session may be gone (terminated): never hide the error that got us here
-                conn.rollback()
-                conn.close()
-            except Exception:
-                pass
+        conn = db.shared_engine().connect()
+    except sa.exc.OperationalError as exc:
+        raise backup_failure(f"{describe_connect_error(exc, db)}; {DID_NOT_RUN}") from None
+    try:
+        conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        pin_text_settings(conn)
+        yield conn, queries.one(conn, "export_snapshot")
     finally:
-        engine.dispose()
+        try:  # the session may be gone (terminated): never hide the error that got us here
+            conn.rollback()
+            conn.close()
+        except Exception:
+            pass
 
 
 def pattern(*parts: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,27 @@ def _settings_may_name_an_api() -> bool:
     return False
 
 
+def run_job(params: Any, flow: str, runbook: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """One job in this process, its final state and result: the Prefect ``flow`` ("module:name"), recorded
+    on the server, when one is configured; else the ``runbook``'s steps as plain functions (no Prefect
+    engine, no temporary server: not even imported — ``safedrop.steps``)."""
+    if prefect_server():
+        from importlib import import_module
+
+        from safedrop.runlog import quiet_expected_failures
+
+        module, name = flow.split(":")
+        run = getattr(import_module(module), name)  # first: importing Prefect sets up its logging
+        quiet_expected_failures()
+        state = run(params, return_state=True)
+        return state, state.result(raise_on_failure=False)
+    from safedrop.steps import plain_steps
+
+    with plain_steps():
+        state = runbook(params)
+    return state, state.data
+
+
 def run_flow(params: Any) -> tuple[Any, int]:
     """Run the flow in this process: recorded through Prefect when a server is configured, else its steps
     as plain functions (no Prefect engine, no temporary server: ``safedrop.steps``). The run report and
@@ -226,21 +248,11 @@ def run_flow(params: Any) -> tuple[Any, int]:
     from flows.drop_runbook import drop_tables, recording_runs, report_after_prefect_failed
     from safedrop.errors import SafedropError
     from safedrop.results import RunReport
-    from safedrop.steps import plain_steps
 
     with recording_runs() as records:
         try:
-            if prefect_server():
-                from flows.drop_deprecated_tables import drop_deprecated_tables
-                from safedrop.runlog import quiet_expected_failures
-
-                quiet_expected_failures()
-                state = drop_deprecated_tables(params, return_state=True)
-                result = state.result(raise_on_failure=False)
-            else:
-                with plain_steps():
-                    state = drop_tables(params)  # no Prefect engine, no server: not even imported
-                result = state.data
+            flow = "flows.drop_deprecated_tables:drop_deprecated_tables"
+            state, result = run_job(params, flow, drop_tables)
         except Exception as exc:
             if not records or records[-1].drop is None:
                 raise  # nothing was dropped: the caller says Prefect could not run the flow
@@ -347,20 +359,9 @@ def restore(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from flows.restore_runbook import restore_tables
     from safedrop.interrupts import Interrupted
-    from safedrop.steps import plain_steps
 
     try:
-        if prefect_server():
-            from flows.restore_dropped_tables import restore_dropped_tables
-            from safedrop.runlog import quiet_expected_failures
-
-            quiet_expected_failures()
-            state = restore_dropped_tables(params, return_state=True)
-            report = state.result(raise_on_failure=False)
-        else:
-            with plain_steps():
-                state = restore_tables(params)  # no Prefect engine, no server: not even imported
-            report = state.data
+        state, report = run_job(params, "flows.restore_dropped_tables:restore_dropped_tables", restore_tables)
         if not isinstance(report, RestoreReport):  # the flow crashed: a bug, said in one line
             report = RestoreReport(
                 status="failed",
