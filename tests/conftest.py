@@ -35,6 +35,7 @@ os.environ["SAFEDROP_BACKUP_DIR"] = str(_backups / WORKER if WORKER else _backup
 from safedrop import SQL_DIR  # noqa: E402
 from safedrop.pg.database import Database, database_from_url  # noqa: E402
 from safedrop.pg.pgserver import LocalPostgres  # noqa: E402
+from tests.s3server import s3, s3_server  # noqa: E402, F401 - a real S3-API server (moto) on localhost
 from tests.stack import stack  # noqa: E402, F401 - the e2e tests' Prefect server and workers
 
 GUIDE_TEMPLATE = "guide_template"
