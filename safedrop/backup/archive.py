@@ -93,16 +93,21 @@ def parse_toc(text: str) -> list[TocEntry]:
 
 
 def read_toc(
-    path: Path,
+    path: Path | str,
     tools: PgTools,
     *,
     timeout_s: float = 300,
     failure: type = BackupFailed,
     suffix: str = DID_NOT_RUN,
+    stdin: Iterable[bytes] | None = None,
 ) -> list[TocEntry]:
-    """The archive's table of contents with dependencies (``pg_restore --list --verbose``)."""
+    """The archive's table of contents with dependencies (``pg_restore --list --verbose``).
+
+    ``stdin``: the archive's bytes streamed (an object in the store, ``path`` its URI): pg_restore reads
+    its header and table of contents, then stops."""
+    args = ["--list", "--verbose"] if stdin is not None else ["--list", "--verbose", str(path)]
     try:
-        text = run(tools.pg_restore, ["--list", "--verbose", str(path)], env=tool_env(), timeout_s=timeout_s)
+        text = run(tools.pg_restore, args, env=tool_env(), timeout_s=timeout_s, stdin=stdin)
     except ToolFailed as exc:
         if exc.kind == "timeout":
             raise failure(

@@ -30,7 +30,7 @@ _LOCK_QUERY = re.compile(r"Query was: LOCK TABLE (?P<relation>.+) IN ACCESS SHAR
 
 
 def pg_dump_args(
-    output: Path,
+    output: Path | None,
     *,
     archive_format: ArchiveFormat = "custom",
     compression: int = 1,
@@ -58,7 +58,8 @@ def pg_dump_args(
     if verbose:
         args.append("--verbose")
     args += [f"--exclude-table-data={pattern}" for pattern in exclude_data]
-    args.append(f"--file={output}")
+    if output is not None:  # else the archive goes to stdout (streamed to the store)
+        args.append(f"--file={output}")
     return args
 
 

@@ -10,20 +10,23 @@ This module provides:
   (and passed to a callback), a tick while it runs, and killed and reaped on any interruption;
 - ``ToolFailed``: the one way a tool fails — it exited non-zero, outlived its timeout, was killed by a
   signal, or could not be started — carrying the tool, how it failed and its stderr;
-- ``stderr_summary`` / ``first_error``: one line of a libpq tool's stderr, password masked.
+- ``stderr_summary`` / ``first_error``: one line of a libpq tool's stderr, password masked;
+- ``Spout``: a tool's stdout as a readable stream, a few MiB in memory at most (the tool waits while the
+  reader is behind) — pg_dump's archive on its way to object storage, never on the local disk.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import re
 import resource
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -137,6 +140,65 @@ def size_limit(max_bytes: int) -> Callable[[], None]:
     return apply
 
 
+class Spout:
+    """A tool's stdout, readable as a stream while the tool writes it (``start(..., stdout=spout)``).
+
+    At most ``max_chunks`` of sh's chunks wait in memory: when the reader is behind, the tool blocks on
+    its pipe. ``end()`` (after the tool was waited for) marks the end; ``abandon()`` (the reader gives
+    up) drops whatever comes after, so a tool being killed never blocks on a full queue.
+    """
+
+    _END = b""
+
+    def __init__(self, max_chunks: int = 8) -> None:
+        self._queue: queue.Queue[bytes] = queue.Queue(max_chunks)
+        self._abandoned = threading.Event()
+        self._pending = b""
+        self._ended = False
+
+    # the tool's side (sh's output thread): a file object without an encoding gets bytes
+    def write(self, chunk: bytes) -> None:
+        if chunk:
+            self._put(chunk)
+
+    def flush(self) -> None:
+        pass
+
+    def end(self) -> None:
+        self._put(self._END)
+
+    def _put(self, chunk: bytes) -> None:
+        while not self._abandoned.is_set():
+            try:
+                self._queue.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # the reader's side
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all of what is waiting when -1); b"" only at the end."""
+        while not self._pending and not self._ended:
+            chunk = self._queue.get()
+            if chunk is self._END or chunk == self._END:
+                self._ended = True
+            else:
+                self._pending = chunk
+        if size < 0 or size >= len(self._pending):
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+
 @dataclass
 class Process:
     """A started tool: its name, sh's handle, the stderr lines it wrote so far, its timeout."""
@@ -161,8 +223,12 @@ def start(
     timeout_s: float,
     on_line: Callable[[str], None] | None = None,
     max_bytes: int | None = None,
+    stdout: Spout | None = None,
+    stdin: Iterable[bytes] | None = None,
 ) -> Process:
-    """Start a tool in the background; its stderr lines are kept (and passed to ``on_line``).
+    """Start a tool in the background; its stderr lines are kept (and passed to ``on_line``), its stdout
+    goes to ``stdout`` when given (a ``Spout``: read it while the tool runs); ``stdin`` feeds it chunks
+    (an object streamed from the store: the tool may stop reading early, as ``pg_restore --list`` does).
 
     Raises ToolFailed (``not-started``) when it cannot be started at all.
     """
@@ -187,6 +253,10 @@ def start(
         _timeout_signal=signal.SIGTERM,  # then kill() makes sure
     )
     kwargs["_preexec_fn"] = size_limit(max_bytes) if max_bytes else die_with_parent
+    if stdout is not None:
+        kwargs.update(_out=stdout, _out_bufsize=1024 * 1024)
+    if stdin is not None:
+        kwargs.update(_in=stdin, _in_bufsize=64 * 1024)
     tool = Path(command).name
     try:
         running = sh.Command(str(command))(*args, **kwargs)

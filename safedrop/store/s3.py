@@ -151,12 +151,15 @@ def upload_stream(
     part_bytes: int = PART_BYTES,
     encryption: dict[str, str] | None = None,
     on_part: Callable[[int], None] | None = None,
+    finish: Callable[[], None] | None = None,
 ) -> StoredObject:
     """Upload everything ``stream`` yields as ``location/name``; returns what the store then holds.
 
     ``encryption``: extra arguments for the upload (``ServerSideEncryption``, ``SSEKMSKeyId``); none:
-    the bucket's default encryption applies. ``on_part(total_bytes)`` after each part. The multipart
-    upload is aborted on any failure, interrupts included — nothing partial is left.
+    the bucket's default encryption applies. ``on_part(total_bytes)`` after each part. ``finish()``
+    after the last part, before the object is made: the writer's verdict (pg_dump's exit status) — if
+    it raises, the upload is aborted. The multipart upload is aborted on any failure, interrupts
+    included — nothing partial is left; an error of ours (``SafedropError``) is raised as it is.
     """
     key = location.key(name)
     uri = location.object_uri(name)
@@ -200,12 +203,14 @@ def upload_stream(
                 ChecksumSHA256=_b64(digest),
             )
             parts.append({"PartNumber": 1, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
+        if finish is not None:
+            finish()
         done = s3.complete_multipart_upload(
             Bucket=location.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
     except BaseException as exc:
         _abort(s3, location.bucket, key, upload_id)
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not isinstance(exc, SafedropError):
             raise describe(exc, uri, "uploading") from None
         raise
     stored = StoredObject(
