@@ -16,6 +16,7 @@ ORDER = [
     "code_scan",
     "dependency_scan",
     "backup",
+    "store_backup",  # pg_dump streamed into a local S3-API server vs dump-then-upload
     "lock_safety",  # its defaults include the recheck at ~1 GB of targets (--recheck-mb 1024)
     "restore_traffic",
     "live_traffic",

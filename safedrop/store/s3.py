@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -26,6 +28,7 @@ from safedrop.store.location import S3Location
 
 PART_BYTES = 16 * 1024 * 1024  # S3's minimum part is 5 MiB; 10,000 parts of 16 MiB: 156 GiB per object
 READ_BYTES = 1024 * 1024
+IN_FLIGHT = 2  # parts being sent at once while the next one is read
 
 
 class StoreError(SafedropError):
@@ -174,45 +177,59 @@ def upload_stream(
     part_digests: list[bytes] = []
     parts: list[dict[str, Any]] = []
     total = 0
+
+    def send(number: int, chunk: bytes, digest: bytes) -> dict[str, Any]:
+        response = s3.upload_part(
+            Bucket=location.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=chunk,
+            ChecksumSHA256=_b64(digest),
+        )
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)}
+
+    # One part on its way while the next is read: the dump and the upload overlap, at most
+    # IN_FLIGHT + 1 parts in memory.
+    pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
+    pending: deque[tuple[Future, int]] = deque()
+
+    def settle(keep: int) -> None:
+        while len(pending) > keep:
+            future, _ = pending.popleft()
+            parts.append(future.result())
+            if on_part:
+                on_part(sum(part_sizes[: len(parts)]))
+
+    part_sizes: list[int] = []
     try:
         for number, chunk in enumerate(_parts(stream, part_bytes), 1):
             whole.update(chunk)
             digest = hashlib.sha256(chunk).digest()
             part_digests.append(digest)
-            response = s3.upload_part(
-                Bucket=location.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=chunk,
-                ChecksumSHA256=_b64(digest),
-            )
-            parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
+            part_sizes.append(len(chunk))
             total += len(chunk)
-            if on_part:
-                on_part(total)
+            pending.append((pool.submit(send, number, chunk, digest), len(chunk)))
+            settle(keep=IN_FLIGHT - 1)
+        settle(keep=0)
         if not parts:  # an empty stream still makes an object (S3 needs one part, which may be empty)
             digest = hashlib.sha256(b"").digest()
             part_digests.append(digest)
-            response = s3.upload_part(
-                Bucket=location.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=1,
-                Body=b"",
-                ChecksumSHA256=_b64(digest),
-            )
-            parts.append({"PartNumber": 1, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
+            parts.append(send(1, b"", digest))
         if finish is not None:
             finish()
         done = s3.complete_multipart_upload(
             Bucket=location.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
     except BaseException as exc:
+        for future, _ in pending:
+            future.cancel()
+        pool.shutdown(wait=True)  # no part lands after the abort
         _abort(s3, location.bucket, key, upload_id)
         if isinstance(exc, Exception) and not isinstance(exc, SafedropError):
             raise describe(exc, uri, "uploading") from None
         raise
+    pool.shutdown()
     stored = StoredObject(
         uri=uri,
         bytes=total,
