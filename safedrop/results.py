@@ -246,6 +246,12 @@ class BackupManifest(BaseModel):
     cascade: list[CascadeObject] = Field(default_factory=list)
     checksum_method: str = ""
     verified_by_restore: bool = False
+    # An archive in object storage: its URI, the object's version (a versioned bucket) and encryption as
+    # the store reported them (the bucket's default when safedrop asked for none). None: a local file.
+    uri: str | None = None
+    version_id: str | None = None
+    encryption: str | None = None
+    kms_key_id: str | None = None
 
 
 class BackupResult(StepResult):

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from safedrop.backup.storedump import dump_to_store, stored_toc
-from safedrop.errors import BackupFailed
+from safedrop.backup.storemanifest import check_stored_archive, read_stored_manifest, write_stored_manifest
+from safedrop.errors import BackupFailed, RestoreRefused
 from safedrop.pg.pgtools import find_pg_dump
+from safedrop.results import BackupManifest
 from safedrop.store import s3 as store
 from safedrop.store.location import S3Location
 from tests.conftest import TARGETS
@@ -158,3 +160,80 @@ def test_the_store_going_away_mid_upload_stops_the_backup_and_pg_dump_goes_too(
     assert pg_dump_child() is None
     poll("pg_dump's session to go", lambda: dump_sessions(guide_db) == 0)
     assert all(guide_db.exists(f"public.{t}") for t in TARGETS)
+
+
+def manifest_of(stored, name: str) -> BackupManifest:
+    """The manifest a backup writes for a stored archive (the fields the proof reads, the rest plausible)."""
+    return BackupManifest(
+        archive=name,
+        archive_format="custom",
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        database="t",
+        server="postgres@127.0.0.1:5432/t",
+        server_version="15",
+        server_version_num=150000,
+        pg_dump_version="pg_dump (PostgreSQL) 15",
+        pg_dump_version_num=150000,
+        scope="targets",
+        compression=1,
+        snapshot="00000003-00000002-1",
+        created_at="2026-12-07T10:00:00+00:00",
+        duration_s=1.0,
+        targets=[],
+        uri=stored.uri,
+        version_id=stored.version_id,
+        encryption=stored.encryption,
+    )
+
+
+@pytest.fixture
+def stored_backup(guide_db, tools, s3):
+    fill(guide_db, 1000)
+    s3c = store.client(s3.location)
+    stored = dump_to_store(tools, guide_db.db, s3.location, "m.dump", s3=s3c)
+    manifest = manifest_of(stored, "m.dump")
+    assert write_stored_manifest(s3c, s3.location, manifest) == f"s3://{s3.name}/backups/m.dump.manifest.json"
+    return s3c, manifest
+
+
+def test_a_stored_archive_and_its_manifest_prove_each_other(s3, stored_backup):
+    s3c, manifest = stored_backup
+    assert read_stored_manifest(s3c, s3.location, "m.dump") == manifest
+    check_stored_archive(s3c, s3.location, manifest)  # intact: no refusal
+    assert s3.keys() == ["backups/m.dump", "backups/m.dump.manifest.json"]
+
+
+@pytest.mark.parametrize("change", ["changed", "truncated"])
+def test_a_changed_or_truncated_stored_archive_is_refused(s3, stored_backup, change):
+    s3c, manifest = stored_backup
+    data = b"".join(store.read(s3c, s3.location, "m.dump"))
+    tampered = data[:-1] + bytes([data[-1] ^ 1]) if change == "changed" else data[: len(data) // 2]
+    client(s3.server).put_object(Bucket=s3.name, Key="backups/m.dump", Body=tampered)
+    with pytest.raises(RestoreRefused) as caught:
+        check_stored_archive(s3c, s3.location, manifest)
+    message = str(caught.value)
+    assert message.startswith(f"the archive s3://{s3.name}/backups/m.dump does not match its manifest (")
+    assert f"{len(tampered):,} bytes" in message
+    assert message.endswith("it is corrupted or truncated; restore from another backup; nothing was changed")
+
+
+def test_in_a_versioned_bucket_the_recorded_version_is_read_whatever_was_written_since(guide_db, tools, s3):
+    client(s3.server).put_bucket_versioning(Bucket=s3.name, VersioningConfiguration={"Status": "Enabled"})
+    s3c = store.client(s3.location)
+    stored = dump_to_store(tools, guide_db.db, s3.location, "v.dump", s3=s3c)
+    assert stored.version_id
+    client(s3.server).put_object(Bucket=s3.name, Key="backups/v.dump", Body=b"overwritten")
+    check_stored_archive(s3c, s3.location, manifest_of(stored, "v.dump"))  # the recorded version: intact
+
+
+def test_a_stored_archive_without_its_manifest_is_refused(s3, stored_backup):
+    s3c, _ = stored_backup
+    client(s3.server).delete_object(Bucket=s3.name, Key="backups/m.dump.manifest.json")
+    with pytest.raises(RestoreRefused) as caught:
+        read_stored_manifest(s3c, s3.location, "m.dump")
+    assert str(caught.value) == (
+        f"no manifest beside s3://{s3.name}/backups/m.dump (expected s3://{s3.name}/backups/m.dump.manifest.json); "
+        "safedrop restores only archives whose contents it can prove — use the manifest written with the "
+        "backup; nothing was changed"
+    )
