@@ -178,7 +178,8 @@ def upload_stream(
     parts: list[dict[str, Any]] = []
     total = 0
 
-    def send(number: int, chunk: bytes, digest: bytes) -> dict[str, Any]:
+    def send(number: int, chunk: bytes, digest: bytes | None = None) -> tuple[dict[str, Any], bytes]:
+        digest = digest or hashlib.sha256(chunk).digest()  # in the part's thread: beside the reader's hash
         response = s3.upload_part(
             Bucket=location.bucket,
             Key=key,
@@ -187,7 +188,7 @@ def upload_stream(
             Body=chunk,
             ChecksumSHA256=_b64(digest),
         )
-        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)}
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)}, digest
 
     # One part on its way while the next is read: the dump and the upload overlap, at most
     # IN_FLIGHT + 1 parts in memory.
@@ -197,7 +198,9 @@ def upload_stream(
     def settle(keep: int) -> None:
         while len(pending) > keep:
             future, _ = pending.popleft()
-            parts.append(future.result())
+            part, digest = future.result()
+            parts.append(part)
+            part_digests.append(digest)
             if on_part:
                 on_part(sum(part_sizes[: len(parts)]))
 
@@ -205,17 +208,15 @@ def upload_stream(
     try:
         for number, chunk in enumerate(_parts(stream, part_bytes), 1):
             whole.update(chunk)
-            digest = hashlib.sha256(chunk).digest()
-            part_digests.append(digest)
             part_sizes.append(len(chunk))
             total += len(chunk)
-            pending.append((pool.submit(send, number, chunk, digest), len(chunk)))
+            pending.append((pool.submit(send, number, chunk), len(chunk)))
             settle(keep=IN_FLIGHT - 1)
         settle(keep=0)
         if not parts:  # an empty stream still makes an object (S3 needs one part, which may be empty)
-            digest = hashlib.sha256(b"").digest()
+            part, digest = send(1, b"")
+            parts.append(part)
             part_digests.append(digest)
-            parts.append(send(1, b"", digest))
         if finish is not None:
             finish()
         done = s3.complete_multipart_upload(
