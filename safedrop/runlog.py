@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterator
 
 
 def in_run() -> bool:
@@ -75,14 +76,19 @@ def _error_names() -> list[str]:
     return [name for name, obj in vars(errors).items() if isinstance(obj, type) and name[0].isupper()]
 
 
-def quiet_expected_failures() -> None:
-    """Put ``ExpectedFailures`` on every Prefect console handler (the API's logs keep everything)."""
+def prefect_console_handlers() -> Iterator[logging.Handler]:
+    """Every Prefect console handler on any logger (none when Prefect's logging was never set up)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and not any(
-                isinstance(f, ExpectedFailures) for f in handler.filters
-            ):
-                handler.addFilter(ExpectedFailures())
+            if isinstance(handler, PrefectConsoleHandler):
+                yield handler
+
+
+def quiet_expected_failures() -> None:
+    """Put ``ExpectedFailures`` on every Prefect console handler (the API's logs keep everything)."""
+    for handler in prefect_console_handlers():
+        if not any(isinstance(f, ExpectedFailures) for f in handler.filters):
+            handler.addFilter(ExpectedFailures())

@@ -6,7 +6,6 @@ Each test gets its own database, cloned from a template seeded with the guide's 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -156,13 +155,10 @@ def prefect_console_follows_stderr() -> None:
 
     if "prefect.logging.handlers" not in sys.modules:
         return
-    from prefect.logging.handlers import PrefectConsoleHandler
+    from safedrop.runlog import prefect_console_handlers
 
-    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler):
-                handler.console.file = sys.__stderr__  # type: ignore[assignment]
+    for handler in prefect_console_handlers():
+        handler.console.file = sys.__stderr__  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

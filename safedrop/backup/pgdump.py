@@ -22,7 +22,7 @@ from safedrop.pg import queries
 from safedrop.pg.database import Database, connect
 from safedrop.pg.locks import describe_blockers
 from safedrop.pg.pgtools import PgTools
-from safedrop.pg.processes import CHECK_KILLERS, ToolFailed, run, stderr_summary, tool_env
+from safedrop.pg.processes import CHECK_KILLERS, ToolFailed, run, session_env, stderr_summary
 from safedrop.retries import backup_failure
 
 ArchiveFormat = Literal["custom", "directory"]
@@ -120,7 +120,7 @@ def run_pg_dump(
     format options and the output file. ``timeout_s`` kills the child (a Prefect timeout would not);
     ``max_bytes`` caps each file it writes (the dump fails rather than fill the disk).
     """
-    env = {**tool_env(), **db.libpq_env("pg_dump")}
+    env = session_env(db, "pg_dump")
     try:
         run(tools.pg_dump, pg_dump_args(output, **options), env=env, timeout_s=timeout_s, max_bytes=max_bytes)
     except ToolFailed as exc:

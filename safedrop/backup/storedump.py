@@ -21,7 +21,7 @@ from safedrop.backup.pgdump import dump_failure, pg_dump_args
 from safedrop.errors import BackupFailed, TransientBackupFailure
 from safedrop.pg.database import Database
 from safedrop.pg.pgtools import PgTools
-from safedrop.pg.processes import Spout, ToolFailed, kill, start, tool_env, wait
+from safedrop.pg.processes import Spout, ToolFailed, kill, session_env, start, wait
 from safedrop.store import s3 as store
 from safedrop.store.location import S3Location
 
@@ -55,7 +55,7 @@ def dump_to_store(
     except store.StoreError as exc:
         raise not_stored(exc) from None
     spout = Spout()
-    env = {**tool_env(), **db.libpq_env("pg_dump")}
+    env = session_env(db, "pg_dump")
     try:
         process = start(
             tools.pg_dump, pg_dump_args(None, **dump_options), env=env, timeout_s=timeout_s, stdout=spout

@@ -33,13 +33,13 @@ def read_stored_manifest(s3: Any, location: S3Location, name: str) -> BackupMani
     where = location.object_uri(name + MANIFEST_SUFFIX)
     try:
         data = store.get_bytes(s3, location, name + MANIFEST_SUFFIX)
+    except store.ObjectMissing:
+        raise RestoreRefused(
+            f"no manifest beside {location.object_uri(name)} (expected {where}); safedrop restores only "
+            f"archives whose contents it can prove — use the manifest written with the backup; "
+            f"{NOTHING_CHANGED}"
+        ) from None
     except store.StoreError as exc:
-        if str(exc).startswith("no object "):
-            raise RestoreRefused(
-                f"no manifest beside {location.object_uri(name)} (expected {where}); safedrop restores only "
-                f"archives whose contents it can prove — use the manifest written with the backup; "
-                f"{NOTHING_CHANGED}"
-            ) from None
         raise RestoreRefused(f"{exc}; {NOTHING_CHANGED}") from None
     try:
         return BackupManifest.model_validate_json(data)

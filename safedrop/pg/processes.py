@@ -91,11 +91,11 @@ def tool_env() -> dict[str, str]:
     }
 
 
-def session_env(db: Database, tool: str, server_version_num: int) -> dict[str, str]:
+def session_env(db: Database, tool: str, server_version_num: int = 0) -> dict[str, str]:
     """The libpq environment of pg_dump or pg_restore. On PostgreSQL 14+ its session also checks every
     second that the tool is still connected: a tool killed while its session waits for a lock would
     otherwise leave that session queued (holding the locks it already has, and queueing everyone who
-    comes after it) until the lock is granted.
+    comes after it) until the lock is granted (``server_version_num`` not given: no such check).
     """
     env = {**tool_env(), **db.libpq_env(tool)}
     if server_version_num >= 140000:
@@ -180,7 +180,7 @@ class Spout:
         """Up to ``size`` bytes (all of what is waiting when -1); b"" only at the end."""
         while not self._pending and not self._ended:
             chunk = self._queue.get()
-            if chunk is self._END or chunk == self._END:
+            if chunk == self._END:  # write() never queues an empty chunk
                 self._ended = True
             else:
                 self._pending = chunk

@@ -42,6 +42,18 @@ class StoreError(SafedropError):
         return (self.__class__, (str(self),), {"transient": self.transient})
 
 
+class ObjectMissing(StoreError):
+    """The bucket holds no such object (or no such version)."""
+
+
+def _missing(exc: BaseException) -> bool:
+    """Whether the store said "not found" (HEAD answers a bare 404, GET NoSuchKey)."""
+    from botocore import exceptions as bce
+
+    code = str(exc.response.get("Error", {}).get("Code")) if isinstance(exc, bce.ClientError) else ""
+    return code in ("404", "NoSuchKey", "NoSuchVersion")
+
+
 @dataclass(frozen=True)
 class StoredObject:
     """What the store holds after an upload, as the manifest records it."""
@@ -134,9 +146,7 @@ def check_writable(s3: Any, location: S3Location) -> None:
     try:
         s3.head_bucket(Bucket=location.bucket)
     except Exception as exc:
-        from botocore import exceptions as bce
-
-        if isinstance(exc, bce.ClientError) and str(exc.response.get("Error", {}).get("Code")) == "404":
+        if _missing(exc):
             raise StoreError(f"the bucket of {location} does not exist; create it or fix the URI") from None
         raise describe(exc, location, "checking the bucket") from None
 
@@ -193,22 +203,23 @@ def upload_stream(
     # One part on its way while the next is read: the dump and the upload overlap, at most
     # IN_FLIGHT + 1 parts in memory.
     pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
-    pending: deque[tuple[Future, int]] = deque()
+    pending: deque[tuple[Future, int]] = deque()  # a part on its way, and its size
+    sent = 0
 
     def settle(keep: int) -> None:
+        nonlocal sent
         while len(pending) > keep:
-            future, _ = pending.popleft()
+            future, size = pending.popleft()
             part, digest = future.result()
             parts.append(part)
             part_digests.append(digest)
+            sent += size
             if on_part:
-                on_part(sum(part_sizes[: len(parts)]))
+                on_part(sent)
 
-    part_sizes: list[int] = []
     try:
         for number, chunk in enumerate(_parts(stream, part_bytes), 1):
             whole.update(chunk)
-            part_sizes.append(len(chunk))
             total += len(chunk)
             pending.append((pool.submit(send, number, chunk), len(chunk)))
             settle(keep=IN_FLIGHT - 1)
@@ -241,7 +252,7 @@ def upload_stream(
     )
     try:
         _prove_stored(
-            s3, location.bucket, key, stored, composite=_b64(hashlib.sha256(b"".join(part_digests)).digest())
+            s3, location, name, stored, composite=_b64(hashlib.sha256(b"".join(part_digests)).digest())
         )
     except BaseException:
         delete(s3, location.bucket, key, stored.version_id)
@@ -289,22 +300,15 @@ def head(s3: Any, location: S3Location, name: str, version_id: str | None = None
             Bucket=location.bucket, Key=location.key(name), ChecksumMode="ENABLED", **kwargs
         )
     except Exception as exc:
-        from botocore import exceptions as bce
-
-        if isinstance(exc, bce.ClientError) and str(exc.response.get("Error", {}).get("Code")) in (
-            "404",
-            "NoSuchKey",
-        ):
-            raise StoreError(f"no object {location.object_uri(name)} in the store") from None
+        if _missing(exc):
+            raise ObjectMissing(f"no object {location.object_uri(name)} in the store") from None
         raise describe(exc, location.object_uri(name), "reading") from None
 
 
-def _prove_stored(s3: Any, bucket: str, key: str, stored: StoredObject, *, composite: str) -> None:
+def _prove_stored(s3: Any, location: S3Location, name: str, stored: StoredObject, *, composite: str) -> None:
     """After completion: the store holds our bytes — its size, and its checksum when it keeps one
     (else the object is read back and hashed)."""
-    location, _, name = key.rpartition("/")
-    where = S3Location(bucket, location)
-    meta = head(s3, where, name, stored.version_id)
+    meta = head(s3, location, name, stored.version_id)
     if int(meta.get("ContentLength", -1)) != stored.bytes:
         raise StoreError(
             f"the store holds {meta.get('ContentLength')} bytes for {stored.uri}, {stored.bytes} were sent; "
@@ -318,7 +322,7 @@ def _prove_stored(s3: Any, bucket: str, key: str, stored: StoredObject, *, compo
             )
         return
     digest = hashlib.sha256()
-    for chunk in read(s3, where, name, stored.version_id):
+    for chunk in read(s3, location, name, stored.version_id):
         digest.update(chunk)
     if digest.hexdigest() != stored.sha256:
         raise StoreError(f"{stored.uri} read back is not what was sent; the upload was removed")
@@ -331,13 +335,8 @@ def read(s3: Any, location: S3Location, name: str, version_id: str | None = None
     try:
         body = s3.get_object(Bucket=location.bucket, Key=location.key(name), **kwargs)["Body"]
     except Exception as exc:
-        from botocore import exceptions as bce
-
-        if isinstance(exc, bce.ClientError) and str(exc.response.get("Error", {}).get("Code")) in (
-            "404",
-            "NoSuchKey",
-        ):
-            raise StoreError(f"no object {uri} in the store") from None
+        if _missing(exc):
+            raise ObjectMissing(f"no object {uri} in the store") from None
         raise describe(exc, uri, "reading") from None
     try:
         while chunk := body.read(READ_BYTES):
