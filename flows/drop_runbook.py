@@ -25,7 +25,6 @@ from safedrop.fleet.plandigest import stop_unless_approved, stop_unless_same_dat
 from safedrop.interrupts import Interrupted
 from safedrop.migration import load_migration, parse_table_list
 from safedrop.parameters import DropParameters
-from safedrop.paths import backup_dir
 from safedrop.pg.database import Database, error_line, resolve_database
 from safedrop.pg.lockschedule import LockSchedule
 from safedrop.pg.runlock import one_run_at_a_time, stop_if_another_run_awaits_approval
@@ -33,7 +32,7 @@ from safedrop.results import RunEnding, RunReport, Status
 from safedrop.runlog import run_logger
 from safedrop.steps import running_plain
 from tasks.activity import activity_check
-from tasks.backup import BackupOptions, backup
+from tasks.backup import BackupOptions, backup, backup_destination
 from tasks.cleanup import cleanup_check
 from tasks.code_references import code_scan
 from tasks.connection import connection_precheck
@@ -82,6 +81,7 @@ def drop_tables(params: DropParameters, flow_run_id: str | None = None) -> RunEn
         run.params = params = params.for_migration(migration)  # its own keep list and code source
         run.migration, prefix = migration.name, migration.slug
         keep = parse_table_list(params.keep, params.target_schema)
+        backups = backup_destination(params.backup_dir, BackupOptions.from_parameters(params))
         db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         run.database = db.display
 
@@ -125,7 +125,7 @@ def drop_tables(params: DropParameters, flow_run_id: str | None = None) -> RunEn
             run.backup = backup(
                 db,
                 list(oids),
-                backup_dir(params.backup_dir),
+                backups,
                 BackupOptions.from_parameters(params),  # scope, format, jobs, compression, timeouts, …
                 server_version_num=run.connection.server_version_num,
                 artifact_prefix=prefix,

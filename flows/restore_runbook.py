@@ -13,6 +13,7 @@ from safedrop.parameters import RestoreParameters
 from safedrop.pg.database import resolve_database
 from safedrop.pg.lockschedule import LockSchedule
 from safedrop.report.artifacts import md_list, md_table, publish_markdown
+from safedrop.restore.fetch import fetched
 from safedrop.results import RestoreCheck, RestoreReport, RestoreStatus, RestoreVerification, RunEnding
 from safedrop.runlog import run_logger
 from safedrop.steps import running_plain
@@ -41,23 +42,24 @@ def restore_tables(params: RestoreParameters, flow_run_id: str | None = None) ->
         db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         report.database = db.display
 
-        # 1. Precheck: the archive is what its manifest says, this is its database (or another, chosen);
-        #    nothing to restore exists.
-        plan = restore_precheck(db, params.backup_path, prefix, params.into_other_database)
-        report.check = plan.check
-        report.warnings = list(plan.warnings)
-        if plan.already_restored:
-            return _finish(report, "already-restored", prefix, started)
-        if params.dry_run:
-            return _finish(report, "ready", prefix, started)
+        with fetched(params.backup_path) as archive:  # from object storage: here, proven
+            # 1. Precheck: the archive is what its manifest says, this is its database (or another, chosen);
+            #    nothing to restore exists.
+            plan = restore_precheck(db, archive, prefix, params.into_other_database)
+            report.check = plan.check
+            report.warnings = list(plan.warnings)
+            if plan.already_restored:
+                return _finish(report, "already-restored", prefix, started)
+            if params.dry_run:
+                return _finish(report, "ready", prefix, started)
 
-        # 2. Restore: the tables in one lock-safe transaction; the foreign keys NOT VALID, then validated.
-        schedule = LockSchedule.from_parameters(params)
-        report.restore = restore(db, plan, params.no_owner, params.timeout_s, schedule, prefix)
+            # 2. Restore: the tables in one lock-safe transaction; the foreign keys NOT VALID, then validated.
+            schedule = LockSchedule.from_parameters(params)
+            report.restore = restore(db, plan, params.no_owner, params.timeout_s, schedule, prefix)
 
-        # 3. Verification against the manifest, each foreign key validated.
-        report.verification = restore_verification(db, plan, report.restore, prefix)
-        return _finish(report, "restored", prefix, started)
+            # 3. Verification against the manifest, each foreign key validated.
+            report.verification = restore_verification(db, plan, report.restore, prefix)
+            return _finish(report, "restored", prefix, started)
     except SafedropError as error:
         if isinstance(error.report, RestoreCheck):
             report.check = error.report

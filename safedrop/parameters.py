@@ -108,10 +108,16 @@ class DropParameters(BaseModel):
     )
     backup_dir: str | None = Field(
         None,
-        description="Directory for pg_dump archives (created 0700; files are 0600), on the machine that "
-        "runs the flow. Empty: $SAFEDROP_BACKUP_DIR of the worker's environment, else "
-        "~/.local/share/safedrop/backups — never inside the code checkout. For restores from another "
-        "worker, point it at storage every worker shares.",
+        description="Where pg_dump archives go: s3://BUCKET/PREFIX (object storage, the standard AWS "
+        "credential chain; AWS_ENDPOINT_URL for MinIO, Ceph, R2 …) — the backup outlives the worker and "
+        "any machine restores it — or a directory on the machine that runs the flow (created 0700; files "
+        "0600). Empty: $SAFEDROP_BACKUP_DIR of the worker's environment, else "
+        "~/.local/share/safedrop/backups — never inside the code checkout.",
+    )
+    backup_encryption: str = Field(
+        "",
+        description="Server-side encryption of an archive in object storage: empty (the bucket's default), "
+        "'AES256' (SSE-S3), 'aws:kms' or 'aws:kms:KEY_ID'. Recorded in the manifest.",
     )
     backup_timeout_s: int = Field(
         3600,

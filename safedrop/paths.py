@@ -12,18 +12,26 @@ from pathlib import Path
 BACKUP_DIR_ENV = "SAFEDROP_BACKUP_DIR"
 
 
-def default_backup_dir() -> Path:
-    """``$SAFEDROP_BACKUP_DIR``, else ``$XDG_DATA_HOME/safedrop/backups`` (``~/.local/share/…``)."""
+def default_backup_dir() -> Path | str:
+    """``$SAFEDROP_BACKUP_DIR`` (a directory, or an ``s3://BUCKET/PREFIX`` URI kept as it is), else
+    ``$XDG_DATA_HOME/safedrop/backups`` (``~/.local/share/…``)."""
     configured = os.environ.get(BACKUP_DIR_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
+    return backup_dir(configured) if configured else local_backup_dir()
+
+
+def local_backup_dir() -> Path:
+    """``$XDG_DATA_HOME/safedrop/backups`` (``~/.local/share/safedrop/backups``)."""
     data_home = os.environ.get("XDG_DATA_HOME", "").strip() or str(Path.home() / ".local" / "share")
     return Path(data_home).expanduser() / "safedrop" / "backups"
 
 
-def backup_dir(configured: str | None) -> Path:
-    """The backup directory a run uses: the one it was given, else the machine's default."""
-    return Path(configured).expanduser() if configured else default_backup_dir()
+def backup_dir(configured: str | None) -> Path | str:
+    """Where a run's backups go: the place it was given, else the machine's default. A directory is a
+    Path; an object-store URI (``s3://…``) stays a string — ``safedrop.store.location`` parses it."""
+    text = (configured or "").strip()
+    if not text:
+        return default_backup_dir()
+    return text if text.lower().startswith("s3://") else Path(text).expanduser()
 
 
 def state_dir() -> Path:

@@ -31,19 +31,28 @@ in the library: ``safedrop.pg.pgtools`` (which pg_dump), ``safedrop.pg.processes
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from safedrop import paths
 from safedrop.backup.archive import TocEntry, archive_digest, read_toc, verify_archive
-from safedrop.backup.backupfiles import prepare_backup_dir, reserve_backup_file
+from safedrop.backup.backupfiles import prepare_backup_dir, reserve_backup_file, stored_archive_name
 from safedrop.backup.dumpplan import Scope, check_row_security
-from safedrop.backup.manifest import manifests_of_run, write_manifest
+from safedrop.backup.manifest import MANIFEST_SUFFIX, manifests_of_run, write_manifest
 from safedrop.backup.scratchrestore import verify_by_restore
-from safedrop.backup.snapshotdump import BackupOptions, Dumped, dump_in_snapshot
-from safedrop.errors import DID_NOT_RUN, BackupFailed
+from safedrop.backup.snapshotdump import (
+    BackupOptions,
+    Dumped,
+    StoreDestination,
+    dump_in_snapshot,
+    dump_in_snapshot_to_store,
+)
+from safedrop.backup.storedump import not_stored, stored_toc
+from safedrop.backup.storemanifest import check_stored_archive, stored_manifests_of_run, write_stored_manifest
+from safedrop.errors import DID_NOT_RUN, BackupFailed, RestoreRefused
 from safedrop.migration import Migration, TableName
 from safedrop.pg.checksums import CHECKSUM_METHOD
 from safedrop.pg.database import Database, error_line
@@ -53,6 +62,22 @@ from safedrop.report.progress import human_bytes
 from safedrop.results import BackupManifest, BackupResult
 from safedrop.runlog import run_logger
 from safedrop.steps import step
+from safedrop.store import s3 as store
+from safedrop.store.location import S3Location, parse_s3
+from safedrop.store.s3 import encryption_args
+
+
+def backup_destination(configured: str | None, options: BackupOptions) -> Path | S3Location:
+    """Where a run's backups go (``backup_dir``, else ``$SAFEDROP_BACKUP_DIR``, else the machine's
+    default): a directory, or a bucket and prefix. Raises UsageError for a malformed ``s3://`` URI or
+    options no backup there can honour — checked before anything else runs."""
+    options.check()
+    where = paths.backup_dir(configured)
+    if isinstance(where, Path):
+        return where
+    location = parse_s3(where, "backup_dir")
+    options.check_streamable(location)
+    return location
 
 
 def _directory(backup_dir: Path, scope: Scope) -> tuple[Path, list[str]]:
@@ -71,11 +96,12 @@ def _directory(backup_dir: Path, scope: Scope) -> tuple[Path, list[str]]:
 def _prove_by_restore(
     db: Database,
     tools: PgTools,
-    archive: Path,
+    archive: Path | str,
     entries: list[TocEntry],
     dumped: Dumped,
     options: BackupOptions,
     progress_key: str | None,
+    stream: Callable[[], Iterable[bytes]] | None = None,
 ) -> None:
     """``verify_restore``: the targets restored into a scratch database match the manifest."""
     try:
@@ -89,6 +115,7 @@ def _prove_by_restore(
             dumped.sequences,
             timeout_s=options.timeout_s,
             progress=run_progress("verify_restore", f"{progress_key}-verify" if progress_key else None),
+            stream=stream,
         )
     except sa.exc.DBAPIError as exc:
         raise BackupFailed(
@@ -99,7 +126,7 @@ def _prove_by_restore(
 
 def _manifest(
     db: Database,
-    archive: Path,
+    archive: str,
     digest: tuple[int, str, dict[str, str]],
     options: BackupOptions,
     tools: PgTools,
@@ -113,7 +140,7 @@ def _manifest(
     """What the archive holds, as the restore will trust it: versions, scope, the snapshot's numbers."""
     size, sha256, files = digest
     return BackupManifest(
-        archive=archive.name,
+        archive=archive,
         archive_format=options.archive_format,
         bytes=size,
         sha256=sha256,
@@ -146,7 +173,7 @@ def _manifest(
 def take_backup(
     db: Database,
     targets: list[TableName],
-    backup_dir: Path,
+    backup_dir: Path | S3Location,
     options: BackupOptions | None = None,
     *,
     server_version_num: int,
@@ -167,6 +194,18 @@ def take_backup(
     started, created_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
     options = options or BackupOptions()
     options.check()
+    if isinstance(backup_dir, S3Location):
+        return _take_stored_backup(
+            db,
+            targets,
+            backup_dir,
+            options,
+            server_version_num=server_version_num,
+            migration=migration,
+            allow_cascade=allow_cascade,
+            flow_run_id=flow_run_id,
+            progress_key=progress_key,
+        )
     tools = find_pg_dump(server_version_num)
     check_row_security(db, targets)
     directory, warnings = _directory(Path(backup_dir), options.scope)
@@ -192,7 +231,7 @@ def take_backup(
         _prove_by_restore(db, tools, final, entries, dumped, options, progress_key)
     manifest = _manifest(
         db,
-        final,
+        final.name,
         (size, digest, files),
         options,
         tools,
@@ -207,6 +246,85 @@ def take_backup(
     return _result(
         manifest, final, written, tables, warnings, duration_s=round(time.monotonic() - started, 3)
     )
+
+
+def _take_stored_backup(
+    db: Database,
+    targets: list[TableName],
+    location: S3Location,
+    options: BackupOptions,
+    *,
+    server_version_num: int,
+    migration: Migration | None,
+    allow_cascade: Sequence[str],
+    flow_run_id: str | None,
+    progress_key: str | None,
+) -> BackupResult:
+    """``take_backup`` into object storage: the archive streamed into ``location`` while pg_dump writes
+    it (nothing of the database's size on local disk), its sha256 taken on the way and checked against
+    what the store holds; the table of contents and the targets' presence read back from the stored
+    object; the manifest an object beside it. A failure before the upload completes leaves nothing in
+    the store; a later one keeps the (complete) object for inspection, without a manifest."""
+    started, created_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
+    options.check_streamable(location)
+    tools = find_pg_dump(server_version_num)
+    check_row_security(db, targets)
+    try:
+        s3 = store.client(location)
+        store.check_writable(s3, location)
+    except store.StoreError as exc:
+        raise not_stored(exc) from None
+    name = stored_archive_name(db.url.database or "database")
+    encryption = encryption_args(options.encryption)
+    destination = StoreDestination(location, name, s3, encryption)
+    dumped, stored = dump_in_snapshot_to_store(
+        db,
+        tools,
+        targets,
+        destination,
+        options,
+        server_version_num=server_version_num,
+        migration=migration,
+        allow_cascade=allow_cascade,
+        progress_key=progress_key,
+    )
+    entries = stored_toc(tools, s3, location, name, version_id=stored.version_id)
+    tables = verify_archive(stored.uri, targets, tools, layout=dumped.plan.layout, entries=entries)
+    if options.verify_restore:
+        _prove_by_restore(
+            db,
+            tools,
+            stored.uri,
+            entries,
+            dumped,
+            options,
+            progress_key,
+            stream=lambda: store.read(s3, location, name, stored.version_id),
+        )
+    manifest = _manifest(
+        db,
+        name,
+        (stored.bytes, stored.sha256, {}),
+        options,
+        tools,
+        dumped,
+        migration=migration,
+        flow_run_id=flow_run_id,
+        created_at=created_at,
+        duration_s=round(time.monotonic() - started, 3),
+    ).model_copy(
+        update={
+            "uri": stored.uri,
+            "version_id": stored.version_id,
+            "encryption": stored.encryption,
+            "kms_key_id": stored.kms_key_id,
+        }
+    )
+    try:
+        written = write_stored_manifest(s3, location, manifest, encryption)
+    except store.StoreError as exc:
+        raise not_stored(exc) from None
+    return _result(manifest, stored.uri, written, tables, [], duration_s=round(time.monotonic() - started, 3))
 
 
 # What a BackupResult says as its manifest says it.
@@ -225,8 +343,8 @@ FROM_MANIFEST = {
 
 def _result(
     manifest: BackupManifest,
-    archive: Path,
-    manifest_file: Path,
+    archive: Path | str,
+    manifest_file: Path | str,
     tables: list[str],
     warnings: list[str],
     *,
@@ -244,46 +362,104 @@ def _result(
 
 
 def backup_of_run(
-    backup_dir: Path, flow_run_id: str, server_version_num: int, targets: Sequence[TableName] = ()
+    backup_dir: Path | S3Location,
+    flow_run_id: str,
+    server_version_num: int,
+    targets: Sequence[TableName] = (),
 ) -> tuple[BackupResult | None, str | None]:
-    """The archive an earlier attempt of this flow run wrote into ``backup_dir``, proven intact, or None
-    with why it is not reused.
+    """The archive an earlier attempt of this flow run wrote into ``backup_dir`` (a directory or a
+    bucket's prefix), proven intact, or None with why it is not reused.
 
-    A run that was suspended for approval starts again from the top when it is resumed: it reuses the
-    backup it took before (its manifest names the flow run) instead of dumping the database twice —
-    only when the manifest's targets are exactly ``targets`` (a migration changed meanwhile needs a new
-    backup) and the archive still matches its manifest and holds every target (a partitioned one: each
-    of its leaf partitions). Otherwise a new one is taken.
+    A run that was suspended for approval starts again from the top when it is resumed — perhaps on
+    another worker: it reuses the backup it took before (its manifest names the flow run) instead of
+    dumping the database twice — only when the manifest's targets are exactly ``targets`` (a migration
+    changed meanwhile needs a new backup) and the archive still matches its manifest and holds every
+    target (a partitioned one: each of its leaf partitions). Otherwise a new one is taken.
     """
+    if not flow_run_id:
+        return None, None
+    if isinstance(backup_dir, S3Location):
+        return _stored_backup_of_run(backup_dir, flow_run_id, server_version_num, targets)
     why = None
-    wanted = set(targets)
     for manifest_file, manifest in manifests_of_run(Path(backup_dir), flow_run_id):
         archive = manifest_file.parent / manifest.archive
-        held = [TableName(t.schema_name, t.table_name) for t in manifest.targets]
-        if wanted and set(held) != wanted:
-            why = (
-                f"the backup {archive} holds {', '.join(sorted(t.qualified for t in held)) or 'no target'}, "
-                f"not the current targets {', '.join(sorted(t.qualified for t in wanted))}: taking a new one"
-            )
+        why = _other_targets(manifest, targets, archive)
+        if why:
             continue
         size, digest, _files = archive_digest(archive)
         if (size, digest) != (manifest.bytes, manifest.sha256):
             why = f"the backup {archive} no longer matches its manifest: taking a new one"
             continue
-        tools = find_pg_dump(server_version_num)
-        layout = {
-            TableName(t.schema_name, t.table_name): (t.relkind, [_table(name) for name in t.leaves])
-            for t in manifest.targets
-        }
         try:
-            tables = verify_archive(archive, held, tools, layout=layout)
+            tables = _targets_in(archive, manifest, find_pg_dump(server_version_num))
         except BackupFailed as exc:
             why = f"{exc}: taking a new one"
             continue
-        reused = f"reused the backup this flow run took at {manifest.created_at} (archive intact)"
-        result = _result(manifest, archive, manifest_file, tables, [reused], duration_s=manifest.duration_s)
-        return result, None
+        return _reused(manifest, archive, manifest_file, tables), None
     return None, why
+
+
+def _stored_backup_of_run(
+    location: S3Location, flow_run_id: str, server_version_num: int, targets: Sequence[TableName]
+) -> tuple[BackupResult | None, str | None]:
+    """``backup_of_run`` in object storage: the manifests under the prefix, the object streamed to
+    prove its sha256, its table of contents read from the store."""
+    why = None
+    try:
+        s3 = store.client(location)
+        manifests = [m for _, m in stored_manifests_of_run(s3, location, flow_run_id)]
+    except store.StoreError as exc:
+        raise not_stored(exc) from None
+    for manifest in manifests:
+        uri = location.object_uri(manifest.archive)
+        why = _other_targets(manifest, targets, uri)
+        if why:
+            continue
+        try:
+            check_stored_archive(s3, location, manifest)
+        except RestoreRefused:
+            why = f"the backup {uri} no longer matches its manifest: taking a new one"
+            continue
+        tools = find_pg_dump(server_version_num)
+        try:
+            entries = stored_toc(tools, s3, location, manifest.archive, version_id=manifest.version_id)
+            tables = _targets_in(uri, manifest, tools, entries)
+        except BackupFailed as exc:
+            why = f"{exc}: taking a new one"
+            continue
+        return _reused(manifest, uri, uri + MANIFEST_SUFFIX, tables), None
+    return None, why
+
+
+def _other_targets(manifest: BackupManifest, targets: Sequence[TableName], where: str | Path) -> str | None:
+    """Why a backup of other tables than ``targets`` is not reused (None: the same ones)."""
+    held = {TableName(t.schema_name, t.table_name) for t in manifest.targets}
+    wanted = set(targets)
+    if not wanted or held == wanted:
+        return None
+    return (
+        f"the backup {where} holds {', '.join(sorted(t.qualified for t in held)) or 'no target'}, "
+        f"not the current targets {', '.join(sorted(t.qualified for t in wanted))}: taking a new one"
+    )
+
+
+def _targets_in(
+    archive: Path | str, manifest: BackupManifest, tools: PgTools, entries: list[TocEntry] | None = None
+) -> list[str]:
+    """The manifest's targets (a partitioned one: each leaf partition) found in the archive's TOC."""
+    held = [TableName(t.schema_name, t.table_name) for t in manifest.targets]
+    layout = {
+        TableName(t.schema_name, t.table_name): (t.relkind, [_table(name) for name in t.leaves])
+        for t in manifest.targets
+    }
+    return verify_archive(archive, held, tools, layout=layout, entries=entries)
+
+
+def _reused(
+    manifest: BackupManifest, archive: Path | str, manifest_file: Path | str, tables: list[str]
+) -> BackupResult:
+    reused = f"reused the backup this flow run took at {manifest.created_at} (archive intact)"
+    return _result(manifest, archive, manifest_file, tables, [reused], duration_s=manifest.duration_s)
 
 
 def _table(qualified: str) -> TableName:
@@ -325,7 +501,7 @@ def backup_markdown(result: BackupResult, db: Database) -> str:
 def backup(
     db: Database,
     targets: list[TableName],
-    backup_dir: Path,
+    backup_dir: Path | S3Location,
     options: BackupOptions | None = None,
     *,
     server_version_num: int,
@@ -340,7 +516,7 @@ def backup(
     """
     logger = run_logger()
     options = options or BackupOptions()
-    result, not_reused = backup_of_run(Path(backup_dir), flow_run_id or "", server_version_num, targets)
+    result, not_reused = backup_of_run(backup_dir, flow_run_id or "", server_version_num, targets)
     if not_reused:
         logger.warning(not_reused)
     if result is not None:
@@ -356,7 +532,7 @@ def backup(
         result = take_backup(
             db,
             targets,
-            Path(backup_dir),
+            backup_dir,
             options,
             server_version_num=server_version_num,
             migration=migration,

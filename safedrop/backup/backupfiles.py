@@ -66,6 +66,13 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "database"
 
 
+def stored_archive_name(database: str, *, now: datetime | None = None) -> str:
+    """``<db>-<UTC>-<6 hex>.dump``: a new object's name in the store, where no exclusive create reserves
+    it — the random part keeps two runs in the same second apart."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{_safe_name(database)}-{stamp}-{secrets.token_hex(3)}.dump"
+
+
 def reserve_backup_file(
     backup_dir: Path, database: str, *, now: datetime | None = None, directory: bool = False
 ) -> tuple[Path, Path]:

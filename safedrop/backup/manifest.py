@@ -23,7 +23,7 @@ from pathlib import Path
 from safedrop.backup.archive import archive_digest
 from safedrop.backup.backupfiles import fsync_dir
 from safedrop.errors import DID_NOT_RUN, NOTHING_CHANGED, BackupFailed, RestoreRefused, UsageError
-from safedrop.paths import default_backup_dir
+from safedrop.paths import default_backup_dir, local_backup_dir
 from safedrop.results import BackupManifest
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -81,6 +81,10 @@ def manifests_of_run(directory: Path, flow_run_id: str) -> Iterator[tuple[Path, 
             yield manifest_file, manifest
 
 
+def is_flow_run_id(text: str) -> bool:
+    return bool(_UUID.match(text.strip().lower()))
+
+
 def find_backup(spec: str | Path) -> Path:
     """The archive ``spec`` names: a path (absolute, or relative to the working directory), a file name
     in this machine's backup directory (``SAFEDROP_BACKUP_DIR``), or the id of the flow run that took
@@ -88,12 +92,13 @@ def find_backup(spec: str | Path) -> Path:
     raw = Path(spec).expanduser()
     if raw.name.endswith(MANIFEST_SUFFIX):
         raw = raw.with_name(raw.name[: -len(MANIFEST_SUFFIX)])
-    directory = default_backup_dir()
+    configured = default_backup_dir()
+    directory = configured if isinstance(configured, Path) else local_backup_dir()
     candidates = [raw.absolute()] + ([directory / raw] if not raw.is_absolute() else [])
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    if _UUID.match(str(spec).strip().lower()):
+    if is_flow_run_id(str(spec)):
         for manifest_file, manifest in manifests_of_run(directory, str(spec).strip().lower()):
             return manifest_file.parent / manifest.archive
     raise UsageError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,7 +122,7 @@ def _differences(
 def verify_by_restore(
     db: Database,
     tools: PgTools,
-    archive: Path,
+    archive: Path | str,
     entries: list[TocEntry],
     plan: DumpPlan,
     expected: list[TableChecksum],
@@ -130,12 +130,16 @@ def verify_by_restore(
     *,
     timeout_s: float = 3600,
     progress: Progress | None = None,
+    stream: Callable[[], Iterable[bytes]] | None = None,
 ) -> None:
     """Restore the definitions and the targets' rows into a scratch database; compare with the manifest.
 
     Runs ``pg_restore --section=pre-data`` (every definition, no constraints or indexes, no owners or
     grants), then a list holding only the TABLE DATA of the targets (and everything below them) and the
     SEQUENCE SET of the sequences the drop removes. Raises BackupFailed on any difference.
+
+    ``stream``: the archive's bytes, read afresh for each pass (an object in the store, ``archive`` its
+    URI) — pg_restore reads them from stdin; the data list keeps the archive's order, as a stream needs.
     """
     reporter = progress or Progress("verify_restore")
     kept = f"the archive {archive} is kept for inspection but did not restore faithfully; {DID_NOT_RUN}"
@@ -157,11 +161,13 @@ def verify_by_restore(
             reporter.update(index / len(steps), what)
             target = dbname_arg(scratch.url.database or "")
             try:
+                source = [] if stream is not None else [str(archive)]
                 run(
                     tools.pg_restore,
-                    [*args, "--no-password", target, str(archive)],
+                    [*args, "--no-password", target, *source],
                     env=env,
                     timeout_s=timeout_s,
+                    stdin=stream() if stream is not None else None,
                 )
             except ToolFailed as exc:
                 if exc.kind == "not-started":

@@ -16,7 +16,8 @@ This module provides:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from safedrop.backup.backupfiles import fsync_dir, remove, seal
 from safedrop.backup.dumpplan import DumpPlan, Scope, exported_snapshot, plan_dump
 from safedrop.backup.pgdump import ArchiveFormat, dump_failure, pg_dump_args
 from safedrop.backup.scratchrestore import require_createdb
+from safedrop.backup.storedump import StoreDump
 from safedrop.errors import DID_NOT_RUN, UsageError
 from safedrop.migration import Migration, TableName
 from safedrop.pg import queries
@@ -36,9 +38,11 @@ from safedrop.pg.database import Database, error_line, identify
 from safedrop.pg.pgtools import PgTools
 from safedrop.pg.processes import ToolFailed, kill, session_env, start, wait
 from safedrop.report.artifacts import run_progress
-from safedrop.report.progress import DumpProgress
+from safedrop.report.progress import DumpProgress, size_of
 from safedrop.results import DatabaseIdentity, SequenceState, TableChecksum
 from safedrop.retries import backup_failure
+from safedrop.store.location import S3Location
+from safedrop.store.s3 import PART_BYTES, StoredObject, encryption_args
 
 # Each option, and the run parameter (``DropParameters``) it comes from.
 PARAMETERS = {
@@ -49,6 +53,7 @@ PARAMETERS = {
     "timeout_s": "backup_timeout_s",
     "lock_wait_s": "lock_wait_budget_s",
     "verify_restore": "verify_restore",
+    "encryption": "backup_encryption",
 }
 
 
@@ -58,7 +63,8 @@ class BackupOptions:
 
     ``lock_wait_s`` bounds pg_dump's wait for each table's lock (``--lock-wait-timeout``): a dump that
     cannot get them stops, naming who holds the table, instead of queueing behind them. ``timeout_s``
-    stops pg_dump altogether; ``max_bytes`` caps each file it writes.
+    stops pg_dump altogether; ``max_bytes`` caps each file it writes. ``encryption``: the server-side
+    encryption of an archive in object storage (``safedrop.store.s3.ENCRYPTION_SETTINGS``).
     """
 
     scope: Scope = "database"
@@ -69,6 +75,7 @@ class BackupOptions:
     lock_wait_s: float | None = None
     verify_restore: bool = False
     max_bytes: int | None = None
+    encryption: str = ""
 
     @classmethod
     def from_parameters(cls, params) -> BackupOptions:
@@ -91,6 +98,15 @@ class BackupOptions:
             raise UsageError(f"backup format must be 'custom' or 'directory', got {self.archive_format!r}")
         if self.jobs < 1 or (self.jobs > 1 and self.archive_format != "directory"):
             raise UsageError(f"backup jobs {self.jobs}: parallel dumps (jobs > 1) need the directory format")
+        encryption_args(self.encryption)
+
+    def check_streamable(self, location: S3Location) -> None:
+        """Raise UsageError unless the archive can stream into object storage (one custom-format file)."""
+        if self.archive_format != "custom":
+            raise UsageError(
+                f"backup format {self.archive_format!r} cannot stream into {location}: a backup in object "
+                "storage is one custom-format archive; use backup_format 'custom' or a local backup_dir"
+            )
 
 
 @dataclass
@@ -138,7 +154,7 @@ def _pg_dump_in(
     the targets and reads the removed sequences. Raises BackupFailed; kills pg_dump on any failure."""
     if options.archive_format == "directory":
         os.rmdir(partial)  # pg_dump -Fd creates the directory itself (0700 set after)
-    progress = DumpProgress(run_progress("pg_dump", progress_key), partial, plan.weights)
+    progress = DumpProgress(run_progress("pg_dump", progress_key), lambda: size_of(partial), plan.weights)
     args = pg_dump_args(
         partial,
         archive_format=options.archive_format,
@@ -173,6 +189,33 @@ def _pg_dump_in(
     return sums, sequences
 
 
+@contextmanager
+def _snapshot_plan(
+    db: Database,
+    targets: list[TableName],
+    options: BackupOptions,
+    *,
+    migration: Migration | None,
+    allow_cascade: Sequence[str],
+) -> Iterator[tuple[Connection, dict[str, Any], dict[str, str], DatabaseIdentity | None, DumpPlan]]:
+    """The dump's exported snapshot, open for the block, with what it says: the server, which database,
+    and what the dump must hold. A database error inside is a one-line BackupFailed."""
+    try:
+        with exported_snapshot(db) as (conn, exported):
+            info = queries.one(conn, "server_info")
+            identity = identify(conn, db)
+            if options.verify_restore:
+                require_createdb(conn, info["current_user"])
+            plan = plan_dump(
+                conn, targets, scope=options.scope, migration=migration, allow_cascade=allow_cascade
+            )
+            yield conn, info, exported, identity, plan
+    except sa.exc.DBAPIError as exc:
+        raise backup_failure(
+            f"reading the snapshot for the backup failed: {error_line(exc, db)}; {DID_NOT_RUN}"
+        ) from None
+
+
 def dump_in_snapshot(
     db: Database,
     tools: PgTools,
@@ -189,14 +232,13 @@ def dump_in_snapshot(
     """In one exported snapshot: read what the dump must hold, dump it, count it; then fsync the archive
     and rename it to ``final``. Any failure removes the partial file."""
     try:
-        with exported_snapshot(db) as (conn, exported):
-            info = queries.one(conn, "server_info")
-            identity = identify(conn, db)
-            if options.verify_restore:
-                require_createdb(conn, info["current_user"])
-            plan = plan_dump(
-                conn, targets, scope=options.scope, migration=migration, allow_cascade=allow_cascade
-            )
+        with _snapshot_plan(db, targets, options, migration=migration, allow_cascade=allow_cascade) as (
+            conn,
+            info,
+            exported,
+            identity,
+            plan,
+        ):
             sums, sequences = _pg_dump_in(
                 conn,
                 db,
@@ -211,12 +253,74 @@ def dump_in_snapshot(
             seal(partial)
             os.rename(partial, final)
             fsync_dir(final.parent)
-    except sa.exc.DBAPIError as exc:
-        remove(partial)
-        raise backup_failure(
-            f"reading the snapshot for the backup failed: {error_line(exc, db)}; {DID_NOT_RUN}"
-        ) from None
     except BaseException:
         remove(partial)
         raise
     return Dumped(info, exported, plan, sums, sequences, identity)
+
+
+@dataclass(frozen=True)
+class StoreDestination:
+    """Where a streamed archive goes: the bucket and prefix, its name, the client, the encryption asked
+    for (none: the bucket's default), and the size of each uploaded part."""
+
+    location: S3Location
+    name: str
+    s3: Any
+    encryption: dict[str, str] | None = None
+    part_bytes: int = PART_BYTES
+
+
+def dump_in_snapshot_to_store(
+    db: Database,
+    tools: PgTools,
+    targets: list[TableName],
+    destination: StoreDestination,
+    options: BackupOptions,
+    *,
+    server_version_num: int,
+    migration: Migration | None,
+    allow_cascade: Sequence[str],
+    progress_key: str | None,
+) -> tuple[Dumped, StoredObject]:
+    """As ``dump_in_snapshot``, the archive streamed into object storage as pg_dump writes it: the
+    upload runs in its own thread while this one counts and checksums the targets in the same
+    snapshot. Any failure or interrupt stops pg_dump and aborts the upload — no object is left."""
+    with _snapshot_plan(db, targets, options, migration=migration, allow_cascade=allow_cascade) as (
+        conn,
+        info,
+        exported,
+        identity,
+        plan,
+    ):
+        uploaded = [0]
+        progress = DumpProgress(run_progress("pg_dump", progress_key), lambda: uploaded[0], plan.weights)
+        dump = StoreDump(
+            tools,
+            db,
+            destination.location,
+            destination.name,
+            s3=destination.s3,
+            encryption=destination.encryption,
+            part_bytes=destination.part_bytes,
+            timeout_s=options.timeout_s,
+            progress=progress,
+            on_part=lambda total: uploaded.__setitem__(0, total),
+            server_version_num=server_version_num,
+            compression=options.compression,
+            snapshot=exported["snapshot_id"],
+            exclude_data=plan.exclude_data,
+            no_blobs=options.scope == "targets",
+            verbose=True,
+            lock_wait_ms=options.lock_wait_ms,
+        )
+        try:
+            sums = target_contents(conn, plan.targets)
+            sequences = sequence_states(conn, plan.sequences)
+            stored = dump.result()
+        except BaseException:
+            dump.cancel()
+            raise
+        uploaded[0] = stored.bytes
+        progress.finish()
+    return Dumped(info, exported, plan, sums, sequences, identity), stored

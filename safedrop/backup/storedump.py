@@ -14,6 +14,7 @@ be stored: …; nothing was dropped".
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from safedrop.backup.archive import TocEntry, read_toc
@@ -22,6 +23,7 @@ from safedrop.errors import BackupFailed, TransientBackupFailure
 from safedrop.pg.database import Database
 from safedrop.pg.pgtools import PgTools
 from safedrop.pg.processes import Spout, ToolFailed, kill, session_env, start, wait
+from safedrop.report.progress import DumpProgress
 from safedrop.store import s3 as store
 from safedrop.store.location import S3Location
 
@@ -43,10 +45,17 @@ def dump_to_store(
     part_bytes: int = store.PART_BYTES,
     encryption: dict[str, str] | None = None,
     s3: Any = None,
+    spout: Spout | None = None,
+    progress: DumpProgress | None = None,
+    on_part: Callable[[int], None] | None = None,
+    server_version_num: int = 0,
     **dump_options: Any,
 ) -> store.StoredObject:
     """pg_dump (``dump_options``: those of ``pg_dump_args``; a custom-format archive) into
-    ``location/name``. Returns what the store holds; raises BackupFailed."""
+    ``location/name``. Returns what the store holds; raises BackupFailed.
+
+    ``spout``: pg_dump's stdout, given when another thread may ``abandon()`` it (``StoreDump.cancel``);
+    ``progress`` follows pg_dump's verbose lines, ``on_part(bytes_stored)`` the upload."""
     if dump_options.get("archive_format", "custom") != "custom":
         raise BackupFailed(f"only a custom-format archive streams to the store; {NOT_STORED}")
     try:
@@ -54,11 +63,16 @@ def dump_to_store(
         store.check_writable(s3, location)
     except store.StoreError as exc:
         raise not_stored(exc) from None
-    spout = Spout()
-    env = session_env(db, "pg_dump")
+    spout = spout or Spout()
+    env = session_env(db, "pg_dump", server_version_num)
     try:
         process = start(
-            tools.pg_dump, pg_dump_args(None, **dump_options), env=env, timeout_s=timeout_s, stdout=spout
+            tools.pg_dump,
+            pg_dump_args(None, **dump_options),
+            env=env,
+            timeout_s=timeout_s,
+            stdout=spout,
+            on_line=progress.line if progress else None,
         )
     except ToolFailed as exc:
         raise dump_failure(exc, db) from None
@@ -66,7 +80,7 @@ def dump_to_store(
 
     def wait_for_pg_dump() -> None:
         try:
-            wait(process)
+            wait(process, on_tick=progress.tick if progress else None)
         except BaseException as exc:  # noqa: B036 - handed to the uploading thread
             verdict["error"] = exc
         finally:
@@ -82,10 +96,17 @@ def dump_to_store(
 
     try:
         return store.upload_stream(
-            s3, location, name, spout, part_bytes=part_bytes, encryption=encryption, finish=pg_dump_succeeded
+            s3,
+            location,
+            name,
+            spout,
+            part_bytes=part_bytes,
+            encryption=encryption,
+            on_part=on_part,
+            finish=pg_dump_succeeded,
         )
     except ToolFailed as exc:
-        raise dump_failure(exc, db) from None
+        raise dump_failure(exc, db, dump_options.get("lock_wait_ms")) from None
     except store.StoreError as exc:
         raise not_stored(exc) from None
     finally:
@@ -93,6 +114,38 @@ def dump_to_store(
             spout.abandon()
             kill(process)
             waiter.join()
+
+
+class StoreDump:
+    """``dump_to_store`` under way in a thread of its own, so that the caller's transaction (the
+    snapshot pg_dump reads) counts and checksums the targets meanwhile. ``result()`` waits for what
+    the store holds, or raises the dump's failure; ``cancel()`` stops pg_dump and aborts the upload
+    (nothing is left in the store) — the caller's own failure or interrupt comes first."""
+
+    def __init__(self, tools: PgTools, db: Database, location: S3Location, name: str, **options: Any) -> None:
+        self.spout = Spout()
+        self._outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._outcome["stored"] = dump_to_store(
+                    tools, db, location, name, spout=self.spout, **options
+                )
+            except BaseException as exc:  # noqa: B036 - raised again by result() in the caller's thread
+                self._outcome["error"] = exc
+
+        self._thread = threading.Thread(target=run, name="store-dump", daemon=True)
+        self._thread.start()
+
+    def result(self) -> store.StoredObject:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["stored"]
+
+    def cancel(self) -> None:
+        self.spout.abandon()
+        self._thread.join()
 
 
 def stored_toc(

@@ -12,6 +12,7 @@ the stored archive proven against it before a restore changes anything.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 from safedrop.backup.manifest import MANIFEST_SUFFIX
@@ -21,11 +22,36 @@ from safedrop.store import s3 as store
 from safedrop.store.location import S3Location
 
 
-def write_stored_manifest(s3: Any, location: S3Location, manifest: BackupManifest) -> str:
-    """Put ``<archive>.manifest.json`` beside the stored archive; its URI. Raises StoreError."""
+def write_stored_manifest(
+    s3: Any, location: S3Location, manifest: BackupManifest, encryption: dict[str, str] | None = None
+) -> str:
+    """Put ``<archive>.manifest.json`` beside the stored archive (encrypted as the archive is); its URI.
+    Raises StoreError."""
     name = manifest.archive + MANIFEST_SUFFIX
-    store.put_bytes(s3, location, name, manifest.model_dump_json(indent=2).encode() + b"\n")
+    store.put_bytes(s3, location, name, manifest.model_dump_json(indent=2).encode() + b"\n", encryption)
     return location.object_uri(name)
+
+
+def stored_manifests_of_run(
+    s3: Any, location: S3Location, flow_run_id: str, *, recursive: bool = False
+) -> Iterator[tuple[S3Location, BackupManifest]]:
+    """The manifests under ``location`` that name ``flow_run_id``, newest first, each with the location
+    it sits in (with ``recursive``, a fleet's ``PREFIX/<database>`` too); unreadable ones are passed
+    over. Raises StoreError when the store cannot be listed."""
+    listed = sorted(
+        store.list_objects(s3, location, suffix=MANIFEST_SUFFIX, recursive=recursive),
+        key=lambda o: o.modified,
+        reverse=True,
+    )
+    for item in listed:
+        folder, _, _ = item.name.rpartition("/")
+        where = location.child(folder) if folder else location
+        try:
+            manifest = BackupManifest.model_validate_json(store.get_bytes(s3, location, item.name))
+        except (ValueError, store.ObjectMissing):
+            continue
+        if manifest.flow_run_id == flow_run_id:
+            yield where, manifest
 
 
 def read_stored_manifest(s3: Any, location: S3Location, name: str) -> BackupManifest:

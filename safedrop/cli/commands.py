@@ -335,9 +335,9 @@ def restore(args: argparse.Namespace) -> int:
 
     try:
         source = database_source(args)
-        from safedrop.backup.manifest import find_backup
+        from safedrop.restore.fetch import locate
 
-        archive = find_backup(args.backup)  # a path, a file name in the backup directory, a flow run id
+        archive = locate(args.backup)  # an s3:// URI, a path, a file name in the backup directory, a run id
         try:
             params = RestoreParameters(
                 backup_path=str(archive),

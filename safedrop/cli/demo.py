@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from safedrop import SQL_DIR
-from safedrop.paths import default_backup_dir
+from safedrop.paths import default_backup_dir, local_backup_dir
 from safedrop.pg.pgserver import LocalPostgres
 
 DEMO_DATABASE = "credit_demo"
@@ -63,7 +63,8 @@ def run_demo(main: Callable[[list[str]], int], *, as_json: bool = False) -> int:
             pg.psql(f"CREATE DATABASE {DEMO_DATABASE}")
             pg.psql((SQL_DIR / "demo" / "schema.sql").read_text(), database=DEMO_DATABASE)
             app = write_demo_app(work / "credits-api")
-            backups = default_backup_dir().absolute() / "demo"
+            configured = default_backup_dir()  # the demo keeps its archives on this machine
+            backups = (configured if isinstance(configured, Path) else local_backup_dir()).absolute() / "demo"
             os.environ["DATABASE_URL"] = pg.url(DEMO_DATABASE)
             print(
                 f"safedrop demo: PostgreSQL on 127.0.0.1:{pg.port}, database {DEMO_DATABASE} seeded; "

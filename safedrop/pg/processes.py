@@ -140,6 +140,10 @@ def size_limit(max_bytes: int) -> Callable[[], None]:
     return apply
 
 
+class Abandoned(Exception):
+    """A ``Spout`` read after it was abandoned."""
+
+
 class Spout:
     """A tool's stdout, readable as a stream while the tool writes it (``start(..., stdout=spout)``).
 
@@ -177,9 +181,15 @@ class Spout:
 
     # the reader's side
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all of what is waiting when -1); b"" only at the end."""
+        """Up to ``size`` bytes (all of what is waiting when -1); b"" only at the end. Raises
+        ``Abandoned`` once ``abandon()`` was called (from another thread: the reader stops too)."""
         while not self._pending and not self._ended:
-            chunk = self._queue.get()
+            if self._abandoned.is_set():
+                raise Abandoned("the stream was abandoned")
+            try:
+                chunk = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if chunk == self._END:  # write() never queues an empty chunk
                 self._ended = True
             else:

@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -111,9 +112,9 @@ class DumpProgress:
 
     _LINE = re.compile(r'dumping contents of table "(?P<name>.+)"\s*$')
 
-    def __init__(self, reporter: Progress, output: Path, weights: dict[str, int]) -> None:
+    def __init__(self, reporter: Progress, written: Callable[[], int], weights: dict[str, int]) -> None:
         self.reporter = reporter
-        self.output = output
+        self.written = written  # bytes of the archive so far (its file's size, or what the store got)
         self.weights = weights
         self.total = max(sum(weights.values()), 1)
         self.done = 0
@@ -131,14 +132,14 @@ class DumpProgress:
     def tick(self) -> None:
         with self._lock:
             done, tables = self.done, len(self.started)
-        written = size_of(self.output)
+        written = self.written()
         self.reporter.update(
             min(done / self.total, 0.99),
             f"{human_bytes(written)} written, table {tables} of {len(self.weights)}",
         )
 
     def finish(self) -> None:
-        self.reporter.finish(f"{human_bytes(size_of(self.output))} written, {len(self.weights)} tables")
+        self.reporter.finish(f"{human_bytes(self.written())} written, {len(self.weights)} tables")
 
 
 class RestoreProgress:

@@ -21,9 +21,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
-from safedrop.errors import SafedropError
+from safedrop.errors import SafedropError, UsageError
 from safedrop.store.location import S3Location
 
 PART_BYTES = 16 * 1024 * 1024  # S3's minimum part is 5 MiB; 10,000 parts of 16 MiB: 156 GiB per object
@@ -149,6 +150,24 @@ def check_writable(s3: Any, location: S3Location) -> None:
         if _missing(exc):
             raise StoreError(f"the bucket of {location} does not exist; create it or fix the URI") from None
         raise describe(exc, location, "checking the bucket") from None
+
+
+ENCRYPTION_SETTINGS = "'' (the bucket's default), 'AES256' (SSE-S3), 'aws:kms' or 'aws:kms:KEY_ID'"
+
+
+def encryption_args(setting: str) -> dict[str, str] | None:
+    """The upload's server-side encryption arguments for a setting (``ENCRYPTION_SETTINGS``); None: the
+    bucket's default encryption applies. Raises UsageError for anything else."""
+    text = (setting or "").strip()
+    if not text:
+        return None
+    if text.upper() in ("AES256", "SSE-S3"):
+        return {"ServerSideEncryption": "AES256"}
+    if text.lower() == "aws:kms":
+        return {"ServerSideEncryption": "aws:kms"}
+    if text.lower().startswith("aws:kms:") and text[len("aws:kms:") :].strip():
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": text[len("aws:kms:") :].strip()}
+    raise UsageError(f"backup encryption {setting!r} is not one of {ENCRYPTION_SETTINGS}")
 
 
 def _b64(digest: bytes) -> str:
@@ -361,6 +380,34 @@ def put_bytes(
         )
     except Exception as exc:
         raise describe(exc, location.object_uri(name), "writing") from None
+
+
+@dataclass(frozen=True)
+class Listed:
+    """An object under a location: its name relative to the location, size and when it was written."""
+
+    name: str
+    bytes: int
+    modified: datetime
+
+
+def list_objects(
+    s3: Any, location: S3Location, *, suffix: str = "", recursive: bool = False
+) -> Iterator[Listed]:
+    """The objects under ``location`` whose name ends with ``suffix``: its direct children, or every
+    object below it with ``recursive`` (a fleet's ``PREFIX/<database>/…``)."""
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    kwargs: dict[str, Any] = {"Bucket": location.bucket, "Prefix": prefix}
+    if not recursive:
+        kwargs["Delimiter"] = "/"
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(**kwargs):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(prefix) :]
+                if name and name.endswith(suffix):
+                    yield Listed(name, int(item["Size"]), item["LastModified"])
+    except Exception as exc:
+        raise describe(exc, location, "listing") from None
 
 
 def get_bytes(s3: Any, location: S3Location, name: str) -> bytes:

@@ -1,0 +1,189 @@
+"""`safedrop run --backup-dir s3://BUCKET/PREFIX` against a real S3-API server (moto's server mode on
+localhost) and a real PostgreSQL: the archive streams into the bucket, its manifest lands beside it,
+the run's report names the object, nothing of it is on the worker's disk, and no credential shows
+anywhere. A store that cannot take the backup stops the run before the drop, nothing changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from safedrop.backup.storemanifest import read_stored_manifest
+from safedrop.cli.main import main
+from safedrop.store import s3 as store
+from tests.conftest import TARGETS
+from tests.s3server import KEYS, client
+
+SKIP_CODE = ("--code-policy", "skip")
+
+
+@pytest.fixture
+def plain(cli_env):
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def no_secret(*texts: str) -> None:
+    for text in texts:
+        assert KEYS["AWS_SECRET_ACCESS_KEY"] not in text and KEYS["AWS_ACCESS_KEY_ID"] not in text
+
+
+def local_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_run_backs_up_into_the_bucket_and_drops(guide_db, plain, s3, capsys, tmp_path, monkeypatch):
+    guide_db.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "SELECT 1, 1, g, date '2024-01-01', date '2024-02-01' FROM generate_series(1, 500) g"
+    )
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the machine's default backup dir
+    uri = f"s3://{s3.name}/backups"
+    code, out, err = cli(
+        capsys,
+        "run",
+        "--database-url",
+        guide_db.url,
+        *SKIP_CODE,
+        "--allow-nonempty",
+        "--backup-dir",
+        uri,
+        "--json",
+    )
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["status"] == "succeeded", report
+    backup = report["backup"]
+    assert backup["path"].startswith(f"{uri}/{guide_db.name}-") and backup["path"].endswith(".dump"), backup
+    name = backup["path"].rsplit("/", 1)[1]
+    assert s3.keys() == [f"backups/{name}", f"backups/{name}.manifest.json"]
+    assert not s3.uploads_in_progress()
+    manifest = read_stored_manifest(store.client(s3.location), s3.location, name)
+    assert manifest.uri == backup["path"] and manifest.sha256 == backup["sha256"]
+    assert manifest.bytes == backup["bytes"] and manifest.flow_run_id is None
+    assert {t.name: t.rows for t in manifest.targets}["public.credit_allocations"] == 500
+    assert not any(guide_db.exists(t) for t in TARGETS)
+    assert not (tmp_path / "data").exists() or local_files(tmp_path / "data") == []
+    no_secret(out, err, json.dumps(manifest.model_dump()))
+
+
+def rows_of_targets(db) -> dict[str, str]:
+    return {
+        t: db.scalar(f"SELECT count(*) || ' ' || md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {t} t")
+        for t in TARGETS
+    }
+
+
+def run_into_the_bucket(guide_db, capsys, uri: str) -> dict:
+    code, out, err = cli(
+        capsys,
+        "run",
+        "--database-url",
+        guide_db.url,
+        *SKIP_CODE,
+        "--allow-nonempty",
+        "--backup-dir",
+        uri,
+        "--json",
+    )
+    assert code == 0, out + err
+    return json.loads(out)["backup"]
+
+
+def another_machine(monkeypatch, tmp_path: Path) -> None:
+    """A machine that never saw the backup: its own working, data, state and temporary directories."""
+    for name in ("XDG_DATA_HOME", "XDG_STATE_HOME", "TMPDIR"):
+        path = tmp_path / "elsewhere" / name.lower()
+        path.mkdir(parents=True)
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr("tempfile.tempdir", None)  # TMPDIR read again
+
+
+def test_a_machine_that_never_saw_the_backup_restores_it_from_the_bucket(
+    guide_db, plain, s3, capsys, tmp_path, monkeypatch
+):
+    guide_db.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "SELECT 1 + g % 3, 1, g, date '2024-01-01', date '2024-02-01' FROM generate_series(1, 300) g"
+    )
+    before = rows_of_targets(guide_db)
+    backup = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")
+    another_machine(monkeypatch, tmp_path)
+    code, out, err = cli(capsys, "restore", "--backup", backup["path"], "--database-url", guide_db.url)
+    assert code == 0, out + err
+    assert "Traceback" not in out + err
+    assert rows_of_targets(guide_db) == before
+    leftovers = list((tmp_path / "elsewhere" / "tmpdir").iterdir())
+    assert leftovers == [], leftovers  # the fetched archive went with the restore
+    no_secret(out, err)
+
+
+@pytest.mark.parametrize("damage", ["changed", "truncated", "manifest-missing"])
+def test_a_damaged_stored_backup_is_refused_and_nothing_changes(
+    guide_db, plain, s3, capsys, tmp_path, monkeypatch, damage
+):
+    backup = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")
+    key = backup["path"].split(f"s3://{s3.name}/", 1)[1]
+    raw = client(s3.server)
+    data = raw.get_object(Bucket=s3.name, Key=key)["Body"].read()
+    if damage == "changed":
+        raw.put_object(Bucket=s3.name, Key=key, Body=data[:-10] + bytes(10))
+    elif damage == "truncated":
+        raw.put_object(Bucket=s3.name, Key=key, Body=data[: len(data) // 2])
+    else:
+        raw.delete_object(Bucket=s3.name, Key=key + ".manifest.json")
+    before = guide_db.snapshot()
+    another_machine(monkeypatch, tmp_path)
+    code, out, err = cli(capsys, "restore", "--backup", backup["path"], "--database-url", guide_db.url)
+    assert code == 3 and "REFUSED" in out, out + err
+    last = out
+    if damage == "manifest-missing":
+        assert f"no manifest beside {backup['path']}" in last, last
+    else:
+        assert f"the archive {backup['path']} does not match its manifest" in last, last
+        assert "corrupted or truncated" in last and "nothing was changed" in last, last
+    assert "Traceback" not in out + err
+    assert guide_db.snapshot() == before
+    assert list((tmp_path / "elsewhere" / "tmpdir").iterdir()) == []
+
+
+def test_a_malformed_bucket_uri_is_one_line_and_nothing_runs(guide_db, plain, capsys):
+    before = guide_db.snapshot()
+    code, out, err = cli(
+        capsys, "run", "--database-url", guide_db.url, *SKIP_CODE, "--backup-dir", "s3://No_Such"
+    )
+    assert code == 2 and out.startswith("safedrop: FAILED"), out + err
+    assert "✗ backup_dir 's3://No_Such' names no valid bucket: expected s3://BUCKET/PREFIX" in out, out
+    assert "Traceback" not in out + err
+    assert guide_db.snapshot() == before
+
+
+def test_a_missing_bucket_stops_the_run_before_the_drop(guide_db, plain, s3, capsys):
+    before = guide_db.snapshot()
+    code, out, err = cli(
+        capsys,
+        "run",
+        "--database-url",
+        guide_db.url,
+        *SKIP_CODE,
+        "--backup-dir",
+        "s3://no-such-bucket-here/x",
+    )
+    assert code == 3 and out.startswith("safedrop: STOPPED — nothing was changed"), out + err
+    assert (
+        "✗ the backup could not be stored: the bucket of s3://no-such-bucket-here/x does not exist; create it "
+        "or fix the URI; nothing was dropped\n"
+    ) in out, out
+    assert "Traceback" not in out + err
+    assert guide_db.snapshot() == before
+    no_secret(out, err)
