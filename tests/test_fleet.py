@@ -15,6 +15,7 @@ from uuid import uuid4
 
 import pytest
 from prefect.client.schemas.objects import FlowRun
+from pydantic import ValidationError
 
 from safedrop.errors import UsageError
 from safedrop.fleet.fleetfile import FleetFileError, FleetSpec, child_deployment, load_fleet, parse_fleet
@@ -280,6 +281,24 @@ def test_each_child_gets_the_whole_params_object_with_its_url_source_and_no_appr
     assert "keep" not in bare.child_parameters("eu-1", dry_run=True)["params"]
     assert "code_paths" not in bare.child_parameters("eu-1", dry_run=True)["params"]
     assert "allow_cascade" not in by_env  # nothing allowed unless the file says so
+
+
+def test_a_fleet_s_bucket_gives_every_database_a_prefix_of_its_own():
+    base = parse_fleet(GOOD, "f").model_dump()
+    spec = FleetSpec.model_validate({**base, "backup_dir": "s3://acme-backups/safedrop/fleet/"})
+    assert spec.backup_dir == "s3://acme-backups/safedrop/fleet"
+    assert spec.child_parameters("eu-1", dry_run=False)["params"]["backup_dir"] == (
+        "s3://acme-backups/safedrop/fleet/eu-1"
+    )
+    local = FleetSpec.model_validate({**base, "backup_dir": "/srv/backups"})
+    assert (
+        local.child_parameters("eu-staging", dry_run=True)["params"]["backup_dir"]
+        == "/srv/backups/eu-staging"
+    )
+    assert "backup_dir" not in parse_fleet(GOOD, "f").child_parameters("eu-1", dry_run=True)["params"]
+    with pytest.raises(ValidationError) as caught:
+        FleetSpec.model_validate({**base, "backup_dir": "s3://Acme_Backups/x"})
+    assert "backup_dir 's3://Acme_Backups/x' names no valid bucket" in str(caught.value)
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -191,6 +191,25 @@ def test_sigterm_or_ctrl_c_during_the_backup(cli, guide_db, tmp_path, signum, ex
     converges(guide_db, tmp_path)
 
 
+def test_sigterm_during_a_backup_into_a_bucket_leaves_no_object_and_no_upload(cli, guide_db, tmp_path, s3):
+    """The archive streams into the store: a SIGTERM while pg_dump waits (the multipart upload already
+    begun) stops pg_dump, aborts the upload — no object, no parts — and drops nothing."""
+    before = guide_db.snapshot()
+    with holding(guide_db, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"):
+        run = cli("--lock-wait-budget", "5m", "--backup-dir", f"s3://{s3.name}/backups")
+        run.wait_for("pg_dump waiting for its lock", waiting_for_a_lock(guide_db, "safedrop pg_dump"))
+        run.wait_for("the upload to begin", lambda: bool(s3.uploads_in_progress()))
+        code, line, started = run.stop(signal.SIGTERM)
+        assert (code, line) == (
+            143,
+            "safedrop: interrupted during the backup; nothing was dropped (the partial archive was removed)",
+        ), run.stderr
+        assert "Traceback" not in run.stderr
+        assert_nothing_left(guide_db, started)
+    assert s3.keys() == [] and s3.uploads_in_progress() == []
+    assert guide_db.snapshot() == before
+
+
 def test_sigkill_during_the_backup_leaves_no_pg_dump(cli, guide_db, tmp_path):
     """SIGKILL runs no cleanup: the kernel tells pg_dump its parent is gone, and pg_dump cancels its
     query on the way out."""

@@ -92,14 +92,21 @@ def test_a_run_under_application_traffic_and_a_long_transaction_on_credits_costs
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_targets_written_during_the_run_are_never_lost(guide_db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("destination", ["directory", "bucket"])
+def test_targets_written_during_the_run_are_never_lost(guide_db, tmp_path, monkeypatch, request, destination):
     """--allow-nonempty while the application still updates a target row every few milliseconds: the
     writes committed after the dump's snapshot are not in the archive, so under its lock the drop finds
-    the targets differ from the backup's checksums and refuses, dropping nothing."""
+    the targets differ from the backup's checksums and refuses, dropping nothing — the same when the
+    archive streams into a bucket while the snapshot checksums the targets."""
     monkeypatch.setenv("DATABASE_URL", guide_db.url)
     guide_db.execute(SEED_TARGETS)
+    if destination == "bucket":
+        bucket = request.getfixturevalue("s3")
+        backup_dir = f"s3://{bucket.name}/backups"
+    else:
+        backup_dir = str(tmp_path / "b")
     with application(guide_db, tmp_path, "--update-targets") as traffic:
-        state, report = run(allow_nonempty=True, backup_dir=str(tmp_path / "b"))
+        state, report = run(allow_nonempty=True, backup_dir=backup_dir)
         schema_during = guide_db.snapshot()[0]
     assert state.is_failed() and report.status == "stopped", report.reasons
     [reason] = report.reasons

@@ -77,6 +77,7 @@ def dump_to_store(
     except ToolFailed as exc:
         raise dump_failure(exc, db) from None
     verdict: dict[str, BaseException] = {}
+    waited = threading.Event()  # not Thread.join(): a join a signal interrupts marks a live thread done
 
     def wait_for_pg_dump() -> None:
         try:
@@ -85,12 +86,12 @@ def dump_to_store(
             verdict["error"] = exc
         finally:
             spout.end()
+            waited.set()
 
-    waiter = threading.Thread(target=wait_for_pg_dump, name="pg_dump-wait", daemon=True)
-    waiter.start()
+    threading.Thread(target=wait_for_pg_dump, name="pg_dump-wait", daemon=True).start()
 
     def pg_dump_succeeded() -> None:
-        waiter.join()
+        waited.wait()
         if "error" in verdict:
             raise verdict["error"]
 
@@ -110,21 +111,26 @@ def dump_to_store(
     except store.StoreError as exc:
         raise not_stored(exc) from None
     finally:
-        if waiter.is_alive():  # the upload gave up (or was interrupted): pg_dump goes too
+        if not waited.is_set():  # the upload gave up (or was interrupted): pg_dump goes too
             spout.abandon()
             kill(process)
-            waiter.join()
+            waited.wait()
 
 
 class StoreDump:
     """``dump_to_store`` under way in a thread of its own, so that the caller's transaction (the
     snapshot pg_dump reads) counts and checksums the targets meanwhile. ``result()`` waits for what
     the store holds, or raises the dump's failure; ``cancel()`` stops pg_dump and aborts the upload
-    (nothing is left in the store) — the caller's own failure or interrupt comes first."""
+    (nothing is left in the store) — the caller's own failure or interrupt comes first.
+
+    Both wait on an Event, never ``Thread.join()``: on Python 3.11 a join that a signal interrupts
+    (SIGTERM raising ``Interrupted``) marks the still-running thread as finished, and the next join
+    returns at once — the command line would exit with pg_dump still running."""
 
     def __init__(self, tools: PgTools, db: Database, location: S3Location, name: str, **options: Any) -> None:
         self.spout = Spout()
         self._outcome: dict[str, Any] = {}
+        self._done = threading.Event()
 
         def run() -> None:
             try:
@@ -133,19 +139,20 @@ class StoreDump:
                 )
             except BaseException as exc:  # noqa: B036 - raised again by result() in the caller's thread
                 self._outcome["error"] = exc
+            finally:
+                self._done.set()
 
-        self._thread = threading.Thread(target=run, name="store-dump", daemon=True)
-        self._thread.start()
+        threading.Thread(target=run, name="store-dump", daemon=True).start()
 
     def result(self) -> store.StoredObject:
-        self._thread.join()
+        self._done.wait()
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome["stored"]
 
     def cancel(self) -> None:
         self.spout.abandon()
-        self._thread.join()
+        self._done.wait()
 
 
 def stored_toc(

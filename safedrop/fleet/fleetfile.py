@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safedrop.errors import MigrationFileError, UsageError
 from safedrop.migration import Migration, checked_code_paths, checked_table_names
 from safedrop.parameters import DropParameters
+from safedrop.store.location import is_s3, parse_s3
 
 FLOW_NAME = "drop-deprecated-tables"  # the single-database flow every child runs
 FLEET_FLOW_NAME = "drop-deprecated-tables-fleet"
@@ -188,6 +189,12 @@ class FleetSpec(_Strict):
         "the name the plan prints (e.g. a view public.orders_overview). A name a database does not have "
         "is only a warning there.",
     )
+    backup_dir: str | None = Field(
+        None,
+        description="Where the fleet's backups go: s3://BUCKET/PREFIX keeps them together — each "
+        "database's under PREFIX/<database>/, restorable from any worker. Not given: each worker's own "
+        "$SAFEDROP_BACKUP_DIR (a directory there is per machine: prefer a bucket).",
+    )
     rollout: RolloutSettings = Field(description="Canaries, parallelism and what an error does.")
     databases: list[FleetDatabase] = Field(
         min_length=1, description="Every database, in the order the rollout takes them after the canaries."
@@ -197,6 +204,16 @@ class FleetSpec(_Strict):
     @classmethod
     def _table_names(cls, names: list[str] | None) -> list[str] | None:
         return checked_table_names(names)
+
+    @field_validator("backup_dir")
+    @classmethod
+    def _backup_location(cls, value: str | None) -> str | None:
+        if value is None or not is_s3(value):
+            return value
+        try:
+            return parse_s3(value, "backup_dir").uri
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("code_paths")
     @classmethod
@@ -274,6 +291,12 @@ class FleetSpec(_Strict):
             fields["code_secret_block"] = self.code_secret_block
         if self.allow_cascade:
             fields["allow_cascade"] = list(self.allow_cascade)
+        if self.backup_dir:  # each database's backups in a place of their own
+            fields["backup_dir"] = (
+                parse_s3(self.backup_dir).child(name).uri
+                if is_s3(self.backup_dir)
+                else str(Path(self.backup_dir) / name)
+            )
         if expected_plan_digest:
             fields["expected_plan_digest"] = expected_plan_digest
         if expected_system_identifier:
