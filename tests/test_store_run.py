@@ -187,3 +187,28 @@ def test_a_missing_bucket_stops_the_run_before_the_drop(guide_db, plain, s3, cap
     assert "Traceback" not in out + err
     assert guide_db.snapshot() == before
     no_secret(out, err)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_ledger_records_the_uri_and_the_flow_run_id_finds_the_backup_in_the_bucket(
+    guide_db, s3, capsys, cli_env, monkeypatch, tmp_path
+):
+    """A deployment's worker backs up into the bucket ($SAFEDROP_BACKUP_DIR); another machine whose
+    $SAFEDROP_BACKUP_DIR is the same bucket restores by the flow run's id alone."""
+    from tests.helpers import run
+
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    monkeypatch.setenv("SAFEDROP_BACKUP_DIR", f"s3://{s3.name}/backups")
+    before = rows_of_targets(guide_db)
+    state, report = run()
+    assert state.is_completed(), report.reasons
+    uri = report.backup.path
+    assert uri.startswith(f"s3://{s3.name}/backups/{guide_db.name}-"), uri
+    recorded = guide_db.scalar("SELECT string_agg(DISTINCT backup_path, ',') FROM safedrop.dropped_tables")
+    assert recorded == uri
+    monkeypatch.delenv("DATABASE_URL")
+    another_machine(monkeypatch, tmp_path)
+    code, out, err = cli(capsys, "restore", "--backup", report.flow_run_id, "--database-url", guide_db.url)
+    assert code == 0, out + err
+    assert uri in out, out
+    assert rows_of_targets(guide_db) == before

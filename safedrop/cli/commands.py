@@ -20,11 +20,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
 def parse_duration_ms(text: str) -> int:
-    """'500ms', '2s', '1.5s', '5m' or a bare number of milliseconds."""
+    """'500ms', '2s', '1.5s', '5m', '12h', '30d' or a bare number of milliseconds."""
     from safedrop.errors import UsageError
 
     raw = text.strip().lower()
-    units = (("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000))
+    units = (("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000))
     for suffix, factor in units:
         if raw.endswith(suffix) and raw[: -len(suffix)].replace(".", "", 1).isdigit():
             return int(float(raw[: -len(suffix)]) * factor)
@@ -503,3 +503,64 @@ def _require_prefect_server() -> None:
             "safedrop fleet needs a Prefect server and workers on its work pool: PREFECT_API_URL is not "
             "set (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api; see the README's 'Running a fleet')"
         )
+
+
+def backups(args: argparse.Namespace) -> int:
+    """`safedrop backups list|prune`: the backups under a directory or bucket; exit 0, 2 for bad input,
+    1 when the store or the directory cannot be read (or a removal failed)."""
+    from safedrop.backup.inventory import BackupInventory, inventory, prunable, remove
+    from safedrop.errors import SafedropError, UsageError
+    from safedrop.paths import backup_dir
+    from safedrop.store.location import parse_s3
+
+    try:
+        configured = backup_dir(args.backup_dir)
+        where = parse_s3(configured, "--backup-dir") if isinstance(configured, str) else configured
+        older_than_s = parse_duration_ms(args.older_than) // 1000 if args.backups_command == "prune" else None
+    except UsageError as exc:
+        print(f"safedrop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = BackupInventory(location=str(where), backups=[], prune_older_than_s=older_than_s)
+    try:
+        report.backups = inventory(where)
+        if older_than_s is not None:
+            doomed = prunable(report.backups, older_than_s)
+            report.to_remove = [e.archive for e in doomed]
+            report.dry_run = not args.confirm
+            for entry in doomed if args.confirm else []:
+                remove(entry)
+                report.removed.append(entry.archive)
+    except (SafedropError, OSError) as exc:
+        message = str(exc) if isinstance(exc, SafedropError) else f"{exc.strerror}: {exc.filename}"
+        if args.json:
+            print(report.model_dump_json(indent=2))
+        print(f"safedrop: {message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print(_backups_text(report), end="")
+    return 0
+
+
+def _backups_text(report) -> str:
+    from safedrop.report.progress import human_bytes
+
+    lines = [f"backups in {report.location}: {len(report.backups)}"]
+    for e in report.backups:
+        age = f"{e.age_s // 86400} d" if e.age_s >= 86400 else f"{e.age_s // 3600} h"
+        mark = "needed" if e.needed else ("remove" if e.archive in report.to_remove else "")
+        row = f"  {e.archive}  {e.database}  {e.migration or '-'}  {human_bytes(e.bytes)}  {age}  {mark}"
+        lines.append(row.rstrip())
+    if report.prune_older_than_s is not None:
+        if report.dry_run:
+            days = report.prune_older_than_s / 86400
+            lines.append(
+                f"would remove {len(report.to_remove)} backup(s) older than {days:g} d (dry run: add "
+                "--confirm to remove them); the newest of each migration and database stays"
+            )
+        else:
+            lines.append(
+                f"removed {len(report.removed)} backup(s); the newest of each migration and database stays"
+            )
+    return "\n".join(lines) + "\n"

@@ -135,8 +135,8 @@ BACKUP: list[Option] = [
         ("--backup-dir",),
         dict(
             metavar="DIR",
-            help="directory for pg_dump archives (default: $SAFEDROP_BACKUP_DIR, else "
-            "~/.local/share/safedrop/backups)",
+            help="where pg_dump archives go: a directory, or s3://BUCKET/PREFIX (default: "
+            "$SAFEDROP_BACKUP_DIR, else ~/.local/share/safedrop/backups)",
         ),
     ),
     (
@@ -383,6 +383,37 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("demo", help="the whole job on a throwaway local PostgreSQL (no configuration)"),
         output_options("run reports"),
     )
+    backups = sub.add_parser(
+        "backups", help="the backups in a backup directory or bucket: list them, prune old ones"
+    ).add_subparsers(dest="backups_command", required=True, metavar="list|prune")
+    where = [
+        (
+            ("--backup-dir",),
+            dict(metavar="DIR", help="a directory or s3://BUCKET/PREFIX (default: $SAFEDROP_BACKUP_DIR)"),
+        )
+    ]
+    _add(
+        backups.add_parser(
+            "list",
+            help="every backup with its database, migration, size, age, and "
+            "whether it is the one a restore needs",
+        ),
+        where,
+        output_options("backup list"),
+    )
+    _add(
+        backups.add_parser(
+            "prune",
+            help="remove backups older than --older-than, never the newest of each migration and database "
+            "(a dry run unless --confirm)",
+        ),
+        where,
+        [
+            (("--older-than",), dict(metavar="DURATION", required=True, help="e.g. 30d, 12h")),
+            (("--confirm",), dict(action="store_true", help="remove them (without it: only list them)")),
+        ],
+        output_options("prune report"),
+    )
     fleet = sub.add_parser(
         "fleet",
         help="one migration across many databases, each run by a worker of a Prefect work pool (needs "
@@ -446,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         return commands.restore(args)
     if args.command == "fleet":
         return commands.fleet(args)
+    if args.command == "backups":
+        return commands.backups(args)
     return commands.plan_or_run(args)
 
 

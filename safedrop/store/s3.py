@@ -311,6 +311,14 @@ def delete(s3: Any, bucket: str, key: str, version_id: str | None = None) -> Non
         pass
 
 
+def remove(s3: Any, location: S3Location, name: str) -> None:
+    """Delete ``location/name`` (a versioned bucket keeps it as a noncurrent version). Raises StoreError."""
+    try:
+        s3.delete_object(Bucket=location.bucket, Key=location.key(name))
+    except Exception as exc:
+        raise describe(exc, location.object_uri(name), "deleting") from None
+
+
 def head(s3: Any, location: S3Location, name: str, version_id: str | None = None) -> dict[str, Any]:
     """The object's metadata (size, checksum when the store keeps one, version, encryption)."""
     kwargs = {"VersionId": version_id} if version_id else {}
