@@ -13,7 +13,7 @@ from safedrop.parameters import RestoreParameters
 from safedrop.pg.database import resolve_database
 from safedrop.pg.lockschedule import LockSchedule
 from safedrop.report.artifacts import md_list, md_table, publish_markdown
-from safedrop.restore.fetch import fetched
+from safedrop.restore.fetch import fetched, locate
 from safedrop.results import RestoreCheck, RestoreReport, RestoreStatus, RestoreVerification, RunEnding
 from safedrop.runlog import run_logger
 from safedrop.steps import running_plain
@@ -42,7 +42,7 @@ def restore_tables(params: RestoreParameters, flow_run_id: str | None = None) ->
         db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         report.database = db.display
 
-        with fetched(params.backup_path) as archive:  # from object storage: here, proven
+        with fetched(locate(params.backup_path)) as archive:  # from object storage: here, proven
             # 1. Precheck: the archive is what its manifest says, this is its database (or another, chosen);
             #    nothing to restore exists.
             plan = restore_precheck(db, archive, prefix, params.into_other_database)

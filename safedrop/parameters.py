@@ -309,11 +309,12 @@ class RestoreParameters(BaseModel):
 
     backup_path: str = Field(
         ...,
-        description="Which backup to restore from: the archive the drop's backup step wrote (a .dump file "
-        "or .dumpdir directory), its file name in the worker's backup directory ($SAFEDROP_BACKUP_DIR, "
-        "else ~/.local/share/safedrop/backups), or the id of the flow run that dropped the tables (its "
-        "archive is found there by its manifest). The manifest <archive>.manifest.json must be beside it: "
-        "it says what to restore and proves the archive is intact.",
+        description="Which backup to restore from: the archive the drop's backup step wrote (an "
+        "s3://BUCKET/PREFIX/NAME.dump object, a .dump file or a .dumpdir directory), its file name in the "
+        "worker's backup directory ($SAFEDROP_BACKUP_DIR, else ~/.local/share/safedrop/backups), or the id "
+        "of the flow run that dropped the tables (its archive is found there — in a bucket, anywhere below "
+        "the prefix — by its manifest). The manifest <archive>.manifest.json must be beside it: it says "
+        "what to restore and proves the archive is intact.",
         min_length=1,
     )
     database_secret_block: str | None = DATABASE_SECRET_BLOCK

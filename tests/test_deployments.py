@@ -509,11 +509,13 @@ def _sessions_of_safedrop(guide_db) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, guide_db, tmp_path):
+def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, guide_db, tmp_path, s3):
     """Deployed with the README's command from a directory that is then deleted; workers that have safedrop
-    installed (a wheel, not this checkout) in directories of their own; the application's code from a
-    git URL; an approval that comes after the deployment concurrency lease would have expired and after
-    the worker was restarted."""
+    installed (a wheel, not this checkout) in directories of their own — other machines, sharing no disk,
+    their backups in a bucket (a real S3-API server); the application's code from a git URL; an approval
+    that comes after the deployment concurrency lease would have expired and after the worker was
+    restarted elsewhere; the restore deployment on that other worker puts the tables back from the
+    bucket."""
     api = stack.env["PREFECT_API_URL"]
     password = guide_db.server.password
     before = {t: guide_db.count(t) for t in SURVIVORS}
@@ -525,8 +527,8 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
 
     site = worker_installation(tmp_path)
     repo = make_app_repo(tmp_path / "git")  # main still reads credit_allocations; branch cleanup does not
-    worker_backups = tmp_path / "worker-backups"
-    worker_env = {"PYTHONPATH": str(site), "SAFEDROP_BACKUP_DIR": str(worker_backups)}
+    bucket = f"s3://{s3.name}/{s3.location.prefix}"
+    worker_env = {"PYTHONPATH": str(site), "SAFEDROP_BACKUP_DIR": bucket, **s3.server.env}
     mark("worker installation")
 
     # 1. Server (fresh PREFECT_HOME), up when /api/health answers. The deployment concurrency lease is
@@ -652,7 +654,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         mark("suspended for approval")
         assert suspended.state.name == "Suspended", stack.explain(f"state {suspended.state}")
         assert all(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("dropped before approval")
-        assert list(worker_backups.glob("*.dump")), stack.explain("no backup in the worker's directory")
+        assert [k for k in s3.keys() if k.endswith(".dump")], stack.explain("no backup in the bucket")
         wait_until(stack, "no safedrop session left", lambda: _sessions_of_safedrop(guide_db) == 0, 30)
 
         # 8. One run at a time still holds while the first waits: a second run stops, naming it.
@@ -687,14 +689,35 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         mark("run finished")
     assert done.state.is_completed(), stack.explain(f"run ended {done.state.name}: {done.state.message}")
 
-    # 11. The database: targets gone, survivors there with their rows; one backup, reused after the
-    #     resume, in the worker's backup directory and nowhere in the checkout.
+    # 11. The database: targets gone, survivors there with their rows; one backup, taken by the first
+    #     worker and reused by the second after the resume, in the bucket and nowhere on either machine.
     assert not any(guide_db.exists(f"public.{t}") for t in TARGETS), stack.explain("targets still exist")
     assert not guide_db.exists("public.cat_parted_1"), stack.explain("a partition of a target survived")
     assert {t: guide_db.count(t) for t in SURVIVORS} == before, stack.explain("survivors changed")
-    assert len(list(worker_backups.glob("*.dump"))) == 1, stack.explain("expected one backup, reused")
+    archives = [k for k in s3.keys() if k.endswith(".dump")]
+    assert len(archives) == 1 and not s3.uploads_in_progress(), stack.explain(
+        f"expected one backup: {archives}"
+    )
     assert "reusing this flow run's backup" in stack.log("worker-2"), stack.explain("backup not reused")
     assert not list(ROOT.glob(f"**/{guide_db.name}-*.dump")), "backup written into the checkout"
+    assert not list(tmp_path.glob(f"worker-*/**/{guide_db.name}-*.dump")), "a backup on a worker's disk"
+
+    # 11b. The restore deployment, run on the second worker (which never wrote the archive), from the
+    #      bucket's URI the ledger recorded: the tables come back, verified.
+    uri = guide_db.scalar("SELECT string_agg(DISTINCT backup_path, ',') FROM safedrop.dropped_tables")
+    assert uri == f"s3://{s3.name}/{archives[0]}", uri
+    restore_params = {"params": {"backup_path": uri}}
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        restore_deployment = client.read_deployment_by_name(f"{RESTORE}/{RESTORE}")
+        restore_run = client.create_flow_run_from_deployment(restore_deployment.id, parameters=restore_params)
+        restored = final(stack, client, restore_run.id, 180, "worker-2")
+    assert restored.state.is_completed(), stack.explain(
+        f"restore ended {restored.state.name}: {restored.state.message}"
+    )
+    assert all(guide_db.exists(f"public.{t}") for t in ("credit_allocations", "cat_parted_1")), stack.explain(
+        "the restore did not bring the tables back"
+    )
+    mark("restored from the bucket on the other worker")
 
     # 12. What the server holds: parameters without the database URL, the scheduled deployment inactive.
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
@@ -723,5 +746,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
     for where_, text in outputs.items():
         if password in text:  # not `assert … in`: pytest would print the password in its explanation
             pytest.fail(f"the database password appears in the {where_}")
+        if s3.server.env["AWS_SECRET_ACCESS_KEY"] in text:
+            pytest.fail(f"the store's secret key appears in the {where_}")
     mark("checked")
     print(f"e2e timings (s since start): {timings}")
