@@ -668,6 +668,7 @@ def test_deployment_runs_through_a_worker_with_the_secret_block(stack: Stack, gu
         # 9. The worker is restarted (a deploy, a reboot) — in another directory — while the run waits,
         #    and the wait outlasts the deployment concurrency lease.
         stack.stop_one("worker")
+        shutil.rmtree(worker_dir)  # that machine is gone, with its disk
         worker_dir_2 = tmp_path / "worker-2"
         worker_dir_2.mkdir()
         stack.start("worker-2", "worker", "start", "--pool", POOL, cwd=worker_dir_2, **worker_env)

@@ -343,11 +343,7 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
             wait_until(stack, f"{held}'s backup to wait once more", lambda: _dump_waiting(dbs[held]), 180)
             with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
                 (child,) = [r for r in _named(client, f"{held}-drop") if r.state.type == StateType.RUNNING]
-            host = next(
-                w
-                for w, p in stack.processes.items()
-                if w.startswith("worker") and p.poll() is None and str(child.id) in stack.log(w)
-            )
+            host = _worker_running(stack, child.id)
             stack.kill_one(host)
             out, err = cli.communicate(timeout=180)
         finally:
@@ -449,6 +445,22 @@ def _processes_of(flow_run_id) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _worker_running(stack: Stack, flow_run_id) -> str:
+    """The worker whose process tree runs the flow run — not one that merely logged its id (a worker
+    that lost the race to claim a run logs "Aborted submission of flow run …" too)."""
+    workers = {p.pid: w for w, p in stack.processes.items() if w.startswith("worker") and p.poll() is None}
+    for pid in _processes_of(flow_run_id):
+        while pid > 1:
+            if pid in workers:
+                return workers[pid]
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                break
+            pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    raise AssertionError(stack.explain(f"no worker runs flow run {flow_run_id}"))
 
 
 def _safedrop_sessions(db) -> int:

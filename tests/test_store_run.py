@@ -6,6 +6,8 @@ anywhere. A store that cannot take the backup stops the run before the drop, not
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,19 +50,7 @@ def test_a_run_backs_up_into_the_bucket_and_drops(guide_db, plain, s3, capsys, t
     )
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the machine's default backup dir
     uri = f"s3://{s3.name}/backups"
-    code, out, err = cli(
-        capsys,
-        "run",
-        "--database-url",
-        guide_db.url,
-        *SKIP_CODE,
-        "--allow-nonempty",
-        "--backup-dir",
-        uri,
-        "--json",
-    )
-    assert code == 0, out + err
-    report = json.loads(out)
+    report, printed = run_into_the_bucket(guide_db, capsys, uri)
     assert report["status"] == "succeeded", report
     backup = report["backup"]
     assert backup["path"].startswith(f"{uri}/{guide_db.name}-") and backup["path"].endswith(".dump"), backup
@@ -73,7 +63,7 @@ def test_a_run_backs_up_into_the_bucket_and_drops(guide_db, plain, s3, capsys, t
     assert {t.name: t.rows for t in manifest.targets}["public.credit_allocations"] == 500
     assert not any(guide_db.exists(t) for t in TARGETS)
     assert not (tmp_path / "data").exists() or local_files(tmp_path / "data") == []
-    no_secret(out, err, json.dumps(manifest.model_dump()))
+    no_secret(printed, json.dumps(manifest.model_dump()))
 
 
 def rows_of_targets(db) -> dict[str, str]:
@@ -83,7 +73,8 @@ def rows_of_targets(db) -> dict[str, str]:
     }
 
 
-def run_into_the_bucket(guide_db, capsys, uri: str) -> dict:
+def run_into_the_bucket(guide_db, capsys, uri: str) -> tuple[dict, str]:
+    """`safedrop run --backup-dir URI --json`, which must succeed; its report, and all it printed."""
     code, out, err = cli(
         capsys,
         "run",
@@ -96,7 +87,7 @@ def run_into_the_bucket(guide_db, capsys, uri: str) -> dict:
         "--json",
     )
     assert code == 0, out + err
-    return json.loads(out)["backup"]
+    return json.loads(out), out + err
 
 
 def another_machine(monkeypatch, tmp_path: Path) -> None:
@@ -117,7 +108,7 @@ def test_a_machine_that_never_saw_the_backup_restores_it_from_the_bucket(
         "SELECT 1 + g % 3, 1, g, date '2024-01-01', date '2024-02-01' FROM generate_series(1, 300) g"
     )
     before = rows_of_targets(guide_db)
-    backup = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")
+    backup = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")[0]["backup"]
     another_machine(monkeypatch, tmp_path)
     code, out, err = cli(capsys, "restore", "--backup", backup["path"], "--database-url", guide_db.url)
     assert code == 0, out + err
@@ -132,7 +123,7 @@ def test_a_machine_that_never_saw_the_backup_restores_it_from_the_bucket(
 def test_a_damaged_stored_backup_is_refused_and_nothing_changes(
     guide_db, plain, s3, capsys, tmp_path, monkeypatch, damage
 ):
-    backup = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")
+    backup = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")[0]["backup"]
     key = backup["path"].split(f"s3://{s3.name}/", 1)[1]
     raw = client(s3.server)
     data = raw.get_object(Bucket=s3.name, Key=key)["Body"].read()
@@ -212,3 +203,42 @@ def test_the_ledger_records_the_uri_and_the_flow_run_id_finds_the_backup_in_the_
     assert code == 0, out + err
     assert uri in out, out
     assert rows_of_targets(guide_db) == before
+
+
+@pytest.fixture
+def small_tmpdir(tmp_path, monkeypatch):
+    """A 1 MiB file system (tmpfs) as the process's TMPDIR and data home: far smaller than the archive."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        monkeypatch.setenv("TMPDIR", str(mount))
+        monkeypatch.setenv("XDG_DATA_HOME", str(mount / "data"))
+        monkeypatch.setattr("tempfile.tempdir", None)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_backup_larger_than_the_local_disk_streams_and_its_restore_says_what_room_it_needs(
+    guide_db, plain, s3, capsys, small_tmpdir
+):
+    guide_db.execute(
+        "INSERT INTO credit_allocations (tenant_id, credit_id, amount, period_start, period_end) "
+        "SELECT 1 + g % 5, 1, g * 1.5, date '2024-01-01', date '2024-02-01' FROM generate_series(1, 400000) g"
+    )
+    report, _ = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")
+    assert report["backup"]["bytes"] > 2 * 1024 * 1024, report["backup"]  # twice the disk
+    assert not any(guide_db.exists(t) for t in TARGETS)
+    # the restore downloads the archive, so it needs the room: it says so, and changes nothing
+    before = guide_db.snapshot()
+    code, out, err = cli(
+        capsys, "restore", "--backup", report["backup"]["path"], "--database-url", guide_db.url
+    )
+    assert code == 3 and "REFUSED" in out, out + err
+    assert "and the temporary directory" in out and "point TMPDIR at a file system with room for it" in out, (
+        out
+    )
+    assert guide_db.snapshot() == before

@@ -9,6 +9,9 @@ This module provides:
   runs pg_dump on that snapshot while the same transaction counts and checksums the targets and reads
   the removed sequences, then fsyncs the archive and renames it into place. The archive and the numbers
   describe the very same data. A failure or interruption kills pg_dump and leaves no partial file;
+- ``dump_in_snapshot_to_store(db, tools, targets, destination, options, …)``: the same, the archive
+  streamed into object storage (``StoreDestination``: bucket, prefix, name, client, encryption) while
+  the snapshot counts — nothing of it on local disk, nothing left in the store on a failure;
 - ``Dumped``: what the snapshot said (server, which database and cluster, snapshot ids, plan, counts,
   checksums, sequences).
 """
@@ -189,6 +192,21 @@ def _pg_dump_in(
     return sums, sequences
 
 
+@dataclass
+class _Snapshot:
+    """The dump's open snapshot: its connection, the server, the snapshot's ids, which database, and
+    what the dump must hold."""
+
+    conn: Connection
+    info: dict[str, Any]
+    exported: dict[str, str]
+    identity: DatabaseIdentity | None
+    plan: DumpPlan
+
+    def dumped(self, sums: dict[TableName, Contents], sequences: list[SequenceState]) -> Dumped:
+        return Dumped(self.info, self.exported, self.plan, sums, sequences, self.identity)
+
+
 @contextmanager
 def _snapshot_plan(
     db: Database,
@@ -197,7 +215,7 @@ def _snapshot_plan(
     *,
     migration: Migration | None,
     allow_cascade: Sequence[str],
-) -> Iterator[tuple[Connection, dict[str, Any], dict[str, str], DatabaseIdentity | None, DumpPlan]]:
+) -> Iterator[_Snapshot]:
     """The dump's exported snapshot, open for the block, with what it says: the server, which database,
     and what the dump must hold. A database error inside is a one-line BackupFailed."""
     try:
@@ -209,7 +227,7 @@ def _snapshot_plan(
             plan = plan_dump(
                 conn, targets, scope=options.scope, migration=migration, allow_cascade=allow_cascade
             )
-            yield conn, info, exported, identity, plan
+            yield _Snapshot(conn, info, exported, identity, plan)
     except sa.exc.DBAPIError as exc:
         raise backup_failure(
             f"reading the snapshot for the backup failed: {error_line(exc, db)}; {DID_NOT_RUN}"
@@ -232,21 +250,15 @@ def dump_in_snapshot(
     """In one exported snapshot: read what the dump must hold, dump it, count it; then fsync the archive
     and rename it to ``final``. Any failure removes the partial file."""
     try:
-        with _snapshot_plan(db, targets, options, migration=migration, allow_cascade=allow_cascade) as (
-            conn,
-            info,
-            exported,
-            identity,
-            plan,
-        ):
+        with _snapshot_plan(db, targets, options, migration=migration, allow_cascade=allow_cascade) as snap:
             sums, sequences = _pg_dump_in(
-                conn,
+                snap.conn,
                 db,
                 tools,
                 partial,
-                plan,
+                snap.plan,
                 options,
-                snapshot=exported["snapshot_id"],
+                snapshot=snap.exported["snapshot_id"],
                 server_version_num=server_version_num,
                 progress_key=progress_key,
             )
@@ -256,7 +268,7 @@ def dump_in_snapshot(
     except BaseException:
         remove(partial)
         raise
-    return Dumped(info, exported, plan, sums, sequences, identity)
+    return snap.dumped(sums, sequences)
 
 
 @dataclass(frozen=True)
@@ -286,15 +298,9 @@ def dump_in_snapshot_to_store(
     """As ``dump_in_snapshot``, the archive streamed into object storage as pg_dump writes it: the
     upload runs in its own thread while this one counts and checksums the targets in the same
     snapshot. Any failure or interrupt stops pg_dump and aborts the upload — no object is left."""
-    with _snapshot_plan(db, targets, options, migration=migration, allow_cascade=allow_cascade) as (
-        conn,
-        info,
-        exported,
-        identity,
-        plan,
-    ):
+    with _snapshot_plan(db, targets, options, migration=migration, allow_cascade=allow_cascade) as snap:
         uploaded = [0]
-        progress = DumpProgress(run_progress("pg_dump", progress_key), lambda: uploaded[0], plan.weights)
+        progress = DumpProgress(run_progress("pg_dump", progress_key), lambda: uploaded[0], snap.plan.weights)
         dump = StoreDump(
             tools,
             db,
@@ -308,19 +314,19 @@ def dump_in_snapshot_to_store(
             on_part=lambda total: uploaded.__setitem__(0, total),
             server_version_num=server_version_num,
             compression=options.compression,
-            snapshot=exported["snapshot_id"],
-            exclude_data=plan.exclude_data,
+            snapshot=snap.exported["snapshot_id"],
+            exclude_data=snap.plan.exclude_data,
             no_blobs=options.scope == "targets",
             verbose=True,
             lock_wait_ms=options.lock_wait_ms,
         )
         try:
-            sums = target_contents(conn, plan.targets)
-            sequences = sequence_states(conn, plan.sequences)
+            sums = target_contents(snap.conn, snap.plan.targets)
+            sequences = sequence_states(snap.conn, snap.plan.sequences)
             stored = dump.result()
         except BaseException:
             dump.cancel()
             raise
         uploaded[0] = stored.bytes
         progress.finish()
-    return Dumped(info, exported, plan, sums, sequences, identity), stored
+    return snap.dumped(sums, sequences), stored
