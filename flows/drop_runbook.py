@@ -9,7 +9,7 @@ without a Prefect server calls it directly, and then no module of Prefect is loa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 
 from safedrop.analysis.smokechecks import named_url_problems, restore_command
@@ -31,6 +31,7 @@ from safedrop.pg.runlock import one_run_at_a_time, stop_if_another_run_awaits_ap
 from safedrop.results import RunEnding, RunReport, Status
 from safedrop.runlog import run_logger
 from safedrop.steps import running_plain
+from safedrop.store import credentials as store_credentials
 from tasks.activity import activity_check
 from tasks.backup import BackupOptions, backup, backup_destination
 from tasks.cleanup import cleanup_check
@@ -71,6 +72,11 @@ def drop_tables(params: DropParameters, flow_run_id: str | None = None) -> RunEn
 
     ``flow_run_id``: the Prefect flow run this is (None at the command line without a server).
     """
+    with ExitStack() as held:  # what the run holds until it ends: the object store's credentials
+        return _drop_tables(params, flow_run_id, held)
+
+
+def _drop_tables(params: DropParameters, flow_run_id: str | None, held: ExitStack) -> RunEnding:
     run = RunRecord(params=params, migration=params.migration, flow_run_id=flow_run_id)
     if (records := RUN_RECORDS.get()) is not None:
         records.append(run)  # the command line reads it if Prefect itself fails after the drop
@@ -82,6 +88,7 @@ def drop_tables(params: DropParameters, flow_run_id: str | None = None) -> RunEn
         run.migration, prefix = migration.name, migration.slug
         keep = parse_table_list(params.keep, params.target_schema)
         backups = backup_destination(params.backup_dir, BackupOptions.from_parameters(params))
+        held.enter_context(store_credentials.from_block(params.backup_credentials_block))
         db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         run.database = db.display
 

@@ -17,6 +17,7 @@ from safedrop.restore.fetch import fetched, locate
 from safedrop.results import RestoreCheck, RestoreReport, RestoreStatus, RestoreVerification, RunEnding
 from safedrop.runlog import run_logger
 from safedrop.steps import running_plain
+from safedrop.store import credentials as store_credentials
 from tasks.restore import restore, restore_precheck, restore_verification
 
 _HEADLINES = {
@@ -42,7 +43,10 @@ def restore_tables(params: RestoreParameters, flow_run_id: str | None = None) ->
         db = resolve_database(params.database_secret_block, url_env=params.database_url_env)
         report.database = db.display
 
-        with fetched(locate(params.backup_path)) as archive:  # from object storage: here, proven
+        with (
+            store_credentials.from_block(params.backup_credentials_block),
+            fetched(locate(params.backup_path)) as archive,  # from object storage: here, proven
+        ):
             # 1. Precheck: the archive is what its manifest says, this is its database (or another, chosen);
             #    nothing to restore exists.
             plan = restore_precheck(db, archive, prefix, params.into_other_database)

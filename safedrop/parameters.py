@@ -114,6 +114,12 @@ class DropParameters(BaseModel):
         "0600). Empty: $SAFEDROP_BACKUP_DIR of the worker's environment, else "
         "~/.local/share/safedrop/backups — never inside the code checkout.",
     )
+    backup_credentials_block: str = Field(
+        "",
+        description="The name of a prefect-aws AwsCredentials (or MinIOCredentials: minio-credentials/NAME) "
+        "block whose keys, role, region and endpoint reach an s3:// backup_dir. Empty: the worker's "
+        "standard AWS credential chain (environment, profile, instance or pod role).",
+    )
     backup_encryption: str = Field(
         "",
         description="Server-side encryption of an archive in object storage: empty (the bucket's default), "
@@ -316,6 +322,11 @@ class RestoreParameters(BaseModel):
         "the prefix — by its manifest). The manifest <archive>.manifest.json must be beside it: it says "
         "what to restore and proves the archive is intact.",
         min_length=1,
+    )
+    backup_credentials_block: str = Field(
+        "",
+        description="The name of a prefect-aws AwsCredentials (or minio-credentials/NAME) block to read an "
+        "s3:// backup with. Empty: the worker's standard AWS credential chain.",
     )
     database_secret_block: str | None = DATABASE_SECRET_BLOCK
     database_url_env: str | None = DATABASE_URL_ENV

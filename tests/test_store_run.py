@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,77 @@ def test_a_backup_larger_than_the_local_disk_streams_and_its_restore_says_what_r
         out
     )
     assert guide_db.snapshot() == before
+
+
+def save_credentials_block(slug: str, name: str, data: dict) -> None:
+    """A prefect-aws credentials block as the UI or `prefect block create` saves one: a block document
+    of the type every Prefect server registers (prefect-aws itself is not installed here)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug(slug)
+        schema = client.get_most_recent_block_schema_for_block_type(block_type.id)
+        client.create_block_document(
+            BlockDocumentCreate(name=name, block_type_id=block_type.id, block_schema_id=schema.id, data=data)
+        )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_credentials_block_reaches_the_bucket_and_its_secret_is_nowhere(guide_db, s3, monkeypatch):
+    """A deployment's `backup_credentials_block`: the worker's environment has no AWS keys and no
+    endpoint at all — only the block does — and the run backs up into the bucket, the restore flow
+    reads it back with the same block; the block's secret key is in no parameter, log, artifact,
+    manifest or report. A block that does not exist stops the run in one line, nothing changed."""
+    from flows.restore_dropped_tables import restore_dropped_tables
+    from safedrop.parameters import RestoreParameters
+    from tests.helpers import run
+    from tests.test_secrets import traces
+
+    secret = f"block-secret-{uuid.uuid4().hex}"
+    name = f"backups-{uuid.uuid4().hex[:8]}"
+    save_credentials_block(
+        "aws-credentials",
+        name,
+        {
+            "aws_access_key_id": "block-key-id",
+            "aws_secret_access_key": secret,
+            "region_name": "us-east-1",
+            "aws_client_parameters": {"endpoint_url": s3.server.endpoint},
+        },
+    )
+    for variable in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(variable)  # the standard chain finds nothing: no keys, no endpoint
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("DATABASE_URL", guide_db.url)
+    uri = f"s3://{s3.name}/backups"
+    before = rows_of_targets(guide_db)
+
+    state, report = run(backup_dir=uri, backup_credentials_block="no-such-block", allow_nonempty=True)
+    assert report.status == "failed" and len(report.reasons) == 1, report.reasons
+    assert (
+        "backup_credentials_block 'no-such-block': the Prefect server has no AWS Credentials"
+        in (report.reasons[0])
+    )
+    assert rows_of_targets(guide_db) == before and s3.keys() == []
+
+    state, report = run(backup_dir=uri, backup_credentials_block=name, allow_nonempty=True)
+    assert report.status == "succeeded", report.reasons
+    assert not any(guide_db.exists(t) for t in TARGETS)
+    archive = report.backup.path.rsplit("/", 1)[1]
+    assert s3.keys() == [f"backups/{archive}", f"backups/{archive}.manifest.json"]
+    found = traces(str(state.state_details.flow_run_id))
+    assert name in found["parameters"]
+
+    params = RestoreParameters(
+        backup_path=report.backup.path, database_secret_block=None, backup_credentials_block=name
+    )
+    restored = restore_dropped_tables(params, return_state=True)
+    assert restored.is_completed(), restored.message
+    assert rows_of_targets(guide_db) == before
+    restore_traces = traces(str(restored.state_details.flow_run_id))
+    manifest = client(s3.server).get_object(Bucket=s3.name, Key=f"backups/{archive}.manifest.json")
+    everything = [*found.values(), *restore_traces.values(), manifest["Body"].read().decode()]
+    assert not [text for text in everything if secret in text]
+    assert secret not in report.model_dump_json() + str(state.message) + str(restored.message)

@@ -486,8 +486,8 @@ def entrypoint() -> None:  # pragma: no cover - console script shim
     """The console script: SIGTERM and Ctrl-C stop it cleanly at any point, start-up included."""
     from safedrop.interrupts import Interrupted, install
 
-    install()
     try:
+        install()  # a signal may land between installing the first handler and the last
         code = main()
     except Interrupted as stop:
         code = commands.interrupted(stop)

@@ -195,6 +195,11 @@ class FleetSpec(_Strict):
         "database's under PREFIX/<database>/, restorable from any worker. Not given: each worker's own "
         "$SAFEDROP_BACKUP_DIR (a directory there is per machine: prefer a bucket).",
     )
+    backup_credentials_block: str | None = Field(
+        None,
+        description="The prefect-aws credentials block every child reaches an s3:// backup_dir with "
+        "(see the drop flow's backup_credentials_block). Not given: each worker's standard AWS chain.",
+    )
     rollout: RolloutSettings = Field(description="Canaries, parallelism and what an error does.")
     databases: list[FleetDatabase] = Field(
         min_length=1, description="Every database, in the order the rollout takes them after the canaries."
@@ -297,6 +302,8 @@ class FleetSpec(_Strict):
                 if is_s3(self.backup_dir)
                 else str(Path(self.backup_dir) / name)
             )
+        if self.backup_credentials_block:
+            fields["backup_credentials_block"] = self.backup_credentials_block
         if expected_plan_digest:
             fields["expected_plan_digest"] = expected_plan_digest
         if expected_system_identifier:

@@ -1,7 +1,8 @@
 """S3 (and S3-compatible stores: MinIO, Ceph, R2, …) through boto3, for backups.
 
 Credentials come from boto3's standard chain (environment, shared profile, instance or pod role) and
-the endpoint from ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) when set — nothing of them is ever
+the endpoint from ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) when set, or from a prefect-aws
+block a deployment names (``safedrop.store.credentials``) — nothing of them is ever
 passed in argv, logged, or written to a manifest. Every failure is a ``StoreError`` with one line that
 names the bucket and what to fix; ``transient`` says whether a retry may help.
 
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from safedrop.errors import SafedropError, UsageError
+from safedrop.store import credentials
 from safedrop.store.location import S3Location
 
 PART_BYTES = 16 * 1024 * 1024  # S3's minimum part is 5 MiB; 10,000 parts of 16 MiB: 156 GiB per object
@@ -68,13 +70,13 @@ class StoredObject:
 
 
 def client(location: S3Location) -> Any:
-    """A boto3 S3 client from the standard AWS chain (``AWS_ENDPOINT_URL`` honoured by boto3 itself).
+    """A boto3 S3 client: the standard AWS chain (``AWS_ENDPOINT_URL`` honoured by boto3 itself), or
+    the prefect-aws block the run names (``safedrop.store.credentials``).
 
     A missing region falls back to us-east-1 (S3 answers for every region there and redirects)."""
-    import boto3
     from botocore.config import Config
 
-    session = boto3.session.Session()
+    session, options = credentials.session_and_options()
     config = Config(
         retries={"max_attempts": 4, "mode": "standard"},
         connect_timeout=10,
@@ -84,7 +86,7 @@ def client(location: S3Location) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return session.client("s3", region_name=session.region_name or "us-east-1", config=config)
+    return session.client("s3", region_name=session.region_name or "us-east-1", config=config, **options)
 
 
 def describe(exc: BaseException, location: S3Location | str, doing: str) -> StoreError:
