@@ -221,6 +221,7 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
     assert ignored in busy, rest  # (the rollout stopped with at least three databases not done)
     small_fleet = fleet_file(tmp_path / "fleet-small.yaml", code, small)
     spec = _spec(small_fleet)
+    held_fleet = fleet_file(tmp_path / "fleet-held.yaml", code, [held])  # 2b, 2c: one child each
     unanswered_spec = _spec(fleet_file(tmp_path / "fleet-unanswered.yaml", code, [ignored]))
     blocker_conn = psycopg2.connect(dbs[held].url, application_name="e2e-application")
     try:
@@ -313,7 +314,7 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
         wait_until(stack, "pg_dump's session to go", lambda: not _dump_waiting(dbs[held], any_state=True), 60)
 
         # 2b. At a terminal: SIGTERM to `safedrop fleet run` while a child's backup waits on the lock.
-        cli = _fleet_run_in_background(stack, small_fleet, tmp_path)
+        cli = _fleet_run_in_background(stack, held_fleet, tmp_path)
         try:
             wait_until(stack, f"{held}'s backup to wait again", lambda: _dump_waiting(dbs[held]), 180)
             cli.send_signal(signal.SIGTERM)
@@ -338,7 +339,7 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
         #     Crashed and fails naming it, pg_dump's session goes with it, the database is whole; a new
         #     worker comes up.
         # (a minute of silence: the shortest the fleet takes)
-        cli = _fleet_run_in_background(stack, small_fleet, tmp_path, "--json", "--child-silence", "1m")
+        cli = _fleet_run_in_background(stack, held_fleet, tmp_path, "--json", "--child-silence", "1m")
         try:
             wait_until(stack, f"{held}'s backup to wait once more", lambda: _dump_waiting(dbs[held]), 180)
             with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
