@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,3 +189,29 @@ def application(tdb, tmp_path: Path, *extra: str) -> Iterator[dict]:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
     report.update(json.loads(report_file.read_text()))
+
+
+def pg_dump_child() -> int | None:
+    """The pid of a pg_dump this process started to dump (not to say its version), if one runs."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == os.getpid() and _dumps(cmd.split(b"\0")):
+            return int(pid)
+    return None
+
+
+def poll(what: str, check, deadline_s: float = 60):
+    deadline = time.monotonic() + deadline_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return result
+
+
+def _dumps(argv: list[bytes]) -> bool:
+    return argv[0].endswith(b"pg_dump") and any(a.startswith(b"--format") for a in argv)

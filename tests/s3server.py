@@ -2,7 +2,9 @@
 prefect-aws's own tests use it), reached over HTTP by the same boto3 client production uses.
 
 ``S3Server`` starts and stops one; the ``s3`` fixture gives each test a bucket of its own on the
-session's server and the AWS environment (endpoint, throwaway keys) pointing at it.
+session's server and the AWS environment (endpoint, throwaway keys) pointing at it. ``StoreLink`` is a
+TCP relay in front of a server: ``cut()`` is the store going away for its clients (live connections
+closed, new ones refused) while the test still reads the server behind it; ``restore()`` brings it back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -73,6 +76,74 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class StoreLink:
+    """The only road from the code under test to an S3 server: a relay on a port of its own."""
+
+    def __init__(self, server: S3Server) -> None:
+        self.server = server
+        self.port = _free_port()
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> StoreLink:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.05)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        """What a client sees when the store's process stops: every connection gone, new ones refused."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            live, self._open = self._open, set()
+        for sock in live:
+            _close(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                near, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            near.settimeout(None)
+            far = socket.create_connection(("127.0.0.1", self.server.port))
+            with self._lock:
+                self._open |= {near, far}
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    _close(sink)
+    _close(source)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 @pytest.fixture(scope="session")

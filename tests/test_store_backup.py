@@ -8,8 +8,6 @@ import hashlib
 import os
 import signal
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +19,7 @@ from safedrop.results import BackupManifest
 from safedrop.store import s3 as store
 from safedrop.store.location import S3Location
 from tests.conftest import TARGETS
+from tests.helpers import pg_dump_child, poll
 from tests.s3server import S3Server, client
 
 ROWS = 120_000  # ~7 MiB of archive at -Z0: more than one 5 MiB part
@@ -88,28 +87,6 @@ def dump_sessions(db) -> int:
         return conn.exec_driver_sql(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safedrop pg_dump'"
         ).scalar_one()
-
-
-def pg_dump_child() -> int | None:
-    """The pid of a pg_dump this process started, if one runs."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[1]) == os.getpid() and cmd.split(b"\0")[0].endswith(b"pg_dump"):
-            return int(pid)
-    return None
-
-
-def poll(what: str, check, deadline_s: float = 60):
-    deadline = time.monotonic() + deadline_s
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-    return result
 
 
 def test_the_store_going_away_mid_upload_stops_the_backup_and_pg_dump_goes_too(

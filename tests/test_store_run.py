@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import threading
+import types
 import uuid
 from pathlib import Path
 
@@ -18,7 +21,9 @@ from safedrop.backup.storemanifest import read_stored_manifest
 from safedrop.cli.main import main
 from safedrop.store import s3 as store
 from tests.conftest import TARGETS
-from tests.s3server import KEYS, client
+from tests.helpers import pg_dump_child, poll
+from tests.s3server import KEYS, StoreLink, client
+from tests.test_store_backup import fill
 
 SKIP_CODE = ("--code-policy", "skip")
 
@@ -179,6 +184,86 @@ def test_a_missing_bucket_stops_the_run_before_the_drop(guide_db, plain, s3, cap
     assert "Traceback" not in out + err
     assert guide_db.snapshot() == before
     no_secret(out, err)
+
+
+def test_the_store_going_away_mid_upload_stops_the_run_before_the_drop_and_the_next_run_converges(
+    guide_db, plain, s3, capsys, monkeypatch
+):
+    """The run reaches the bucket through a relay; once pg_dump's archive is being uploaded (pg_dump held
+    with SIGSTOP until the multipart upload exists) the relay is cut — the store is gone for the run.
+    Every retry finds it gone: the run stops before the drop, the targets whole, no object. With the store
+    back, the next run backs up and drops, and the first run's abandoned upload is cleared."""
+    fill(guide_db, 100_000)  # ~6 MiB: more than one part, whatever pg_dump had written when held
+    before = rows_of_targets(guide_db)
+    link = StoreLink(s3.server).restore()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", link.endpoint)
+    waited: list[float] = []
+    # the retries' delays are recorded, not waited (the steps' own clock; the time module is shared)
+    monkeypatch.setattr("safedrop.steps.time", types.SimpleNamespace(sleep=waited.append))
+    cut = threading.Event()
+
+    def store_goes_away() -> None:
+        pid = poll("pg_dump to start", pg_dump_child, 120)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            poll("the multipart upload to begin", s3.uploads_in_progress)
+            link.cut()
+            cut.set()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    watcher = threading.Thread(target=store_goes_away, daemon=True)
+    watcher.start()
+    try:
+        code, out, err = cli(
+            capsys,
+            "run",
+            "--database-url",
+            guide_db.url,
+            *SKIP_CODE,
+            "--allow-nonempty",
+            "--backup-dir",
+            f"s3://{s3.name}/backups",
+        )
+    finally:
+        link.cut()
+    watcher.join(timeout=60)
+    assert cut.is_set(), out + err
+    assert code == 3 and out.startswith("safedrop: STOPPED — nothing was changed"), out + err
+    # the last retry finds the store gone when it checks the bucket; the first lost it mid-upload
+    assert f"✗ the backup could not be stored: the object store for s3://{s3.name}/backups" in out, out
+    assert "is unreachable while" in out and "check AWS_ENDPOINT_URL" in out, out
+    assert f"/backups/{guide_db.name}-" in err and "is unreachable while uploading" in err, err
+    assert "nothing was dropped\n" in out and "Traceback" not in out + err
+    assert "retrying in 2 s, 1 of 2" in err and waited == [2, 10], (err, waited)
+    assert rows_of_targets(guide_db) == before and all(guide_db.exists(t) for t in TARGETS)
+    assert s3.keys() == []  # no partial object: an upload the store never completed is not one
+    assert pg_dump_child() is None
+    no_secret(out, err)
+
+    link.restore()
+    report, _ = run_into_the_bucket(guide_db, capsys, f"s3://{s3.name}/backups")
+    assert report["status"] == "succeeded" and not any(guide_db.exists(t) for t in TARGETS)
+    name = report["backup"]["path"].rsplit("/", 1)[1]
+    assert s3.keys() == [f"backups/{name}", f"backups/{name}.manifest.json"]
+    # the first run's upload could not be aborted with the store gone: `backups` names it, prune aborts it
+    [abandoned] = s3.uploads_in_progress()
+    code, out, err = cli(capsys, "backups", "list", "--backup-dir", f"s3://{s3.name}/backups")
+    assert code == 0 and "unfinished uploads (parts the store keeps with no object" in out, out + err
+    assert f"  s3://{s3.name}/{abandoned}  started " in out, out
+    code, out, err = cli(
+        capsys,
+        "backups",
+        "prune",
+        "--older-than",
+        "0d",
+        "--confirm",
+        "--backup-dir",
+        f"s3://{s3.name}/backups",
+    )
+    assert code == 0 and "removed 0 backup(s) and aborted 1 unfinished upload(s)" in out, out + err
+    assert s3.uploads_in_progress() == [] and len(s3.keys()) == 2
+    link.cut()
 
 
 @pytest.mark.usefixtures("prefect_harness")

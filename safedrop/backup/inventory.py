@@ -6,7 +6,10 @@
   and cluster) is the one a restore of the current state needs — ``needed`` with why; prune never
   removes it, whatever its age;
 - ``prunable(entries, older_than_s)``: the rest, older than the cut; ``remove(entry)`` takes one away
-  (archive, then manifest). Archives without a manifest are not safedrop's to judge and are left alone.
+  (archive, then manifest). Archives without a manifest are not safedrop's to judge and are left alone;
+- ``unfinished(location)``: the multipart uploads in a bucket that never became an object — a backup
+  whose store went away before it could abort its upload — as ``UnfinishedUpload`` rows; prune aborts
+  those older than its cut (the bucket's AbortIncompleteMultipartUpload rule does it too, README).
 """
 
 from __future__ import annotations
@@ -39,14 +42,26 @@ class BackupEntry(BaseModel):
     why_needed: str = ""
 
 
+class UnfinishedUpload(BaseModel):
+    """A multipart upload in the bucket with no object: parts the store keeps (and bills) for nothing."""
+
+    uri: str
+    upload_id: str
+    started_at: str
+    age_s: int
+
+
 class BackupInventory(BaseModel):
     """The report of ``backups list`` and ``backups prune``."""
 
     location: str
     backups: list[BackupEntry]
+    unfinished_uploads: list[UnfinishedUpload] = []
     prune_older_than_s: int | None = None
     to_remove: list[str] = []
     removed: list[str] = []
+    to_abort: list[str] = []
+    aborted: list[str] = []
     dry_run: bool = True
 
 
@@ -105,6 +120,27 @@ def inventory(where: Path | S3Location, *, s3=None, now: datetime | None = None)
     entries.sort(key=lambda e: (e.created_at, e.archive), reverse=True)
     mark_needed(entries)
     return entries
+
+
+def unfinished(location: S3Location, *, s3=None, now: datetime | None = None) -> list[UnfinishedUpload]:
+    """The unfinished multipart uploads under ``location``, oldest first. Raises StoreError."""
+    now = now or datetime.now(UTC)
+    found = [
+        UnfinishedUpload(
+            uri=location.object_uri(u.name),
+            upload_id=u.upload_id,
+            started_at=u.initiated.isoformat(timespec="seconds"),
+            age_s=max(0, int((now - u.initiated).total_seconds())),
+        )
+        for u in store.list_unfinished(s3 or store.client(location), location)
+    ]
+    return sorted(found, key=lambda u: (u.started_at, u.uri))
+
+
+def abort(upload: UnfinishedUpload, *, s3=None) -> None:
+    """Abort one unfinished upload. Raises StoreError."""
+    location, name = parse_object_uri(upload.uri)
+    store.abort_unfinished(s3 or store.client(location), location, name, upload.upload_id)
 
 
 def mark_needed(entries: list[BackupEntry]) -> None:

@@ -508,10 +508,10 @@ def _require_prefect_server() -> None:
 def backups(args: argparse.Namespace) -> int:
     """`safedrop backups list|prune`: the backups under a directory or bucket; exit 0, 2 for bad input,
     1 when the store or the directory cannot be read (or a removal failed)."""
-    from safedrop.backup.inventory import BackupInventory, inventory, prunable, remove
+    from safedrop.backup.inventory import BackupInventory, abort, inventory, prunable, remove, unfinished
     from safedrop.errors import SafedropError, UsageError
     from safedrop.paths import backup_dir
-    from safedrop.store.location import parse_s3
+    from safedrop.store.location import S3Location, parse_s3
 
     try:
         configured = backup_dir(args.backup_dir)
@@ -523,13 +523,20 @@ def backups(args: argparse.Namespace) -> int:
     report = BackupInventory(location=str(where), backups=[], prune_older_than_s=older_than_s)
     try:
         report.backups = inventory(where)
+        if isinstance(where, S3Location):
+            report.unfinished_uploads = unfinished(where)
         if older_than_s is not None:
             doomed = prunable(report.backups, older_than_s)
+            stale = [u for u in report.unfinished_uploads if u.age_s > older_than_s]
             report.to_remove = [e.archive for e in doomed]
+            report.to_abort = [u.uri for u in stale]
             report.dry_run = not args.confirm
             for entry in doomed if args.confirm else []:
                 remove(entry)
                 report.removed.append(entry.archive)
+            for upload in stale if args.confirm else []:
+                abort(upload)
+                report.aborted.append(upload.uri)
     except (SafedropError, OSError) as exc:
         message = str(exc) if isinstance(exc, SafedropError) else f"{exc.strerror}: {exc.filename}"
         if args.json:
@@ -543,24 +550,42 @@ def backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(age_s: int) -> str:
+    return f"{age_s // 86400} d" if age_s >= 86400 else f"{age_s // 3600} h"
+
+
+def _and_abort(uploads: list[str], verb: str = "abort") -> str:
+    return f" and {verb} {len(uploads)} unfinished upload(s)" if uploads else ""
+
+
 def _backups_text(report) -> str:
     from safedrop.report.progress import human_bytes
 
     lines = [f"backups in {report.location}: {len(report.backups)}"]
     for e in report.backups:
-        age = f"{e.age_s // 86400} d" if e.age_s >= 86400 else f"{e.age_s // 3600} h"
         mark = "needed" if e.needed else ("remove" if e.archive in report.to_remove else "")
-        row = f"  {e.archive}  {e.database}  {e.migration or '-'}  {human_bytes(e.bytes)}  {age}  {mark}"
+        size = human_bytes(e.bytes)
+        row = f"  {e.archive}  {e.database}  {e.migration or '-'}  {size}  {_age(e.age_s)}  {mark}"
         lines.append(row.rstrip())
+    if report.unfinished_uploads:
+        lines.append(
+            f"unfinished uploads (parts the store keeps with no object — a backup that could not finish, "
+            f"or one running now): {len(report.unfinished_uploads)}"
+        )
+        for u in report.unfinished_uploads:
+            mark = "abort" if u.uri in report.to_abort else ""
+            lines.append(f"  {u.uri}  started {u.started_at}  {_age(u.age_s)}  {mark}".rstrip())
     if report.prune_older_than_s is not None:
         if report.dry_run:
-            days = report.prune_older_than_s / 86400
+            days, also = report.prune_older_than_s / 86400, _and_abort(report.to_abort)
             lines.append(
-                f"would remove {len(report.to_remove)} backup(s) older than {days:g} d (dry run: add "
-                "--confirm to remove them); the newest of each migration and database stays"
+                f"would remove {len(report.to_remove)} backup(s) older than {days:g} d{also} "
+                "(dry run: add --confirm to remove them); the newest of each migration and database stays"
             )
         else:
+            also = _and_abort(report.aborted, "aborted")
             lines.append(
-                f"removed {len(report.removed)} backup(s); the newest of each migration and database stays"
+                f"removed {len(report.removed)} backup(s){also}; "
+                "the newest of each migration and database stays"
             )
     return "\n".join(lines) + "\n"

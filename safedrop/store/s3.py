@@ -420,5 +420,37 @@ def list_objects(
         raise describe(exc, location, "listing") from None
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A multipart upload the store holds no object for: its name under the location, id, start."""
+
+    name: str
+    upload_id: str
+    initiated: datetime
+
+
+def list_unfinished(s3: Any, location: S3Location) -> Iterator[Unfinished]:
+    """Every multipart upload under ``location`` (at any depth) that was neither completed nor aborted —
+    what a backup leaves when the store went away before it could abort (or one still running)."""
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    try:
+        for page in s3.get_paginator("list_multipart_uploads").paginate(
+            Bucket=location.bucket, Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                yield Unfinished(upload["Key"][len(prefix) :], upload["UploadId"], upload["Initiated"])
+    except Exception as exc:
+        raise describe(exc, location, "listing the unfinished uploads of") from None
+
+
+def abort_unfinished(s3: Any, location: S3Location, name: str, upload_id: str) -> None:
+    """Abort the unfinished upload ``upload_id`` of ``location/name``: the store frees its parts.
+    Raises StoreError."""
+    try:
+        s3.abort_multipart_upload(Bucket=location.bucket, Key=location.key(name), UploadId=upload_id)
+    except Exception as exc:
+        raise describe(exc, location.object_uri(name), "aborting the unfinished upload of") from None
+
+
 def get_bytes(s3: Any, location: S3Location, name: str) -> bytes:
     return b"".join(read(s3, location, name))
