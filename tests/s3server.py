@@ -39,6 +39,7 @@ class S3Server:
     log: Path
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen | None = None
+    auth_after: int | None = None  # authenticate (IAM) every request after this many: moto's switch
 
     @property
     def endpoint(self) -> str:
@@ -54,7 +55,12 @@ class S3Server:
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+                | (
+                    {"INITIAL_NO_AUTH_ACTION_COUNT": str(self.auth_after)}
+                    if self.auth_after is not None
+                    else {}
+                ),
             )
         deadline = time.monotonic() + 60
         while True:

@@ -14,6 +14,7 @@ import types
 import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -22,7 +23,7 @@ from safedrop.cli.main import main
 from safedrop.store import s3 as store
 from tests.conftest import TARGETS
 from tests.helpers import pg_dump_child, poll
-from tests.s3server import KEYS, StoreLink, client
+from tests.s3server import KEYS, S3Server, StoreLink, client
 from tests.test_store_backup import fill
 
 SKIP_CODE = ("--code-policy", "skip")
@@ -264,6 +265,90 @@ def test_the_store_going_away_mid_upload_stops_the_run_before_the_drop_and_the_n
     assert code == 0 and "removed 0 backup(s) and aborted 1 unfinished upload(s)" in out, out + err
     assert s3.uploads_in_progress() == [] and len(s3.keys()) == 2
     link.cut()
+
+
+@pytest.fixture(scope="module")
+def guarded_store(tmp_path_factory):
+    """An S3 server that checks every request against IAM (moto's auth mode, after the set-up's seven
+    actions): a bucket, a read-only role (a restorer's, not a worker's) and an admin who can look."""
+    server = S3Server(tmp_path_factory.mktemp("guarded") / "moto.log", auth_after=7).start()
+    try:
+        s3c, iam = (
+            client(server),
+            boto3.client(
+                "iam",
+                endpoint_url=server.endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+            ),
+        )
+        s3c.create_bucket(Bucket="safedrop-guarded")
+        keys = {}
+        for user, actions in (("restorer", ["s3:ListBucket", "s3:GetObject"]), ("admin", ["s3:*"])):
+            iam.create_user(UserName=user)
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+            }
+            iam.put_user_policy(UserName=user, PolicyName="backups", PolicyDocument=json.dumps(policy))
+        yield server, keys
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("who", "said"),
+    [
+        (
+            "unknown",
+            "the store refused the credentials for s3://safedrop-guarded/backups while checking the bucket "
+            "(InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records.); renew "
+            "them (expired session token?) or fix AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            "restorer",
+            "access denied to s3://safedrop-guarded/backups while checking the bucket (AccessDenied: Access "
+            "Denied); the worker's credentials need s3:PutObject, s3:AbortMultipartUpload and s3:GetObject on "
+            "the prefix",
+        ),
+    ],
+)
+def test_credentials_the_store_refuses_stop_the_run_before_the_drop_in_one_line(
+    guide_db, plain, guarded_store, capsys, monkeypatch, who, said
+):
+    """Wrong or expired keys (the store answers both InvalidAccessKeyId/ExpiredToken, one branch; moto
+    cannot expire a token) and a role without write access: named, not retried, nothing changed."""
+    server, keys = guarded_store
+    key = keys.get(who, {"AccessKeyId": "AKIANOTAKEYATALL0000", "SecretAccessKey": "not-a-secret-at-all"})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    before = guide_db.snapshot()
+    code, out, err = cli(
+        capsys,
+        "run",
+        "--database-url",
+        guide_db.url,
+        *SKIP_CODE,
+        "--backup-dir",
+        "s3://safedrop-guarded/backups",
+    )
+    assert code == 3 and out.startswith("safedrop: STOPPED — nothing was changed"), out + err
+    assert f"✗ the backup could not be stored: {said}; nothing was dropped\n" in out, out
+    assert "retrying" not in err and "Traceback" not in out + err
+    assert key["SecretAccessKey"] not in out + err
+    assert guide_db.snapshot() == before
+    admin = keys["admin"]
+    listed = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=admin["AccessKeyId"],
+        aws_secret_access_key=admin["SecretAccessKey"],
+    ).list_objects_v2(Bucket="safedrop-guarded")
+    assert listed.get("Contents", []) == []
 
 
 @pytest.mark.usefixtures("prefect_harness")

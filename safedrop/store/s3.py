@@ -145,13 +145,30 @@ def describe(exc: BaseException, location: S3Location | str, doing: str) -> Stor
 
 
 def check_writable(s3: Any, location: S3Location) -> None:
-    """Before the dump: the bucket exists and takes our credentials (HEAD bucket)."""
+    """Before the dump: the bucket exists and takes our credentials (HEAD bucket). A HEAD answer has no
+    body, so a refusal is a bare 403 — an unknown or expired key and a missing permission look the same:
+    one listing of the prefix asks again for the store's own error code."""
     try:
         s3.head_bucket(Bucket=location.bucket)
     except Exception as exc:
         if _missing(exc):
             raise StoreError(f"the bucket of {location} does not exist; create it or fix the URI") from None
+        if _status(exc) == 403:
+            exc = _why_refused(s3, location) or exc
         raise describe(exc, location, "checking the bucket") from None
+
+
+def _status(exc: BaseException) -> int:
+    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _why_refused(s3: Any, location: S3Location) -> BaseException | None:
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    try:
+        s3.list_objects_v2(Bucket=location.bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as exc:
+        return exc
+    return None
 
 
 ENCRYPTION_SETTINGS = "'' (the bucket's default), 'AES256' (SSE-S3), 'aws:kms' or 'aws:kms:KEY_ID'"
