@@ -63,10 +63,11 @@ def env_name(name: str) -> str:
     return f"FLEET_{name.upper()}_URL"
 
 
-def fleet_file(path: Path, code: str, names: list[str] = NAMES) -> Path:
+def fleet_file(path: Path, code: str, names: list[str] = NAMES, backup_dir: str | None = None) -> Path:
     lines = [
         "migration: drop_credit_allocation_tables",
         f'code_paths: ["{code}"]',
+        *([f"backup_dir: {backup_dir}"] if backup_dir else []),
         f"rollout: {{canary: [{names[0]}], max_parallel: {MAX_PARALLEL}, on_error: stop}}",
         "databases:",
         *(f"  - {{name: {n}, url_env: {env_name(n)}}}" for n in names),
@@ -116,7 +117,7 @@ def fleet_cli(stack: Stack, fleet: Path, cwd: Path, command: str = "run") -> tup
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_a_fleet_of_20_databases_rolls_out_on_two_workers(stack: Stack, pg, tmp_path):
+def test_a_fleet_of_20_databases_rolls_out_on_two_workers(stack: Stack, pg, tmp_path, s3):
     api = stack.env["PREFECT_API_URL"]
     with contextlib.ExitStack() as cleanup:
         dbs = {
@@ -134,16 +135,18 @@ def test_a_fleet_of_20_databases_rolls_out_on_two_workers(stack: Stack, pg, tmp_
                 dbs,
                 tmp_path,
                 pg.url("prefect_server").replace("postgresql:", "postgresql+asyncpg:"),
+                s3,
             )
         finally:
             stack.stop()
             pg.psql("DROP DATABASE prefect_server WITH (FORCE)")
 
 
-def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) -> None:
+def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str, s3) -> None:
     repo = make_app_repo(tmp_path / "git")  # branch cleanup: the application no longer reads the targets
     code = f"{repo.url}#cleanup"
-    urls = {env_name(n): db.url for n, db in dbs.items()}
+    # every worker knows every database's URL, and reaches the bucket (a real S3-API server)
+    urls = {**{env_name(n): db.url for n, db in dbs.items()}, **s3.server.env}
 
     # The server, the pool, the deployments (the README's command), and two workers in directories of
     # their own, each with its own backup directory (two machines), both knowing every database's URL.
@@ -168,9 +171,10 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         wait_until(stack, "both workers to poll the pool", lambda: _polling(client) >= set(backups), 60)
 
-    # 1. One database unready; on_error: stop.
+    # 1. One database unready; on_error: stop. The fleet's backups go to one prefix of a bucket.
     dbs[UNREADY].execute("CREATE VIEW credit_overview AS SELECT id FROM credit_allocations")
-    fleet = fleet_file(tmp_path / "fleet.yaml", code)
+    prefix = f"s3://{s3.name}/fleet"
+    fleet = fleet_file(tmp_path / "fleet.yaml", code, backup_dir=prefix)
     code_a, report = fleet_cli(stack, fleet, tmp_path)
     assert code_a == 3 and report["status"] == "stopped", stack.explain(json.dumps(report, indent=1))
     by_name = {d["name"]: d for d in report["databases"]}
@@ -191,10 +195,16 @@ def _story(stack: Stack, api: str, dbs: dict, tmp_path: Path, server_db: str) ->
     for name, db in dbs.items():
         gone = name in done_a
         assert all(db.exists(f"public.{t}") != gone for t in TARGETS), name
-        if gone:
+        if gone:  # its backup is in the bucket, under the fleet's prefix and its own name
             backup = by_name[name]["backup"]
-            assert backup and Path(backup["path"]).is_file() and backup["bytes"] > 0, by_name[name]
-            assert any(Path(backup["path"]).is_relative_to(b) for b in backups.values())
+            assert backup and backup["path"].startswith(f"{prefix}/{name}/{dbs[name].name}-"), by_name[name]
+            archive = backup["path"].removeprefix(f"s3://{s3.name}/")
+            assert [k for k in s3.keys() if k.startswith(f"fleet/{name}/")] == [
+                archive,
+                f"{archive}.manifest.json",
+            ], s3.keys()
+    assert {k.split("/")[1] for k in s3.keys()} == set(done_a) and not s3.uploads_in_progress()
+    assert not [p for b in backups.values() if b.exists() for p in b.rglob("*") if p.is_file()]
 
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         runs = children(client, report["flow_run_id"])
@@ -411,7 +421,8 @@ def _fleet_run_in_background(stack: Stack, fleet: Path, cwd: Path, *args: str) -
 
 def _start_worker(stack: Stack, worker: str, tmp_path: Path, urls: dict[str, str]) -> Path:
     """A process worker in a directory of its own (another machine), with its own backup directory and
-    every database's URL in its environment; returns the backup directory."""
+    ``urls`` (every database's URL, the bucket's endpoint and keys) in its environment; returns the
+    backup directory."""
     home = tmp_path / worker
     home.mkdir()
     backups = home / "backups"
