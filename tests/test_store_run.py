@@ -80,19 +80,14 @@ def rows_of_targets(db) -> dict[str, str]:
     }
 
 
+def run_backing_up_to(guide_db, capsys, uri: str, *extra: str) -> tuple[int, str, str]:
+    """`safedrop run --backup-dir URI` (no code scan) with ``extra`` flags: exit code, stdout, stderr."""
+    return cli(capsys, "run", "--database-url", guide_db.url, *SKIP_CODE, "--backup-dir", uri, *extra)
+
+
 def run_into_the_bucket(guide_db, capsys, uri: str) -> tuple[dict, str]:
     """`safedrop run --backup-dir URI --json`, which must succeed; its report, and all it printed."""
-    code, out, err = cli(
-        capsys,
-        "run",
-        "--database-url",
-        guide_db.url,
-        *SKIP_CODE,
-        "--allow-nonempty",
-        "--backup-dir",
-        uri,
-        "--json",
-    )
+    code, out, err = run_backing_up_to(guide_db, capsys, uri, "--allow-nonempty", "--json")
     assert code == 0, out + err
     return json.loads(out), out + err
 
@@ -157,9 +152,7 @@ def test_a_damaged_stored_backup_is_refused_and_nothing_changes(
 
 def test_a_malformed_bucket_uri_is_one_line_and_nothing_runs(guide_db, plain, capsys):
     before = guide_db.snapshot()
-    code, out, err = cli(
-        capsys, "run", "--database-url", guide_db.url, *SKIP_CODE, "--backup-dir", "s3://No_Such"
-    )
+    code, out, err = run_backing_up_to(guide_db, capsys, "s3://No_Such")
     assert code == 2 and out.startswith("safedrop: FAILED"), out + err
     assert "✗ backup_dir 's3://No_Such' names no valid bucket: expected s3://BUCKET/PREFIX" in out, out
     assert "Traceback" not in out + err
@@ -168,15 +161,7 @@ def test_a_malformed_bucket_uri_is_one_line_and_nothing_runs(guide_db, plain, ca
 
 def test_a_missing_bucket_stops_the_run_before_the_drop(guide_db, plain, s3, capsys):
     before = guide_db.snapshot()
-    code, out, err = cli(
-        capsys,
-        "run",
-        "--database-url",
-        guide_db.url,
-        *SKIP_CODE,
-        "--backup-dir",
-        "s3://no-such-bucket-here/x",
-    )
+    code, out, err = run_backing_up_to(guide_db, capsys, "s3://no-such-bucket-here/x")
     assert code == 3 and out.startswith("safedrop: STOPPED — nothing was changed"), out + err
     assert (
         "✗ the backup could not be stored: the bucket of s3://no-such-bucket-here/x does not exist; create it "
@@ -216,16 +201,7 @@ def test_the_store_going_away_mid_upload_stops_the_run_before_the_drop_and_the_n
     watcher = threading.Thread(target=store_goes_away, daemon=True)
     watcher.start()
     try:
-        code, out, err = cli(
-            capsys,
-            "run",
-            "--database-url",
-            guide_db.url,
-            *SKIP_CODE,
-            "--allow-nonempty",
-            "--backup-dir",
-            f"s3://{s3.name}/backups",
-        )
+        code, out, err = run_backing_up_to(guide_db, capsys, f"s3://{s3.name}/backups", "--allow-nonempty")
     finally:
         link.cut()
     watcher.join(timeout=60)
@@ -326,15 +302,7 @@ def test_credentials_the_store_refuses_stop_the_run_before_the_drop_in_one_line(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
     before = guide_db.snapshot()
-    code, out, err = cli(
-        capsys,
-        "run",
-        "--database-url",
-        guide_db.url,
-        *SKIP_CODE,
-        "--backup-dir",
-        "s3://safedrop-guarded/backups",
-    )
+    code, out, err = run_backing_up_to(guide_db, capsys, "s3://safedrop-guarded/backups")
     assert code == 3 and out.startswith("safedrop: STOPPED — nothing was changed"), out + err
     assert f"✗ the backup could not be stored: {said}; nothing was dropped\n" in out, out
     assert "retrying" not in err and "Traceback" not in out + err
