@@ -125,15 +125,17 @@ def inventory(where: Path | S3Location, *, s3=None, now: datetime | None = None)
 def unfinished(location: S3Location, *, s3=None, now: datetime | None = None) -> list[UnfinishedUpload]:
     """The unfinished multipart uploads under ``location``, oldest first. Raises StoreError."""
     now = now or datetime.now(UTC)
-    found = [
-        UnfinishedUpload(
-            uri=location.object_uri(u.name),
-            upload_id=u.upload_id,
-            started_at=u.initiated.isoformat(timespec="seconds"),
-            age_s=max(0, int((now - u.initiated).total_seconds())),
+    found = []
+    for u in store.list_unfinished(s3 or store.client(location), location):
+        started_at = u.initiated.isoformat(timespec="seconds")
+        found.append(
+            UnfinishedUpload(
+                uri=location.object_uri(u.name),
+                upload_id=u.upload_id,
+                started_at=started_at,
+                age_s=_age_s(started_at, now),
+            )
         )
-        for u in store.list_unfinished(s3 or store.client(location), location)
-    ]
     return sorted(found, key=lambda u: (u.started_at, u.uri))
 
 

@@ -135,8 +135,7 @@ def describe(exc: BaseException, location: S3Location | str, doing: str) -> Stor
             return StoreError(
                 f"the store is full for {where} while {doing} ({said}); free space or raise the quota"
             )
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return StoreError(f"the store failed while {doing} {where} ({said})", transient=status >= 500)
+        return StoreError(f"the store failed while {doing} {where} ({said})", transient=_status(exc) >= 500)
     if isinstance(exc, bce.BotoCoreError):
         return StoreError(
             f"the store failed while {doing} {where} ({type(exc).__name__}: {exc})", transient=True
@@ -163,7 +162,7 @@ def _status(exc: BaseException) -> int:
 
 
 def _why_refused(s3: Any, location: S3Location) -> BaseException | None:
-    prefix = f"{location.prefix}/" if location.prefix else ""
+    prefix = location.key("")  # "PREFIX/", or "" at the bucket's root
     try:
         s3.list_objects_v2(Bucket=location.bucket, Prefix=prefix, MaxKeys=1)
     except Exception as exc:
@@ -423,7 +422,7 @@ def list_objects(
 ) -> Iterator[Listed]:
     """The objects under ``location`` whose name ends with ``suffix``: its direct children, or every
     object below it with ``recursive`` (a fleet's ``PREFIX/<database>/…``)."""
-    prefix = f"{location.prefix}/" if location.prefix else ""
+    prefix = location.key("")  # "PREFIX/", or "" at the bucket's root
     kwargs: dict[str, Any] = {"Bucket": location.bucket, "Prefix": prefix}
     if not recursive:
         kwargs["Delimiter"] = "/"
@@ -449,7 +448,7 @@ class Unfinished:
 def list_unfinished(s3: Any, location: S3Location) -> Iterator[Unfinished]:
     """Every multipart upload under ``location`` (at any depth) that was neither completed nor aborted —
     what a backup leaves when the store went away before it could abort (or one still running)."""
-    prefix = f"{location.prefix}/" if location.prefix else ""
+    prefix = location.key("")  # "PREFIX/", or "" at the bucket's root
     try:
         for page in s3.get_paginator("list_multipart_uploads").paginate(
             Bucket=location.bucket, Prefix=prefix
